@@ -1,0 +1,244 @@
+"""The canonical dataset: an AnnData with PerturbFM's obs columns, and helpers.
+
+Canonical ``.obs`` columns (written by every dataset adapter):
+
+``pfm_perturbation``
+    the perturbation as a gene *set*: sorted unique gene names joined by ``+``
+    (``"KLF1+MAP2K6"``); ``"control"`` for control cells.
+``pfm_is_control``
+    bool.
+``pfm_context``
+    cell line / cell type (several context keys joined by ``/``).
+``pfm_covariates``
+    canonical ``key=value;key=value`` string of the group-defining covariates
+    (dose, time ...), ``""`` where there are none.
+``pfm_dose`` / ``pfm_time``
+    optional float covariates (chemical dose, time point).
+
+A *group* is one (perturbation, context, covariates) triple; its id is
+``"<perturbation>@<context>"`` plus ``"@<covariates>"`` when covariates are set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+CONTROL = "control"
+COMBO_DELIMITER = "+"
+PERT_COL = "pfm_perturbation"
+CONTROL_COL = "pfm_is_control"
+CONTEXT_COL = "pfm_context"
+COVARIATES_COL = "pfm_covariates"
+GROUP_COL = "pfm_group"
+OPTIONAL_NUMERIC_COLS = ("pfm_dose", "pfm_time")
+REQUIRED_COLS = (PERT_COL, CONTROL_COL, CONTEXT_COL, COVARIATES_COL)
+
+
+def canonical_perturbation(genes: Iterable[str]) -> str:
+    """The canonical label of a gene set: sorted unique names joined by ``+``."""
+    uniq = sorted({g.strip() for g in genes if g and g.strip()})
+    return COMBO_DELIMITER.join(uniq) if uniq else CONTROL
+
+
+def pert_genes(perturbation: str) -> tuple[str, ...]:
+    """The gene set of a canonical perturbation label (empty for control)."""
+    if perturbation == CONTROL:
+        return ()
+    return tuple(perturbation.split(COMBO_DELIMITER))
+
+
+def group_id(perturbation: str, context: str, covariates: str = "") -> str:
+    """The id of a (perturbation, context, covariates) group."""
+    gid = f"{perturbation}@{context}"
+    return f"{gid}@{covariates}" if covariates else gid
+
+
+def pert_mask(perts: Sequence[Sequence[str]], gene_index: Sequence[str]) -> np.ndarray:
+    """Binary ``[B, N]`` mask of which genes of ``gene_index`` each gene set hits.
+
+    Genes absent from ``gene_index`` are ignored here; use :func:`unmapped_genes`
+    to report them.
+    """
+    pos = {g: i for i, g in enumerate(gene_index)}
+    mask = np.zeros((len(perts), len(gene_index)), dtype=np.float32)
+    for b, genes in enumerate(perts):
+        for g in genes:
+            j = pos.get(g)
+            if j is not None:
+                mask[b, j] = 1.0
+    return mask
+
+
+def unmapped_genes(perts: Sequence[Sequence[str]], gene_index: Sequence[str]) -> list[str]:
+    """Perturbed genes that have no position in ``gene_index``."""
+    known = set(gene_index)
+    return sorted({g for genes in perts for g in genes if g not in known})
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One (perturbation, context, covariates) group of a dataset."""
+
+    group_id: str
+    perturbation: str
+    context: str
+    covariates: str
+    n_cells: int
+    dose: float | None = None
+    time: float | None = None
+
+    @property
+    def genes(self) -> tuple[str, ...]:
+        """The perturbed gene set."""
+        return pert_genes(self.perturbation)
+
+    @property
+    def is_control(self) -> bool:
+        return self.perturbation == CONTROL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group_id": self.group_id,
+            "perturbation": self.perturbation,
+            "genes": list(self.genes),
+            "context": self.context,
+            "covariates": self.covariates,
+            "n_cells": self.n_cells,
+            "dose": self.dose,
+            "time": self.time,
+        }
+
+
+def ensure_group_column(adata: ad.AnnData) -> pd.Series:
+    """Return (and cache in ``.obs``) the group id of every cell."""
+    if GROUP_COL not in adata.obs:
+        obs = adata.obs
+        ids = [
+            group_id(p, c, v)
+            for p, c, v in zip(
+                obs[PERT_COL].astype(str), obs[CONTEXT_COL].astype(str), obs[COVARIATES_COL].astype(str)
+            )
+        ]
+        adata.obs[GROUP_COL] = pd.Categorical(ids)
+    return adata.obs[GROUP_COL]
+
+
+def group_table(adata: ad.AnnData) -> dict[str, GroupInfo]:
+    """All groups of a canonical dataset (control groups included), by id."""
+    gcol = ensure_group_column(adata)
+    obs = adata.obs
+    out: dict[str, GroupInfo] = {}
+    first = obs.groupby(gcol, observed=True).head(1)
+    counts = gcol.value_counts()
+    for _, row in first.iterrows():
+        gid = str(row[GROUP_COL])
+        dose = float(row["pfm_dose"]) if "pfm_dose" in obs else None
+        time = float(row["pfm_time"]) if "pfm_time" in obs else None
+        out[gid] = GroupInfo(
+            group_id=gid,
+            perturbation=str(row[PERT_COL]),
+            context=str(row[CONTEXT_COL]),
+            covariates=str(row[COVARIATES_COL]),
+            n_cells=int(counts[gid]),
+            dose=dose,
+            time=time,
+        )
+    return dict(sorted(out.items()))
+
+
+def _row_chunks(n: int, chunk: int) -> Iterable[slice]:
+    for start in range(0, n, chunk):
+        yield slice(start, min(start + chunk, n))
+
+
+def grouped_moments(
+    adata: ad.AnnData,
+    labels: Sequence[str] | np.ndarray,
+    order: Sequence[str],
+    *,
+    chunk_size: int = 20_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label mean and (unbiased) variance of every gene, and counts.
+
+    Cells whose label is not in ``order`` are skipped. Rows are read in chunks,
+    so this works on backed AnnData in bounded memory.
+
+    Returns:
+        ``(means [L, G], variances [L, G], counts [L])`` in the order of ``order``.
+    """
+    pos = {lab: i for i, lab in enumerate(order)}
+    codes = np.array([pos.get(str(x), -1) for x in labels], dtype=np.int64)
+    n_lab, n_genes = len(order), adata.n_vars
+    sums = np.zeros((n_lab, n_genes))
+    sqs = np.zeros((n_lab, n_genes))
+    counts = np.bincount(codes[codes >= 0], minlength=n_lab).astype(np.int64)
+    for sl in _row_chunks(adata.n_obs, chunk_size):
+        c = codes[sl]
+        keep = np.flatnonzero(c >= 0)
+        if keep.size == 0:
+            continue
+        X = adata.X[sl]
+        X = X[keep]
+        ind = sp.csr_matrix(
+            (np.ones(keep.size), (c[keep], np.arange(keep.size))), shape=(n_lab, keep.size)
+        )
+        if sp.issparse(X):
+            X = sp.csr_matrix(X, dtype=np.float64)
+            sums += np.asarray((ind @ X).todense())
+            sqs += np.asarray((ind @ X.multiply(X)).todense())
+        else:
+            X = np.asarray(X, dtype=np.float64)
+            sums += ind @ X
+            sqs += ind @ (X * X)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts[:, None]
+        var = (sqs - counts[:, None] * means**2) / (counts[:, None] - 1)
+    var = np.where(counts[:, None] > 1, np.maximum(var, 0.0), np.nan)
+    return means, var, counts
+
+
+def dense_rows(adata: ad.AnnData, mask: np.ndarray) -> np.ndarray:
+    """The expression rows selected by boolean ``mask`` as a dense float64 array."""
+    idx = np.flatnonzero(mask)
+    X = adata.X[idx] if idx.size else adata.X[:0]
+    if sp.issparse(X):
+        X = X.toarray()
+    return np.asarray(X, dtype=np.float64)
+
+
+@dataclass
+class ControlStats:
+    """Control mean per context, computed once per dataset."""
+
+    contexts: list[str]
+    means: np.ndarray
+    counts: np.ndarray
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {c: i for i, c in enumerate(self.contexts)}
+
+    def mean(self, context: str) -> np.ndarray:
+        """Control mean expression of ``context`` (KeyError if it has none)."""
+        return self.means[self._index[context]]
+
+    def has(self, context: str) -> bool:
+        return context in self._index and self.counts[self._index[context]] > 0
+
+
+def control_stats(adata: ad.AnnData) -> ControlStats:
+    """Mean control expression per context."""
+    obs = adata.obs
+    is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+    contexts = sorted(set(ctx[is_ctrl]))
+    labels = np.where(is_ctrl, ctx, "\x00not-control")
+    means, _, counts = grouped_moments(adata, labels, contexts)
+    return ControlStats(contexts=contexts, means=means, counts=counts)

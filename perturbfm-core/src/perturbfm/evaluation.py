@@ -1,0 +1,312 @@
+"""Evaluation: the inputs every metric panel sees, aggregation, and the
+panel-completeness check that guards ``metrics.json``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from perturbfm.dataset import (
+    CONTEXT_COL,
+    CONTROL_COL,
+    ControlStats,
+    GroupInfo,
+    dense_rows,
+    ensure_group_column,
+    grouped_moments,
+)
+from perturbfm.errors import PanelIncompleteError, PredictionError
+from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable, Prediction
+
+DEFAULT_MAX_CELLS = 2000
+
+CONVENTIONS = {
+    "expression_space": "X of the dataset artifact (log1p-normalised)",
+    "control_reference": "deltas use the true control mean of the same context for both prediction and "
+    "truth (cell-eval's default uses each side's own controls; PerturbFM does not)",
+    "aggregation": "per group -> mean per context -> global mean weighted by true cells per group",
+    "deg_test": "Welch t-test of the group's true cells vs the context's control cells, ranked by |t|; "
+    "DEG sets come from the truth only",
+}
+
+
+@dataclass
+class EvalData:
+    """Everything a metric panel needs, for the evaluated groups.
+
+    Arrays are ``[n_groups, n_genes]`` in the order of :attr:`groups`.
+    """
+
+    genes: list[str]
+    groups: list[GroupInfo]
+    true_mean: np.ndarray
+    true_var: np.ndarray
+    ctrl_mean: np.ndarray
+    pred_delta: np.ndarray
+    pred_var: np.ndarray | None
+    control_var: dict[str, np.ndarray]
+    control_n: dict[str, int]
+    seed: int = 0
+    max_cells: int = DEFAULT_MAX_CELLS
+    ood: dict[str, bool] | None = None
+    adata: ad.AnnData | None = None
+    pred_cells_given: dict[str, np.ndarray] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_true(self) -> np.ndarray:
+        return np.array([g.n_cells for g in self.groups], dtype=np.int64)
+
+    @property
+    def group_ids(self) -> list[str]:
+        return [g.group_id for g in self.groups]
+
+    @property
+    def contexts(self) -> list[str]:
+        return sorted({g.context for g in self.groups})
+
+    @property
+    def true_delta(self) -> np.ndarray:
+        return self.true_mean - self.ctrl_mean
+
+    @property
+    def pred_mean(self) -> np.ndarray:
+        """Predicted mean expression: the context's true control mean + delta."""
+        return self.ctrl_mean + self.pred_delta
+
+    @property
+    def pred_cells_constructed(self) -> bool:
+        return self.pred_cells_given is None
+
+    def context_indices(self) -> dict[str, np.ndarray]:
+        """Context -> indices of its groups."""
+        out: dict[str, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            out.setdefault(g.context, []).append(i)
+        return {c: np.array(v) for c, v in sorted(out.items())}
+
+    # -------------------------------------------------------------- cells (lazy)
+    def _rng(self, i: int, salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, salt, i])
+
+    def _subsample(self, X: np.ndarray, i: int, salt: int) -> np.ndarray:
+        if X.shape[0] <= self.max_cells:
+            return X
+        idx = np.sort(self._rng(i, salt).choice(X.shape[0], self.max_cells, replace=False))
+        return X[idx]
+
+    def true_cells(self, i: int) -> np.ndarray:
+        """True cells of group ``i`` (at most ``max_cells``, seeded subsample)."""
+        if self.adata is None:
+            raise PredictionError("these evaluation inputs carry no cells")
+        gcol = ensure_group_column(self.adata).astype(str).to_numpy()
+        return self._subsample(dense_rows(self.adata, gcol == self.groups[i].group_id), i, 1)
+
+    @cached_property
+    def _control_cells(self) -> dict[str, np.ndarray]:
+        assert self.adata is not None
+        obs = self.adata.obs
+        is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+        ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+        return {c: dense_rows(self.adata, is_ctrl & (ctx == c)) for c in self.contexts}
+
+    def control_cells(self, context: str) -> np.ndarray:
+        """Control cells of ``context`` (all of them)."""
+        if self.adata is None:
+            raise PredictionError("these evaluation inputs carry no cells")
+        return self._control_cells[context]
+
+    def pred_cells(self, i: int) -> np.ndarray:
+        """Predicted cells of group ``i``: the model's, else the context's control
+        cells (seeded subsample) + the predicted delta."""
+        g = self.groups[i]
+        if self.pred_cells_given is not None:
+            return self._subsample(np.asarray(self.pred_cells_given[g.group_id], dtype=np.float64), i, 2)
+        ctrl = self._subsample(self.control_cells(g.context), i, 2)
+        return ctrl + self.pred_delta[i]
+
+
+def validate_prediction(pred: Prediction, queries: Sequence[GroupInfo], genes: Sequence[str]) -> None:
+    """Refuse predictions of the wrong shape, for other groups, or non-finite."""
+    want = [q.group_id for q in queries]
+    if list(pred.group_ids) != want:
+        missing = sorted(set(want) - set(pred.group_ids))
+        extra = sorted(set(pred.group_ids) - set(want))
+        raise PredictionError(
+            "the model's predictions do not cover the queried groups"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unexpected: {', '.join(extra)}" if extra else "")
+            + ("" if missing or extra else "; the order differs"),
+            field="group_ids",
+            fix="return one row per queried group, in the order given",
+        )
+    shape = (len(want), len(genes))
+    for name, arr in (("mean_delta", pred.mean_delta), ("var_delta", pred.var_delta)):
+        if arr is None:
+            continue
+        if np.shape(arr) != shape:
+            raise PredictionError(f"{name} has shape {np.shape(arr)}, expected {shape}", field=name,
+                                  fix="one row per group, one column per measured gene")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            rows, cols = np.nonzero(bad)
+            gs = sorted({want[r] for r in rows})
+            gn = sorted({str(genes[c]) for c in cols})
+            raise PredictionError(
+                f"{name} has {int(bad.sum())} non-finite values in groups {', '.join(gs[:10])}"
+                f"{' ...' if len(gs) > 10 else ''} at genes {', '.join(gn[:10])}{' ...' if len(gn) > 10 else ''}",
+                field=name,
+                fix="the model must predict finite values everywhere",
+            )
+    if pred.var_delta is not None and (np.asarray(pred.var_delta) < 0).any():
+        raise PredictionError("var_delta has negative variances", field="var_delta",
+                              fix="predict non-negative variances")
+
+
+def build_eval_data(
+    adata: ad.AnnData,
+    groups: Sequence[GroupInfo],
+    control: ControlStats,
+    prediction: Prediction,
+    *,
+    seed: int = 0,
+    max_cells: int = DEFAULT_MAX_CELLS,
+    ood: Mapping[str, bool] | None = None,
+) -> EvalData:
+    """Assemble :class:`EvalData` from a dataset, the evaluated groups and a prediction."""
+    genes = [str(g) for g in adata.var_names]
+    validate_prediction(prediction, groups, genes)
+    ids = [g.group_id for g in groups]
+    labels = ensure_group_column(adata).astype(str).to_numpy()
+    true_mean, true_var, counts = grouped_moments(adata, labels, ids)
+    missing_ctx = sorted({g.context for g in groups if not control.has(g.context)})
+    if missing_ctx:
+        raise PredictionError(
+            f"contexts without control cells cannot be evaluated: {', '.join(missing_ctx)}",
+            field="pfm_is_control", fix="every evaluated context needs control cells",
+        )
+    ctrl_mean = np.stack([control.mean(g.context) for g in groups])
+    obs = adata.obs
+    is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+    contexts = sorted({g.context for g in groups})
+    _, cvar, cn = grouped_moments(adata, np.where(is_ctrl, ctx, "\x00"), contexts)
+    groups = [g if g.n_cells == int(n) else _with_n(g, int(n)) for g, n in zip(groups, counts)]
+    return EvalData(
+        genes=genes,
+        groups=list(groups),
+        true_mean=true_mean,
+        true_var=true_var,
+        ctrl_mean=ctrl_mean,
+        pred_delta=np.asarray(prediction.mean_delta, dtype=np.float64),
+        pred_var=None if prediction.var_delta is None else np.asarray(prediction.var_delta, dtype=np.float64),
+        control_var={c: cvar[i] for i, c in enumerate(contexts)},
+        control_n={c: int(cn[i]) for i, c in enumerate(contexts)},
+        seed=seed,
+        max_cells=max_cells,
+        ood=dict(ood) if ood is not None else None,
+        adata=adata,
+        pred_cells_given=prediction.cells,
+    )
+
+
+def _with_n(g: GroupInfo, n: int) -> GroupInfo:
+    from dataclasses import replace
+
+    return replace(g, n_cells=n)
+
+
+def aggregate(value: MetricValue, groups: Sequence[GroupInfo]) -> dict[str, Any]:
+    """Per group -> per-context mean -> global mean weighted by true cells."""
+    by_id = {g.group_id: g for g in groups}
+    if value.per_group is not None:
+        per_group = {k: float(v) for k, v in sorted(value.per_group.items())}
+        ctx_vals: dict[str, list[float]] = {}
+        num = den = 0.0
+        for gid, v in per_group.items():
+            g = by_id[gid]
+            ctx_vals.setdefault(g.context, []).append(v)
+            num += g.n_cells * v
+            den += g.n_cells
+        per_context = {c: float(np.mean(v)) for c, v in sorted(ctx_vals.items())}
+        glob = num / den if den else float("nan")
+    else:
+        per_group = None
+        per_context = {k: float(v) for k, v in sorted((value.per_context or {}).items())}
+        weights: dict[str, int] = {}
+        for g in groups:
+            weights[g.context] = weights.get(g.context, 0) + g.n_cells
+        den = sum(weights.get(c, 0) for c in per_context)
+        glob = sum(weights.get(c, 0) * v for c, v in per_context.items()) / den if den else float("nan")
+    out: dict[str, Any] = {"global": glob, "per_context": per_context}
+    if per_group is not None:
+        out["per_group"] = per_group
+    if value.extra:
+        out["extra"] = value.extra
+    return out
+
+
+def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, Any]:
+    """Run every panel and check completeness.
+
+    Returns the ``panels`` section of ``metrics.json``. Raises
+    :class:`PanelIncompleteError` (listing every problem) when any declared key
+    is missing, not finite, or a panel raised.
+    """
+    problems: list[tuple[str, str, str]] = []
+    out: dict[str, Any] = {}
+    wanted = {g.group_id for g in data.groups}
+    for panel in panels:
+        try:
+            values = panel.compute(data)
+        except Exception as exc:  # recorded as a problem of this panel, never swallowed
+            problems.append((panel.name, "*", f"panel raised {type(exc).__name__}: {exc}"))
+            continue
+        section: dict[str, Any] = {}
+        for key, spec in panel.metrics.items():
+            v = values.get(key)
+            entry: dict[str, Any] = {
+                "definition": spec.definition,
+                "variant": spec.variant,
+                "higher_is_better": spec.higher_is_better,
+            }
+            if v is None:
+                problems.append((panel.name, key, "missing"))
+                continue
+            if isinstance(v, NotApplicable):
+                if not v.reason.strip():
+                    problems.append((panel.name, key, "not applicable without a reason"))
+                    continue
+                entry["not_applicable"] = v.reason
+                section[key] = entry
+                continue
+            bad = v.non_finite()
+            if bad:
+                problems.append((panel.name, key, f"non-finite for {', '.join(bad[:5])}"))
+                continue
+            if v.per_group is not None and set(v.per_group) != wanted:
+                lacking = sorted(wanted - set(v.per_group))
+                problems.append((panel.name, key, f"no value for groups {', '.join(lacking[:5])}"))
+                continue
+            if v.per_group is None and not v.per_context:
+                problems.append((panel.name, key, "no values"))
+                continue
+            agg = aggregate(v, data.groups)
+            if not math.isfinite(agg["global"]):
+                problems.append((panel.name, key, "global value is not finite"))
+                continue
+            entry.update(agg)
+            section[key] = entry
+        extra = sorted(set(values) - set(panel.metrics))
+        for key in extra:
+            problems.append((panel.name, key, "undeclared key (add it to the panel's metrics)"))
+        out[panel.name] = {"version": panel.version, "description": panel.description, "metrics": section}
+    if problems:
+        raise PanelIncompleteError(problems)
+    return out

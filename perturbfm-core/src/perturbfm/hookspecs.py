@@ -1,0 +1,103 @@
+"""PerturbFM hook specifications.
+
+Plugins are Python modules (or objects) exposed through the entry-point group
+``perturbfm``. Each may implement any of the hooks below, decorated with
+:data:`perturbfm.hookimpl`.
+
+The ``pfm_register_*`` hooks return a list of *classes*; every class has a
+class attribute ``name`` (unique within its kind) and subclasses the matching
+base class in :mod:`perturbfm.interfaces`. The core registry rejects a
+missing name and a name registered twice (naming both distributions); lookups
+never depend on hook call order.
+
+Example::
+
+    from perturbfm import hookimpl
+
+    @hookimpl
+    def pfm_register_models():
+        from .model import MyModel
+        return [MyModel]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "perturbfm"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def pfm_register_dataset_adapters() -> list[type]:
+    """Return dataset adapter classes (subclasses of
+    :class:`perturbfm.interfaces.DatasetAdapter`).
+
+    An adapter turns a source (a file, a simulator) into the canonical
+    dataset AnnData: ``.obs`` columns ``pfm_perturbation``, ``pfm_is_control``,
+    ``pfm_context`` and optional covariates, ``X`` in log1p-normalised space.
+    """
+
+
+@hookspec
+def pfm_register_split_generators() -> list[type]:
+    """Return split generator classes (subclasses of
+    :class:`perturbfm.interfaces.SplitGenerator`).
+
+    A generator assigns each (perturbation, context) group of a dataset to
+    ``train``/``val``/``test``/``calibration``; the core hashes and stores the
+    result immutably.
+    """
+
+
+@hookspec
+def pfm_register_models() -> list[type]:
+    """Return model classes (subclasses of :class:`perturbfm.interfaces.Model`).
+
+    A model is fitted on training groups and predicts, per held-out group, the
+    mean (and optionally the variance) of the expression change against the
+    context's control mean.
+    """
+
+
+@hookspec
+def pfm_register_metric_panels() -> list[type]:
+    """Return metric panel classes (subclasses of
+    :class:`perturbfm.interfaces.MetricPanel`).
+
+    A panel declares its metric keys with their definitions; a run writes
+    ``metrics.json`` only if every declared key has a finite value or a declared
+    not-applicable reason.
+    """
+
+
+@hookspec
+def pfm_register_executors() -> list[type]:
+    """Return executor classes (subclasses of
+    :class:`perturbfm.interfaces.Executor`) that run lists of jobs (for example
+    the runs of an ablation grid)."""
+
+
+@hookspec
+def pfm_register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``pfm-bench`` click group ``cli``.
+
+    Implementations call ``cli.add_command(...)``; a command whose name is
+    already taken is refused by the core.
+    """
+
+
+@hookspec
+def pfm_run_started(run_dir: str, run_info: dict[str, Any]) -> None:
+    """Observer: a run started. ``run_info`` holds the run id, model, split
+    and resolved configuration. Exceptions raised here are recorded in the
+    run's status and never abort the run."""
+
+
+@hookspec
+def pfm_run_finished(run_dir: str, run_info: dict[str, Any], status: str) -> None:
+    """Observer: a run ended with ``status`` (``succeeded`` or ``failed``).
+    Exceptions raised here are recorded, never propagated."""

@@ -1,0 +1,103 @@
+"""What a model sees when it is fitted: the training groups of a split and the
+control cells of every context, never a held-out group's cells."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+import anndata as ad
+import numpy as np
+
+from perturbfm.dataset import (
+    GROUP_COL,
+    ControlStats,
+    GroupInfo,
+    dense_rows,
+    ensure_group_column,
+    grouped_moments,
+    pert_mask,
+    unmapped_genes,
+)
+
+
+class TrainingData:
+    """The groups of one role of a split, with access to their cells.
+
+    Attributes:
+        genes: measured genes (the dataset's var names), in order.
+        groups: the perturbed groups of this role, sorted by id.
+        control: control mean expression per context (all contexts).
+        synthetic: True when the dataset is simulated.
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        groups: Sequence[GroupInfo],
+        control: ControlStats,
+        *,
+        synthetic: bool = False,
+        role: str = "train",
+    ) -> None:
+        self._adata = adata
+        self.genes: list[str] = [str(g) for g in adata.var_names]
+        self.groups: list[GroupInfo] = sorted(groups, key=lambda g: g.group_id)
+        self.control = control
+        self.synthetic = synthetic
+        self.role = role
+        self._allowed = {g.group_id for g in self.groups}
+
+    @property
+    def group_ids(self) -> list[str]:
+        return [g.group_id for g in self.groups]
+
+    @property
+    def contexts(self) -> list[str]:
+        """Contexts of the groups in this role."""
+        return sorted({g.context for g in self.groups})
+
+    @cached_property
+    def _moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        labels = ensure_group_column(self._adata).astype(str).to_numpy()
+        return grouped_moments(self._adata, labels, self.group_ids)
+
+    def group_means(self) -> np.ndarray:
+        """Mean expression per group ``[n_groups, n_genes]`` (pseudobulk)."""
+        return self._moments[0]
+
+    def group_vars(self) -> np.ndarray:
+        """Unbiased per-gene variance of the cells of each group."""
+        return self._moments[1]
+
+    def control_means(self) -> np.ndarray:
+        """The control mean of each group's context ``[n_groups, n_genes]``."""
+        return np.stack([self.control.mean(g.context) for g in self.groups]) if self.groups else np.zeros(
+            (0, len(self.genes))
+        )
+
+    def deltas(self) -> np.ndarray:
+        """Group mean minus its context's control mean ``[n_groups, n_genes]``."""
+        return self.group_means() - self.control_means()
+
+    def cells(self, group_id: str) -> np.ndarray:
+        """The cells of one group of this role (dense ``[n, n_genes]``)."""
+        if group_id not in self._allowed:
+            raise KeyError(f"group {group_id!r} is not in the {self.role} set")
+        gcol = self._adata.obs[GROUP_COL].astype(str).to_numpy()
+        return dense_rows(self._adata, gcol == group_id)
+
+    def control_cells(self, context: str) -> np.ndarray:
+        """Control cells of ``context`` (visible for every context)."""
+        obs = self._adata.obs
+        mask = obs["pfm_is_control"].to_numpy(dtype=bool) & (obs["pfm_context"].astype(str).to_numpy() == context)
+        return dense_rows(self._adata, mask)
+
+    def pert_mask(self, gene_index: Sequence[str] | None = None) -> np.ndarray:
+        """``[n_groups, N]`` mask of the perturbed genes over ``gene_index``
+        (default: the measured genes)."""
+        return pert_mask([g.genes for g in self.groups], gene_index or self.genes)
+
+    def unmapped_genes(self, gene_index: Sequence[str] | None = None) -> list[str]:
+        """Perturbed genes of these groups that are not in ``gene_index``."""
+        return unmapped_genes([g.genes for g in self.groups], gene_index or self.genes)

@@ -1,0 +1,3 @@
+"""perturbfm-metrics: PerturbFM plugin distribution."""
+
+__version__ = "0.1.0"

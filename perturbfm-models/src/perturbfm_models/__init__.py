@@ -1,0 +1,3 @@
+"""perturbfm-models: PerturbFM plugin distribution."""
+
+__version__ = "0.1.0"

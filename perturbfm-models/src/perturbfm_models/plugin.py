@@ -1,0 +1,3 @@
+"""Entry point of perturbfm-models: registers implementations with PerturbFM."""
+
+from perturbfm import hookimpl
