@@ -165,10 +165,10 @@ class PluginRegistry:
             )
         found = self._by_kind[kind].get(name)
         if found is None:
-            broken = [p for p in self.plugins if p.error and not p.disabled]
+            broken = [p for p in self.plugins if p.error]
             hint = ""
             if broken:
-                hint = "; plugins that failed to load: " + ", ".join(
+                hint = "; plugins that failed to load or are disabled: " + ", ".join(
                     f"{p.distribution} ({p.error})" for p in broken
                 )
             known = ", ".join(self.names(kind)) or "none"

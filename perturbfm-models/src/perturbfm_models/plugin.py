@@ -1,3 +1,11 @@
 """Entry point of perturbfm-models: registers implementations with PerturbFM."""
 
 from perturbfm import hookimpl
+
+
+@hookimpl
+def pfm_register_models() -> list[type]:
+    """The baseline models: control-mean, train-mean, additive, linear."""
+    from perturbfm_models.baselines import ALL_BASELINES
+
+    return list(ALL_BASELINES)

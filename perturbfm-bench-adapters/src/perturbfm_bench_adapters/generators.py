@@ -1,0 +1,186 @@
+"""Split generators: ``explicit``, ``random-groups`` and ``context-ood``.
+
+Each receives the dataset's non-control groups (group id -> GroupInfo) and is
+deterministic for ``(groups, params, seed)``: groups are always visited in
+sorted order and randomness comes only from ``numpy.random.default_rng(seed)``.
+Parameters may arrive as CLI strings (``"0.2"``, ``"a,b"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from perturbfm.dataset import GroupInfo, canonical_perturbation
+from perturbfm.errors import ConfigError
+from perturbfm.interfaces import SplitAssignment, SplitGenerator
+
+from perturbfm_bench_adapters._options import as_fraction, as_str_list
+
+
+def _check_params(gen: SplitGenerator, params: Mapping[str, Any]) -> None:
+    unknown = sorted(set(params) - set(gen.options))
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) for split generator {gen.name!r}: {', '.join(unknown)}",
+            field=unknown[0], fix=f"use only: {', '.join(gen.options)}",
+        )
+
+
+def _check_groups(groups: Mapping[str, GroupInfo]) -> list[str]:
+    if not groups:
+        raise ConfigError("the dataset has no perturbed groups to split", field="groups",
+                          fix="import a dataset with perturbed (non-control) cells")
+    return sorted(groups)
+
+
+def _n_of(fraction: float, n: int) -> int:
+    return int(round(fraction * n))
+
+
+def _carve(ids: Sequence[str], fraction: float, rng: np.random.Generator) -> set[str]:
+    """A random ``fraction`` of ``ids`` (at least one when the fraction is > 0)."""
+    if fraction <= 0 or not ids:
+        return set()
+    k = min(len(ids), max(1, _n_of(fraction, len(ids))))
+    order = rng.permutation(len(ids))
+    return {ids[i] for i in order[:k]}
+
+
+def _contexts(groups: Mapping[str, GroupInfo]) -> list[str]:
+    return sorted({g.context for g in groups.values()})
+
+
+class ExplicitSplit(SplitGenerator):
+    """Roles given by the user; every group not named is trained on."""
+
+    name: ClassVar[str] = "explicit"
+    description: ClassVar[str] = "the user lists the test (and optional val / calibration) group ids"
+    options: ClassVar[dict[str, str]] = {
+        "test": "group ids to hold out for testing (list, or comma-separated string); required",
+        "val": "group ids for validation (optional)",
+        "calibration": "group ids for calibration (optional)",
+    }
+
+    def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
+        """Assign the named groups; the rest go to train. ``seed`` is unused."""
+        _check_params(self, params)
+        ids = _check_groups(groups)
+        named: dict[str, str] = {}
+        for role in ("test", "val", "calibration"):
+            for gid in as_str_list(params.get(role)):
+                if gid in named:
+                    raise ConfigError(
+                        f"group {gid!r} is named twice (as {named[gid]} and {role})", field=role,
+                        fix="name each group in one role only",
+                    )
+                named[gid] = role
+        if not any(r == "test" for r in named.values()):
+            raise ConfigError("the explicit split needs at least one test group", field="test",
+                              fix=f"pass test=<group id>[,<group id>...], e.g. test={ids[0]}")
+        unknown = sorted(g for g in named if g not in groups)
+        if unknown:
+            hints = []
+            for u in unknown:
+                canon = canonical_perturbation(u.split("+")) if "@" not in u else u
+                matches = [g for g in ids if groups[g].perturbation in (u, canon)]
+                if matches:
+                    hints.append(f"{u!r} is not a group id; matching groups: {', '.join(matches[:6])}")
+            examples = ", ".join(ids[:5])
+            raise ConfigError(
+                f"unknown group id(s): {', '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""),
+                field=named[unknown[0]],
+                fix=f"use group ids '<perturbation>@<context>[@<covariates>]', e.g. {examples}",
+            )
+        assignments = {g: named.get(g, "train") for g in ids}
+        counts = {r: sum(1 for v in assignments.values() if v == r) for r in ("train", "val", "test", "calibration")}
+        notes = "explicit split given by the user: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+        return SplitAssignment(assignments=assignments, ood=None, labels=None, notes=notes)
+
+
+class RandomGroupsSplit(SplitGenerator):
+    """A seeded random fraction of groups held out (optionally within one context)."""
+
+    name: ClassVar[str] = "random-groups"
+    description: ClassVar[str] = "random held-out groups (unseen perturbations), seeded"
+    options: ClassVar[dict[str, str]] = {
+        "test_fraction": "fraction of (eligible) groups held out for testing, in (0, 1); default 0.2 "
+        "(at least one group)",
+        "val_fraction": "fraction of (eligible) groups for validation, in [0, 1); default 0",
+        "context": "optional: draw held-out groups only from this context (others all train)",
+    }
+
+    def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
+        """Permute the sorted eligible ids with ``default_rng(seed)`` and cut."""
+        _check_params(self, params)
+        ids = _check_groups(groups)
+        test_f = as_fraction(params.get("test_fraction", 0.2), "test_fraction", ConfigError, allow_zero=False)
+        val_f = as_fraction(params.get("val_fraction", 0.0), "val_fraction", ConfigError)
+        if test_f + val_f >= 1:
+            raise ConfigError(f"test_fraction + val_fraction must be < 1, got {test_f + val_f}",
+                              field="val_fraction", fix="lower one of the fractions")
+        ctx = params.get("context")
+        ctx = str(ctx).strip() if ctx is not None and str(ctx).strip() else None
+        if ctx is not None and ctx not in _contexts(groups):
+            raise ConfigError(f"unknown context {ctx!r}", field="context",
+                              fix=f"use one of: {', '.join(_contexts(groups))}")
+        eligible = [g for g in ids if ctx is None or groups[g].context == ctx]
+        if len(eligible) < 2:
+            raise ConfigError(f"only {len(eligible)} eligible group(s); need at least 2 to split",
+                              field="context" if ctx else "groups", fix="choose a context with more groups")
+        rng = np.random.default_rng(int(seed))
+        order = [eligible[i] for i in rng.permutation(len(eligible))]
+        n_test = min(len(eligible) - 1, max(1, _n_of(test_f, len(eligible))))
+        n_val = min(len(eligible) - 1 - n_test, _n_of(val_f, len(eligible)))
+        if val_f > 0 and n_val == 0 and len(eligible) - 1 - n_test > 0:
+            n_val = 1
+        test, val = set(order[:n_test]), set(order[n_test : n_test + n_val])
+        assignments = {g: "test" if g in test else "val" if g in val else "train" for g in ids}
+        where = f" within context {ctx!r}" if ctx else ""
+        notes = (f"random groups{where}: {n_test} test, {n_val} val of {len(eligible)} eligible groups "
+                 f"(seed {seed}; numpy default_rng permutation of sorted ids)")
+        return SplitAssignment(assignments=assignments, ood=None, labels=None, notes=notes)
+
+
+class ContextOODSplit(SplitGenerator):
+    """Hold out one whole context (cell line): every group of it is tested."""
+
+    name: ClassVar[str] = "context-ood"
+    description: ClassVar[str] = "out-of-distribution context: all groups of one context are test"
+    options: ClassVar[dict[str, str]] = {
+        "context": "the held-out context (required)",
+        "val_fraction": "fraction of the training groups moved to validation, in [0, 1); default 0",
+    }
+
+    def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
+        """Test = the groups of ``context``; val carved from the rest with ``seed``."""
+        _check_params(self, params)
+        ids = _check_groups(groups)
+        contexts = _contexts(groups)
+        ctx = params.get("context")
+        ctx = str(ctx).strip() if ctx is not None else ""
+        if not ctx:
+            raise ConfigError("context-ood needs the held-out context", field="context",
+                              fix=f"pass context=<one of {', '.join(contexts)}>")
+        if ctx not in contexts:
+            raise ConfigError(f"unknown context {ctx!r}", field="context",
+                              fix=f"use one of: {', '.join(contexts)}")
+        val_f = as_fraction(params.get("val_fraction", 0.0), "val_fraction", ConfigError)
+        test = [g for g in ids if groups[g].context == ctx]
+        rest = [g for g in ids if groups[g].context != ctx]
+        if not rest:
+            raise ConfigError(f"context {ctx!r} is the only context; nothing is left to train on",
+                              field="context", fix="use a dataset with several contexts")
+        val = _carve(rest, val_f, np.random.default_rng(int(seed)))
+        if val and len(val) == len(rest):
+            val.discard(sorted(val)[0])
+        assignments = {g: "test" if g in test else "val" if g in val else "train" for g in ids}
+        notes = (f"context {ctx!r} held out: its {len(test)} groups are test (all out of distribution: "
+                 f"the context is unseen in training); {len(val)} val groups drawn from the other "
+                 f"contexts with seed {seed}")
+        return SplitAssignment(assignments=assignments, ood={g: True for g in test}, labels=None, notes=notes)
+
+
+GENERATORS: tuple[type[SplitGenerator], ...] = (ExplicitSplit, RandomGroupsSplit, ContextOODSplit)

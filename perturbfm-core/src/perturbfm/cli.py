@@ -1,0 +1,331 @@
+"""The ``pfm-bench`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from perturbfm import __version__
+from perturbfm.errors import PanelIncompleteError, PerturbFMError, PluginError
+from perturbfm.plugins import get_registry
+from perturbfm.store import ArtifactStore
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+
+
+def _store(ctx: click.Context) -> ArtifactStore:
+    return ArtifactStore(ctx.obj["store"])
+
+
+def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise PerturbFMError(f"{flag} {item!r} is not key=value", field=flag, fix=f"write {flag} name=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", type=click.Path(file_okay=False), default=None, envvar=None,
+              help="Artifact store root (default: $PFM_HOME, else ~/.local/share/perturbfm).")
+@click.version_option(__version__, prog_name="pfm-bench")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None) -> None:
+    """PerturbFM: reproducible benchmarks of single-cell perturbation-response models."""
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = store
+
+
+# ----------------------------------------------------------------------------- plugins
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List installed plugins, what they register, and load errors."""
+    if ctx.invoked_subcommand is not None:
+        return
+    reg = get_registry()
+    rows = [p.to_dict() for p in reg.plugins]
+    conflicts = [{"kind": k, "name": n, "distributions": d} for (k, n), d in reg.conflicts().items()]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "conflicts": conflicts}, indent=2))
+        return
+    t = Table(title="PerturbFM plugins (entry-point group 'perturbfm')")
+    for col in ("distribution", "version", "entry point", "registers", "status"):
+        t.add_column(col)
+    for p in rows:
+        regs = "\n".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()) or "-"
+        status = "[red]" + p["error"] + "[/red]" if p["error"] else "[green]ok[/green]"
+        t.add_row(p["distribution"], p["version"], p["entry_point"], regs, status)
+    console.print(t)
+    for c in conflicts:
+        console.print(f"[red]conflict:[/red] {c['kind']} {c['name']!r} registered by {', '.join(c['distributions'])}")
+
+
+# ----------------------------------------------------------------------------- data
+@cli.group()
+def data() -> None:
+    """Import, list and inspect datasets."""
+
+
+@data.command("import")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--adapter", default="anndata", show_default=True, help="Dataset adapter name.")
+@click.option("--perturbation-key", default=None, help="obs column holding the perturbation label.")
+@click.option("--control", default=None, help="Label of control cells.")
+@click.option("--combo-delimiter", default=None, help="Delimiter joining the genes of a combination.")
+@click.option("--context-key", "context_keys", multiple=True, help="obs column(s) defining the context.")
+@click.option("--covariate-key", "covariate_keys", multiple=True, help="obs column(s) of covariates.")
+@click.option("--expression", type=click.Choice(["auto", "counts", "log1p"]), default=None,
+              help="X holds raw counts (normalised + log1p at import) or log1p values.")
+@click.option("--opt", "opts", multiple=True, help="Extra adapter option key=value.")
+@click.pass_context
+def data_import(ctx: click.Context, path: str | None, adapter: str, opts: Sequence[str], **named: Any) -> None:
+    """Import a dataset into the store and print its content hash."""
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in named.items() if v not in (None, ())}
+    options.update(_parse_kv(opts, "--opt"))
+    from perturbfm.datasets import import_dataset
+
+    stored, created = import_dataset(_store(ctx), adapter, path, options)
+    m = stored.manifest
+    err_console.print(
+        f"{'imported' if created else 'already in the store'}: {m['n_obs']} cells x {m['n_vars']} genes, "
+        f"{m['n_groups']} groups, contexts {', '.join(m['contexts'])}"
+        + (" [bold red](SYNTHETIC)[/bold red]" if m.get("synthetic") else "")
+    )
+    if m.get("perturbed_genes_not_measured"):
+        nm = m["perturbed_genes_not_measured"]
+        err_console.print(f"{len(nm)} of {len(m['perturbed_genes'])} perturbed genes are not measured")
+    click.echo(stored.hash)
+
+
+@data.command("list")
+@click.pass_context
+def data_list(ctx: click.Context) -> None:
+    """List datasets in the store."""
+    t = Table()
+    for col in ("hash", "adapter", "cells", "genes", "groups", "contexts", "synthetic", "source"):
+        t.add_column(col)
+    for d in _store(ctx).datasets.list():
+        m = d.manifest
+        src = m.get("source", {})
+        t.add_row(d.hash[:12], m["adapter"], str(m["n_obs"]), str(m["n_vars"]), str(m["n_groups"]),
+                  ",".join(m["contexts"]), "yes" if m.get("synthetic") else "no",
+                  str(src.get("path") or src.get("simulator") or src)[:50])
+    console.print(t)
+
+
+@data.command("show")
+@click.argument("dataset")
+@click.pass_context
+def data_show(ctx: click.Context, dataset: str) -> None:
+    """Print a dataset's manifest."""
+    click.echo(json.dumps(_store(ctx).datasets.get(dataset).manifest, indent=2))
+
+
+# ----------------------------------------------------------------------------- splits
+@cli.group()
+def splits() -> None:
+    """Create, list and inspect hash-locked splits."""
+
+
+@splits.command("create")
+@click.option("--dataset", required=True, help="Dataset hash (or unique prefix).")
+@click.option("--generator", required=True, help="Split generator name.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test", "test", default=None, help="Comma-separated held-out group ids (explicit).")
+@click.option("--val", "val", default=None, help="Comma-separated validation group ids (explicit).")
+@click.option("--context", default=None, help="Context to hold out (context-ood) or restrict to.")
+@click.option("--test-fraction", type=float, default=None)
+@click.option("--val-fraction", type=float, default=None)
+@click.option("--param", "params", multiple=True, help="Extra generator parameter key=value.")
+@click.pass_context
+def splits_create(ctx: click.Context, dataset: str, generator: str, seed: int, params: Sequence[str],
+                  **named: Any) -> None:
+    """Generate a split, store it immutably, and print its id."""
+    from perturbfm.datasets import create_split
+
+    p = {k: v for k, v in named.items() if v is not None}
+    p.update(_parse_kv(params, "--param"))
+    sid, created, split = create_split(_store(ctx), dataset, generator, p, seed)
+    c = split.counts()
+    err_console.print(
+        f"{'created' if created else 'exists (identical content)'}: "
+        + ", ".join(f"{k} {v}" for k, v in c.items() if v) + " groups"
+    )
+    click.echo(sid)
+
+
+@splits.command("list")
+@click.pass_context
+def splits_list(ctx: click.Context) -> None:
+    """List stored splits."""
+    t = Table()
+    for col in ("id", "dataset", "generator", "params", "seed", "train", "val", "test", "calib"):
+        t.add_column(col)
+    for sid, s in _store(ctx).splits.list():
+        c = s.counts()
+        t.add_row(sid[:12], s.dataset[:12], s.generator, json.dumps(s.params)[:40], str(s.seed),
+                  str(c["train"]), str(c["val"]), str(c["test"]), str(c["calibration"]))
+    console.print(t)
+
+
+@splits.command("show")
+@click.argument("split")
+@click.pass_context
+def splits_show(ctx: click.Context, split: str) -> None:
+    """Print a split (verified against its hash)."""
+    s = _store(ctx).splits.get(split)
+    click.echo(json.dumps({"id": s.id, **s.content()}, indent=2))
+
+
+# ----------------------------------------------------------------------------- run
+@cli.command("run")
+@click.option("--model", required=True, help="Model name (see `pfm-bench plugins`).")
+@click.option("--split", "split", required=True, help="Split id (or unique prefix).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
+@click.option("--set", "sets", multiple=True, help="Override a parameter: section.key=value.")
+@click.pass_context
+def run_cmd(ctx: click.Context, model: str, split: str, config_file: str | None, sets: Sequence[str]) -> None:
+    """Fit, predict, evaluate and write a run directory."""
+    from perturbfm.run import execute_run
+
+    with console.status("starting") as status:
+        result = execute_run(_store(ctx), model=model, split=split, config_file=config_file, sets=sets,
+                             progress=lambda msg: status.update(msg))
+    _print_run_result(result)
+    if result.status != "succeeded":
+        ctx.exit(EXIT_RUN_FAILED)
+
+
+def _print_run_result(result: Any) -> None:
+    if result.status == "succeeded":
+        m = result.metrics
+        if m.get("synthetic"):
+            err_console.print("[bold red]SYNTHETIC DATA[/bold red]: results come from simulated data")
+        t = Table(title=f"{m['model']} on split {m['split'][:7]} ({m['n_groups']} held-out groups)")
+        t.add_column("panel")
+        t.add_column("metric")
+        t.add_column("global", justify="right")
+        for pname, panel in m["panels"].items():
+            for key, e in panel["metrics"].items():
+                t.add_row(pname, key, "n/a" if "not_applicable" in e else f"{e['global']:.4f}")
+        console.print(t)
+        click.echo(str(result.run_dir))
+        return
+    err = result.error
+    if isinstance(err, PanelIncompleteError):
+        t = Table(title="incomplete metric panels: metrics.json was NOT written")
+        for col in ("panel", "key", "problem"):
+            t.add_column(col)
+        for row in err.problems:
+            t.add_row(*row)
+        err_console.print(t)
+    elif err is not None:
+        err_console.print(f"[red]run failed:[/red] {err.render()}")
+    err_console.print(f"run directory (status: failed): {result.run_dir}")
+
+
+# ----------------------------------------------------------------------------- demo
+@cli.command("demo")
+@click.option("--seed", type=int, default=0, show_default=True, help="Simulator and split seed.")
+@click.option("--models", default="control-mean,train-mean,additive,linear", show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, seed: int, models: str) -> None:
+    """The main job: a benchmark on the embedded SYNTHETIC dataset, end to end.
+
+    Simulates the default dataset, holds out a random 25% of perturbation
+    groups (hash-locked split), runs each model, and writes reports.
+    """
+    from perturbfm.datasets import create_split, import_dataset
+    from perturbfm.run import execute_run
+
+    store = _store(ctx)
+    err_console.print("[bold red]SYNTHETIC DATA[/bold red]: the embedded simulator stands in for a real screen")
+    stored, _ = import_dataset(store, "synthetic", None, {"seed": seed})
+    sid, _, _ = create_split(store, stored.hash, "random-groups", {"test_fraction": 0.25}, seed)
+    err_console.print(f"dataset {stored.hash[:12]}  split {sid[:12]}")
+    results = []
+    for name in [m.strip() for m in models.split(",") if m.strip()]:
+        with console.status(f"{name}: starting") as status:
+            res = execute_run(store, model=name, split=sid, progress=lambda msg: status.update(f"{name}: {msg}"))
+        if res.status != "succeeded":
+            _print_run_result(res)
+            ctx.exit(EXIT_RUN_FAILED)
+        results.append(res)
+    from perturbfm.report import write_comparison_report
+
+    path = write_comparison_report(store.root / "reports" / f"demo_{sid[:7]}.html", [r.metrics for r in results],
+                                   [str(r.run_dir) for r in results])
+    t = Table(title=f"SYNTHETIC benchmark: split {sid[:7]} (global, weighted by true cells)")
+    t.add_column("model")
+    keys = [(p, k) for p, panel in results[0].metrics["panels"].items() for k in panel["metrics"]]
+    for _, k in keys:
+        t.add_column(k, justify="right")
+    for r in results:
+        t.add_row(r.metrics["model"], *[f"{r.metrics['panels'][p]['metrics'][k]['global']:.4f}" for p, k in keys])
+    console.print(t)
+    for r in results:
+        err_console.print(f"run: {r.run_dir}")
+    click.echo(str(path))
+
+
+def _add_plugin_commands() -> None:
+    reg = get_registry()
+    for impl in reg.pm.hook.pfm_register_commands.get_hookimpls():
+        before = set(cli.commands)
+        try:
+            probe = click.Group()
+            impl.function(cli=probe)
+        except Exception as exc:  # a broken plugin's commands are skipped, not fatal
+            err_console.print(f"[yellow]plugin {impl.plugin_name} failed to add commands: {exc}[/yellow]")
+            continue
+        for name, cmd in probe.commands.items():
+            if name in before:
+                err_console.print(f"[yellow]plugin {impl.plugin_name}: command {name!r} already exists; "
+                                  "ignored[/yellow]")
+                continue
+            cli.add_command(cmd, name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors become short messages and exit code 2."""
+    try:
+        _add_plugin_commands()
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="pfm-bench", standalone_mode=False)
+        if isinstance(rv, int):
+            return rv
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except PerturbFMError as exc:
+        label = "plugin error" if isinstance(exc, PluginError) else "error"
+        err_console.print(f"[bold red]{label}:[/bold red] {exc.render()}")
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
