@@ -158,6 +158,22 @@ def _row_chunks(n: int, chunk: int) -> Iterable[slice]:
         yield slice(start, min(start + chunk, n))
 
 
+def _indicator(codes: np.ndarray, n_lab: int) -> sp.csr_matrix:
+    return sp.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_lab, codes.size))
+
+
+def _labelled_chunks(adata: ad.AnnData, codes: np.ndarray, chunk: int) -> Iterable[tuple[slice, np.ndarray, np.ndarray, Any]]:
+    """Row chunks holding at least one labelled cell: (slice, codes, kept rows, X rows as float64)."""
+    for sl in _row_chunks(adata.n_obs, chunk):
+        c = codes[sl]
+        keep = np.flatnonzero(c >= 0)
+        if keep.size == 0:
+            continue
+        X = adata.X[sl][keep]
+        X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+        yield sl, c, keep, X
+
+
 def grouped_moments(
     adata: ad.AnnData,
     labels: Sequence[str] | np.ndarray,
@@ -176,31 +192,23 @@ def grouped_moments(
     pos = {lab: i for i, lab in enumerate(order)}
     codes = np.array([pos.get(str(x), -1) for x in labels], dtype=np.int64)
     n_lab, n_genes = len(order), adata.n_vars
-    sums = np.zeros((n_lab, n_genes))
-    sqs = np.zeros((n_lab, n_genes))
     counts = np.bincount(codes[codes >= 0], minlength=n_lab).astype(np.int64)
-    for sl in _row_chunks(adata.n_obs, chunk_size):
-        c = codes[sl]
-        keep = np.flatnonzero(c >= 0)
-        if keep.size == 0:
-            continue
-        X = adata.X[sl]
-        X = X[keep]
-        ind = sp.csr_matrix(
-            (np.ones(keep.size), (c[keep], np.arange(keep.size))), shape=(n_lab, keep.size)
-        )
-        if sp.issparse(X):
-            X = sp.csr_matrix(X, dtype=np.float64)
-            sums += np.asarray((ind @ X).todense())
-            sqs += np.asarray((ind @ X.multiply(X)).todense())
-        else:
-            X = np.asarray(X, dtype=np.float64)
-            sums += ind @ X
-            sqs += ind @ (X * X)
+    sums = np.zeros((n_lab, n_genes))
+    for sl, c, keep, X in _labelled_chunks(adata, codes, chunk_size):
+        ind = _indicator(c[keep], n_lab)
+        sums += np.asarray((ind @ X).todense()) if sp.issparse(X) else ind @ X
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts[:, None]
-        var = (sqs - counts[:, None] * means**2) / (counts[:, None] - 1)
-    var = np.where(counts[:, None] > 1, np.maximum(var, 0.0), np.nan)
+    # second pass on deviations from the mean: exact for constant genes, no cancellation
+    sq = np.zeros((n_lab, n_genes))
+    dense_rows_per_chunk = max(1, min(chunk_size, 20_000_000 // max(n_genes, 1)))
+    for sl, c, keep, X in _labelled_chunks(adata, codes, dense_rows_per_chunk):
+        dense = X.toarray() if sp.issparse(X) else X
+        dev = dense - means[c[keep]]
+        sq += _indicator(c[keep], n_lab) @ (dev * dev)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = sq / (counts[:, None] - 1)
+    var = np.where(counts[:, None] > 1, var, np.nan)
     return means, var, counts
 
 

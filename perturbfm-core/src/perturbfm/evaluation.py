@@ -185,6 +185,12 @@ def build_eval_data(
     ids = [g.group_id for g in groups]
     labels = ensure_group_column(adata).astype(str).to_numpy()
     true_mean, true_var, counts = grouped_moments(adata, labels, ids)
+    empty = [gid for gid, n in zip(ids, counts) if n == 0]
+    if empty:
+        raise PredictionError(
+            f"{len(empty)} evaluated groups have no true cells: {', '.join(empty[:10])}",
+            field="groups", fix="evaluate only groups that have cells in the truth",
+        )
     missing_ctx = sorted({g.context for g in groups if not control.has(g.context)})
     if missing_ctx:
         raise PredictionError(

@@ -12,12 +12,13 @@ sub-generators spawned from it, so a seed fixes the dataset exactly):
    weighted gene-gene graph ``A`` (``A[i, j]`` = weight of edge ``i -> j``):
    every gene has ``1 + Poisson(2)`` out-edges (capped; about 3 on average) to
    random other genes, weights ``±U(0.3, 0.8)``. ``alpha`` scales it so that the
-   spectral radius of ``alpha * A`` is 0.7 (at most ``alpha = 1``), so
-   propagation converges. The edge list is ``extra["graph_edges"]`` as
-   ``[src, dst, weight]`` (weights before ``alpha``; ``extra["propagation_alpha"]``).
+   spectral radius of ``alpha * |A|`` is 0.9 (at most ``alpha = 1``); that
+   bounds the one of ``alpha * A``, so propagation converges. The edge list is
+   ``extra["graph_edges"]`` as ``[src, dst, weight]`` (gene indices, weights
+   before ``alpha``; ``alpha`` is ``extra["propagation_alpha"]``).
 2. **Perturbations.** ``n_singles`` target genes (measured genes, drawn among
    the better-expressed 70 %), each with a knockdown strength
-   ``k_g ~ U(1.0, 2.5)`` (log scale). A gene set ``S`` has the direct effect
+   ``k_g ~ U(1.5, 3.0)`` (log scale). A gene set ``S`` has the direct effect
    ``d_S = -sum_{g in S} k_g e_g`` (its targets' own expression drops), and the
    network response ``r_S = (I - alpha A^T)^{-1} d_S`` (the steady state of
    ``r = d + alpha A^T r``: each gene receives its regulators' responses).
@@ -32,7 +33,8 @@ sub-generators spawned from it, so a seed fixes the dataset exactly):
    (``rank x rank``, Gaussian, scaled so ``|U W_c U^T r|`` is about half of
    ``|r|``): the expressed response is ``r_c = r + U W_c U^T r``. Each context
    also has its own baseline (global log-baseline ``N(0, 1.2)`` plus a per-context
-   ``N(0, 0.35)`` shift per gene) and its own library-size factor.
+   ``N(0, 0.35)`` shift per gene) and its own library-size factor
+   ``f_c ~ U(0.8, 1.25)``.
 4. **Dose and time.** Groups are ``(perturbation, context)``: each perturbed
    group gets one dose from ``{0.1, 1.0, 10.0}`` and one time from ``{24, 72}``
    hours, drawn per group. The response is scaled by
@@ -41,11 +43,11 @@ sub-generators spawned from it, so a seed fixes the dataset exactly):
    them (controls: 0.0 and 0.0). Dose and time are attributes of the group, not
    group-defining covariates, so ``pfm_covariates`` is ``""`` everywhere and a
    group id is ``"<perturbation>@<context>"``.
-5. **Counts.** Per cell, library size ``L ~ LogNormal(log(5000 * f_c), 0.35)``;
+5. **Counts.** Per cell, library size ``L ~ LogNormal(log(10000 * f_c), 0.35)``;
    mean ``mu = L * p_c * exp(clip(scale * r_c, -6, 3))`` with ``p_c`` the
    context's baseline proportions (``exp(log baseline)`` normalised);
    negative-binomial counts as a gamma-Poisson mixture with per-gene dispersion
-   ``phi ~ U(0.05, 0.3)`` (variance ``mu + phi mu^2``). Raw counts are kept in
+   ``phi ~ U(0.02, 0.2)`` (variance ``mu + phi mu^2``). Raw counts are kept in
    ``layers["counts"]``; ``X`` is ``log1p(counts / total * 1e4)``, float64 CSR.
 
 Every single and double is measured in every context; each context has
@@ -85,7 +87,8 @@ TIME_TAU_H = 24.0
 TARGET_SPECTRAL_RADIUS = 0.9
 CONTEXT_STRENGTH = 0.5
 KNOCKDOWN = (1.5, 3.0)
-LIBRARY_MEAN = 5000.0
+LIBRARY_MEAN = 10000.0
+DISPERSION = (0.02, 0.2)
 NORMALISE_TO = 1e4
 NOTE = (
     "SYNTHETIC DATA simulated by perturbfm (perturbfm.builtin.synthetic, simulator version "
@@ -252,7 +255,7 @@ def simulate(p: Mapping[str, Any]) -> tuple[ad.AnnData, dict[str, Any]]:
         ctx_op = {c: U @ (sigma * r_ctx.standard_normal((rank, rank))) @ U.T for c in contexts}
     else:
         ctx_op = {c: np.zeros((n_genes, n_genes)) for c in contexts}
-    dispersion = r_ctx.uniform(0.05, 0.3, n_genes)
+    dispersion = r_ctx.uniform(*DISPERSION, n_genes)
 
     # 2. perturbations
     expressed = np.argsort(log_base)[int(round(0.3 * n_genes)):]
