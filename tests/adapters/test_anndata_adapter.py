@@ -116,11 +116,12 @@ def test_non_numeric_dose_kept_as_string_only(write_h5ad):
 
 def test_obs_filter_bool_and_string(write_h5ad):
     adata = make_adata(extra_obs={"ok": [True, False, True, True, False, True, True, False],
-                                  "rep": ["r1", "r2"] * 4})
+                                  "rep": ["r1", "r2"] * 4, "n": [1.0, 2.0] * 4})
     path = write_h5ad(adata)
     res = load(path, obs_filter="ok=True")
     assert res.adata.n_obs == 5 and res.adata.obs["ok"].all()
     assert load(path, obs_filter="rep=r2").adata.n_obs == 4
+    assert load(path, obs_filter="n=2").adata.n_obs == 4
     expect_error(path, "ok", "boolean", obs_filter="ok=maybe")
     expect_error(path, "nope", "no obs column", obs_filter="nope=1")
     expect_error(path, "rep", "zero cells", obs_filter="rep=r9")
@@ -197,6 +198,7 @@ def test_negative_values(write_h5ad):
     expect_error(path, "X", "negative")  # auto: not counts, and not log1p either
 
 
+@pytest.mark.filterwarnings("ignore:(Observation|Variable) names are not unique:UserWarning")
 def test_duplicate_names(write_h5ad):
     adata = make_adata()
     adata.obs_names = ["c0"] * 2 + [f"c{i}" for i in range(2, 8)]

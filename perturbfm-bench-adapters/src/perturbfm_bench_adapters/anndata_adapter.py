@@ -37,6 +37,14 @@ from perturbfm_bench_adapters._options import as_bool, as_str_list
 _FORBIDDEN = "@"  # separates the parts of a group id
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _head(items: Any, n: int = 8) -> str:
     items = [str(i) for i in items]
     more = f", ... ({len(items) - n} more)" if len(items) > n else ""
@@ -222,6 +230,8 @@ class AnnDataAdapter(DatasetAdapter):
                 raise DatasetValidationError(f"obs column {col!r} is boolean; cannot compare to {value!r}",
                                              file=file, field=col, fix=f"use {col}=True or {col}=False")
             mask = series.to_numpy(dtype=bool) == want
+        elif pd.api.types.is_numeric_dtype(series) and _is_number(value):
+            mask = (series.to_numpy(dtype=np.float64) == float(value))
         else:
             mask = (series.astype(str).str.strip() == value).to_numpy()
         if not mask.any():

@@ -288,9 +288,10 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
 
 
 def _add_plugin_commands() -> None:
+    """Add the commands plugins register. A plugin group named like a core group
+    (``data``, ``splits``) is merged into it; a name already taken is refused."""
     reg = get_registry()
     for impl in reg.pm.hook.pfm_register_commands.get_hookimpls():
-        before = set(cli.commands)
         try:
             probe = click.Group()
             impl.function(cli=probe)
@@ -298,11 +299,19 @@ def _add_plugin_commands() -> None:
             err_console.print(f"[yellow]plugin {impl.plugin_name} failed to add commands: {exc}[/yellow]")
             continue
         for name, cmd in probe.commands.items():
-            if name in before:
+            existing = cli.commands.get(name)
+            if existing is None:
+                cli.add_command(cmd, name)
+            elif isinstance(existing, click.Group) and isinstance(cmd, click.Group):
+                for sub_name, sub in cmd.commands.items():
+                    if sub_name in existing.commands:
+                        err_console.print(f"[yellow]plugin {impl.plugin_name}: command '{name} {sub_name}' "
+                                          "already exists; ignored[/yellow]")
+                    else:
+                        existing.add_command(sub, sub_name)
+            else:
                 err_console.print(f"[yellow]plugin {impl.plugin_name}: command {name!r} already exists; "
                                   "ignored[/yellow]")
-                continue
-            cli.add_command(cmd, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,11 +1,20 @@
-"""Entry point of perturbfm-metrics: registers implementations with PerturbFM."""
+"""Entry point of perturbfm-metrics: registers the metric panels and commands."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from perturbfm import hookimpl
 
 
 @hookimpl
 def pfm_register_metric_panels() -> list[type]:
-    """Register the metric panels of this distribution."""
     from perturbfm_metrics.basic import BasicPanel
 
-    return [BasicPanel]
+    panels: list[type] = [BasicPanel]
+    return panels
+
+
+@hookimpl
+def pfm_register_commands(cli: Any) -> None:
+    return None
