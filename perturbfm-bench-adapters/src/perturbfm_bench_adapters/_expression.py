@@ -6,6 +6,7 @@ large matrix is never copied in full more than once (the float64 conversion).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -64,22 +65,14 @@ def normalise_counts(X: sp.csr_matrix) -> tuple[sp.csr_matrix, int]:
     return X, n_empty
 
 
-def prepare_expression(
-    X_in: Any, mode: str, *, file: str, source_label: str
-) -> tuple[sp.csr_matrix, str, list[str]]:
-    """Validate and (when counts) normalise the expression matrix.
+def _merge(a: dict[str, int | bool], b: dict[str, int | bool]) -> dict[str, int | bool]:
+    return {"nonfinite": int(a["nonfinite"]) + int(b["nonfinite"]),
+            "negative": int(a["negative"]) + int(b["negative"]),
+            "integer": bool(a["integer"]) and bool(b["integer"])}
 
-    Args:
-        X_in: the input matrix (never modified).
-        mode: ``"auto"``, ``"counts"`` or ``"log1p"``.
-        file: the input file, for error messages.
-        source_label: where ``X_in`` came from (e.g. ``"X"``).
 
-    Returns:
-        ``(X as new float64 CSR, expression_space, processing lines)``.
-    """
-    X = to_csr_float64(X_in)
-    stats = scan(X)
+def _decide(stats: dict[str, int | bool], mode: str, file: str, source_label: str) -> tuple[str, list[str]]:
+    """Refuse non-finite / negative input and resolve ``auto`` to counts or log1p."""
     if stats["nonfinite"]:
         raise DatasetValidationError(
             f"{source_label} holds {stats['nonfinite']} NaN or infinite value(s)",
@@ -104,13 +97,79 @@ def prepare_expression(
             field=source_label,
             fix="import raw counts or log1p-normalised values (not scaled / z-scored data)",
         )
+    if mode == "counts" and not stats["integer"]:
+        processing.append("warning: expression='counts' but some values are not integers")
+    return mode, processing
+
+
+def prepare_expression(
+    X_in: Any, mode: str, *, file: str, source_label: str
+) -> tuple[sp.csr_matrix, str, list[str]]:
+    """Validate and (when counts) normalise the expression matrix.
+
+    Args:
+        X_in: the input matrix (never modified).
+        mode: ``"auto"``, ``"counts"`` or ``"log1p"``.
+        file: the input file, for error messages.
+        source_label: where ``X_in`` came from (e.g. ``"X"``).
+
+    Returns:
+        ``(X as new float64 CSR, expression_space, processing lines)``.
+    """
+    X = to_csr_float64(X_in)
+    mode, processing = _decide(scan(X), mode, file, source_label)
     if mode == "counts":
-        if not stats["integer"]:
-            processing.append("warning: expression='counts' but some values are not integers")
         X, n_empty = normalise_counts(X)
-        processing.append("normalised to 10,000 counts per cell, then log1p")
-        if n_empty:
-            processing.append(f"{n_empty} cell(s) with zero total counts left at 0")
-        return X, COUNTS_SPACE, processing
+        return X, COUNTS_SPACE, processing + _counts_lines(n_empty)
+    processing.append("expression used as provided (log1p-normalised)")
+    return X, LOG1P_SPACE, processing
+
+
+def _counts_lines(n_empty: int) -> list[str]:
+    lines = ["normalised to 10,000 counts per cell, then log1p"]
+    if n_empty:
+        lines.append(f"{n_empty} cell(s) with zero total counts left at 0")
+    return lines
+
+
+def _row_blocks(X_src: Any, rows: np.ndarray | None, chunk_rows: int) -> Iterator[sp.csr_matrix]:
+    n = X_src.shape[0] if rows is None else rows.size
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        idx = slice(start, stop) if rows is None else rows[start:stop]
+        yield to_csr_float64(X_src[idx])
+
+
+def prepare_expression_chunked(
+    X_src: Any, rows: np.ndarray | None, mode: str, *, file: str, source_label: str, chunk_rows: int
+) -> tuple[sp.csr_matrix, str, list[str]]:
+    """Like :func:`prepare_expression`, reading ``X_src`` (e.g. a backed h5ad
+    matrix) ``chunk_rows`` rows at a time: one pass to check and detect the
+    expression space, one to convert. Per-cell normalisation is row-local, so the
+    result equals the in-memory path's; peak memory is the sparse output plus one
+    chunk (never a dense or float64 copy of the whole input).
+
+    Args:
+        rows: sorted row indices to keep (None: all rows).
+    """
+    if chunk_rows < 1:
+        raise DatasetValidationError(f"chunk_size must be >= 1, got {chunk_rows}", file=file,
+                                     field="chunk_size", fix="pass e.g. chunk_size=10000")
+    stats: dict[str, int | bool] = {"nonfinite": 0, "negative": 0, "integer": True}
+    for block in _row_blocks(X_src, rows, chunk_rows):
+        stats = _merge(stats, scan(block))
+    mode, processing = _decide(stats, mode, file, source_label)
+    out, n_empty = [], 0
+    for block in _row_blocks(X_src, rows, chunk_rows):
+        if mode == "counts":
+            block, k = normalise_counts(block)
+            n_empty += k
+        out.append(block)
+    n_cols = X_src.shape[1]
+    X = sp.vstack(out, format="csr") if out else sp.csr_matrix((0, n_cols), dtype=np.float64)
+    X = sp.csr_matrix(X, dtype=np.float64)
+    processing.append(f"X read and converted in chunks of {chunk_rows} rows (backed mode)")
+    if mode == "counts":
+        return X, COUNTS_SPACE, processing + _counts_lines(n_empty)
     processing.append("expression used as provided (log1p-normalised)")
     return X, LOG1P_SPACE, processing

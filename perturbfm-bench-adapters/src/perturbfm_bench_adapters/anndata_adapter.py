@@ -5,11 +5,15 @@ line / type) and the group-defining covariates; the adapter writes the
 canonical columns of :mod:`perturbfm.dataset`, converts ``X`` to float64 CSR in
 log1p space and refuses malformed input with a
 :class:`~perturbfm.errors.DatasetValidationError` naming file, field and fix.
+
+Format adapters (:mod:`perturbfm_bench_adapters.formats`) subclass it: they
+change defaults and may derive the perturbation column first (``prepare``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,16 +29,31 @@ from perturbfm.dataset import (
     COVARIATES_COL,
     GROUP_COL,
     PERT_COL,
-    canonical_perturbation,
+    pert_genes,
 )
 from perturbfm.errors import DatasetValidationError
 from perturbfm.hashing import sha256_file
 from perturbfm.interfaces import AdapterResult, DatasetAdapter
 
-from perturbfm_bench_adapters._expression import EXPRESSION_MODES, prepare_expression
+from perturbfm_bench_adapters._expression import (
+    EXPRESSION_MODES,
+    prepare_expression,
+    prepare_expression_chunked,
+)
+from perturbfm_bench_adapters._obs_parsing import (
+    canonical_labels,
+    check_controls,
+    context_labels,
+    covariates,
+    head,
+)
 from perturbfm_bench_adapters._options import as_bool, as_str_list
 
-_FORBIDDEN = "@"  # separates the parts of a group id
+#: ``prepare(obs, file, processing) -> (obs, overrides)``: a format's hook that
+#: may add a derived perturbation column before parsing; ``overrides`` may set
+#: ``perturbation_key`` and ``context_keys`` (e.g. defaults that depend on the columns).
+Prepare = Callable[[pd.DataFrame, str, list[str]], tuple[pd.DataFrame, dict[str, Any]]]
+DEFAULT_CHUNK = 10_000
 
 
 def _is_number(text: str) -> bool:
@@ -45,10 +64,14 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _head(items: Any, n: int = 8) -> str:
-    items = [str(i) for i in items]
-    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
+def gene_universe(var_names: Any, perturbations: Any) -> tuple[list[str], list[str]]:
+    """The measured genes (in order) followed by the perturbed genes that are not
+    measured (sorted); and that second list on its own."""
+    measured = [str(g) for g in var_names]
+    known = set(measured)
+    perturbed = sorted({g for p in set(map(str, perturbations)) for g in pert_genes(p)})
+    missing = [g for g in perturbed if g not in known]
+    return measured + missing, missing
 
 
 class AnnDataAdapter(DatasetAdapter):
@@ -71,6 +94,11 @@ class AnnDataAdapter(DatasetAdapter):
         "'counts' (normalise to 10,000 per cell, then log1p) or 'log1p' (used as provided)",
         "obs_filter": "optional 'column=value': keep only cells where that column equals the value "
         "(e.g. confident_assignment=True)",
+        "backed": "read the file with anndata backed='r' and convert X in row chunks, for files "
+        "larger than memory (default False)",
+        "chunk_size": f"rows per chunk in backed mode (default {DEFAULT_CHUNK})",
+        "gene_name_key": "optional var column holding the gene symbols to use as gene names "
+        "(e.g. GEARS' 'gene_name' when var_names are Ensembl ids)",
         "licence": "licence of the source data, recorded in the manifest",
         "citation": "citation of the source data, recorded in the manifest",
     }
@@ -86,22 +114,55 @@ class AnnDataAdapter(DatasetAdapter):
         covariate_keys: Any = (),
         expression: str = "auto",
         obs_filter: str | None = None,
+        backed: Any = False,
+        chunk_size: Any = DEFAULT_CHUNK,
+        gene_name_key: str | None = None,
         licence: str | None = None,
         citation: str | None = None,
         **unknown: Any,
     ) -> AdapterResult:
         """Read ``path`` and return the canonical dataset (see the class ``options``)."""
+        return self._load(
+            path, unknown, perturbation_key=perturbation_key, control=control,
+            combo_delimiter=combo_delimiter, context_keys=context_keys, covariate_keys=covariate_keys,
+            expression=expression, obs_filter=obs_filter, backed=backed, chunk_size=chunk_size,
+            gene_name_key=gene_name_key, licence=licence, citation=citation,
+        )
+
+    # ------------------------------------------------------------------ shared core
+    def _load(
+        self,
+        path: str | Path | None,
+        unknown: dict[str, Any],
+        *,
+        perturbation_key: str,
+        control: str,
+        combo_delimiter: str,
+        context_keys: Any,
+        covariate_keys: Any,
+        expression: str,
+        obs_filter: str | None,
+        backed: Any,
+        chunk_size: Any,
+        gene_name_key: str | None,
+        licence: str | None,
+        citation: str | None,
+        prepare: Prepare | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> AdapterResult:
+        """The parsing every AnnData-based adapter shares (validated options in,
+        canonical dataset out); ``prepare`` may derive the perturbation column."""
         file = str(Path(path).resolve()) if path is not None else None
         if unknown:
             bad = sorted(unknown)
             raise DatasetValidationError(
-                f"unknown option(s) for the anndata adapter: {', '.join(bad)}",
+                f"unknown option(s) for the {self.name} adapter: {', '.join(bad)}",
                 file=file, field=bad[0], fix=f"use only: {', '.join(self.options)}",
             )
         if file is None:
             raise DatasetValidationError(
-                "the anndata adapter needs the path of an .h5ad file", field="path",
-                fix="pass the file, e.g. `pfm-bench import anndata data.h5ad`",
+                f"the {self.name} adapter needs the path of an .h5ad file", field="path",
+                fix=f"pass the file, e.g. `pfm-bench data import --adapter {self.name} data.h5ad`",
             )
         expression = str(expression).strip().lower()
         if expression not in EXPRESSION_MODES:
@@ -109,6 +170,15 @@ class AnnDataAdapter(DatasetAdapter):
                 f"expression must be one of {', '.join(EXPRESSION_MODES)}, got {expression!r}",
                 file=file, field="expression", fix="pass expression=auto, counts or log1p",
             )
+        is_backed = as_bool(backed)
+        if is_backed is None:
+            raise DatasetValidationError(f"backed must be true or false, got {backed!r}", file=file,
+                                         field="backed", fix="pass backed=true or backed=false")
+        try:
+            chunk = int(chunk_size)
+        except (TypeError, ValueError):
+            raise DatasetValidationError(f"chunk_size must be an integer, got {chunk_size!r}", file=file,
+                                         field="chunk_size", fix="pass e.g. chunk_size=10000") from None
         control, delim = str(control).strip(), str(combo_delimiter)
         for opt, val in (("control", control), ("combo_delimiter", delim), ("perturbation_key", perturbation_key)):
             if not str(val).strip():
@@ -116,67 +186,80 @@ class AnnDataAdapter(DatasetAdapter):
                                              fix=f"pass a non-empty {opt}")
         ctx_keys, cov_keys = as_str_list(context_keys), as_str_list(covariate_keys)
 
-        src = self._read(file)
-        processing = [f"read {Path(file).name} ({src.n_obs} cells x {src.n_vars} genes)"]
-        self._check_shape_and_names(src, file)
-        if obs_filter is not None and str(obs_filter).strip():
-            src = self._apply_filter(src, str(obs_filter).strip(), file, processing)
-        obs = src.obs
-        for key in [perturbation_key, *ctx_keys, *cov_keys]:
-            if key not in obs.columns:
-                role = ("perturbation_key" if key == perturbation_key
-                        else "context_keys" if key in ctx_keys else "covariate_keys")
-                raise DatasetValidationError(
-                    f"obs has no column {key!r} (given as {role})", file=file, field=key,
-                    fix=f"pass {role} naming one of the obs columns: {_head(obs.columns, 30)}",
-                )
+        src = self._read(file, backed=is_backed)
+        try:
+            processing = [f"read {Path(file).name} ({src.n_obs} cells x {src.n_vars} genes)"
+                          + (" in backed mode (anndata backed='r')" if is_backed else "")]
+            self._check_shape_and_names(src, file)
+            rows: np.ndarray | None = None
+            if obs_filter is not None and str(obs_filter).strip():
+                rows = np.flatnonzero(self._filter_mask(src, str(obs_filter).strip(), file, processing))
+            obs = (src.obs if rows is None else src.obs.iloc[rows]).copy()
+            if prepare is not None:
+                obs, overrides = prepare(obs, file, processing)
+                perturbation_key = str(overrides.get("perturbation_key", perturbation_key))
+                ctx_keys = as_str_list(overrides.get("context_keys", ctx_keys))
+            for key in [perturbation_key, *ctx_keys, *cov_keys]:
+                if key not in obs.columns:
+                    role = ("perturbation_key" if key == perturbation_key
+                            else "context_keys" if key in ctx_keys else "covariate_keys")
+                    raise DatasetValidationError(
+                        f"obs has no column {key!r} (given as {role})", file=file, field=key,
+                        fix=f"pass {role} naming one of the obs columns: {head(obs.columns, 30)}",
+                    )
+            pert, is_ctrl = canonical_labels(obs[perturbation_key], control, delim, file, perturbation_key)
+            processing.append(f"perturbation from obs[{perturbation_key!r}], combos split on {delim!r}, "
+                              f"control label {control!r}; genes sorted and joined by '+'")
+            context = context_labels(obs, ctx_keys, file)
+            processing.append(f"context from obs {ctx_keys} joined by '/'" if ctx_keys
+                              else "no context key given: one context 'all'")
+            covs, numeric = covariates(obs, cov_keys, file, processing)
+            check_controls(pert, is_ctrl, context, control, perturbation_key, ctx_keys, file)
 
-        pert, is_ctrl = _canonical_labels(obs[perturbation_key], control, delim, file, perturbation_key)
-        processing.append(f"perturbation from obs[{perturbation_key!r}], combos split on {delim!r}, "
-                          f"control label {control!r}; genes sorted and joined by '+'")
-        context = _context(obs, ctx_keys, file)
-        if ctx_keys:
-            processing.append(f"context from obs {ctx_keys} joined by '/'")
-        else:
-            processing.append("no context key given: one context 'all'")
-        covs, numeric = _covariates(obs, cov_keys, file, processing)
-        _check_controls(pert, is_ctrl, context, control, perturbation_key, ctx_keys, file)
+            if is_backed:
+                X, space, expr_lines = prepare_expression_chunked(
+                    src.X, rows, expression, file=file, source_label="X", chunk_rows=chunk)
+            else:
+                X, space, expr_lines = prepare_expression(
+                    src.X if rows is None else src.X[rows], expression, file=file, source_label="X")
+            processing += expr_lines
+            obsm = {k: _take_rows(v, rows) for k, v in src.obsm.items()}
+            varm = {k: copy.deepcopy(v) for k, v in src.varm.items()}
+            var, uns = _gene_names(src.var, gene_name_key, file, processing), copy.deepcopy(dict(src.uns))
+            dropped = [k for k in ("layers", "obsp", "varp") if len(getattr(src, k))]
+        finally:
+            if is_backed and getattr(src, "file", None) is not None:
+                src.file.close()
 
-        X, space, expr_lines = prepare_expression(src.X, expression, file=file, source_label="X")
-        processing += expr_lines
-
-        new_obs = obs.copy()
         overwritten = [c for c in (PERT_COL, CONTROL_COL, CONTEXT_COL, COVARIATES_COL, GROUP_COL,
-                                   "pfm_dose", "pfm_time") if c in new_obs.columns]
+                                   "pfm_dose", "pfm_time") if c in obs.columns]
         if overwritten:
-            new_obs = new_obs.drop(columns=overwritten)
+            obs = obs.drop(columns=overwritten)
             processing.append(f"replaced input obs columns {overwritten}")
-        new_obs[PERT_COL] = pert
-        new_obs[CONTROL_COL] = is_ctrl
-        new_obs[CONTEXT_COL] = context
-        new_obs[COVARIATES_COL] = covs
+        obs[PERT_COL] = pert
+        obs[CONTROL_COL] = is_ctrl
+        obs[CONTEXT_COL] = context
+        obs[COVARIATES_COL] = covs
         for col, values in numeric.items():
-            new_obs[col] = values
-        dropped = [k for k in ("layers", "obsp", "varp") if len(getattr(src, k))]
+            obs[col] = values
         if dropped:
             processing.append(f"not carried over: {', '.join(dropped)}")
-        adata = ad.AnnData(
-            X=X, obs=new_obs, var=src.var.copy(),
-            obsm={k: copy.deepcopy(v) for k, v in src.obsm.items()},
-            varm={k: copy.deepcopy(v) for k, v in src.varm.items()},
-            uns=copy.deepcopy(dict(src.uns)),
-        )
+        adata = ad.AnnData(X=X, obs=obs, var=var, obsm=obsm, varm=varm, uns=uns)
+        universe, missing = gene_universe(adata.var_names, np.unique(pert))
+        processing.append(f"gene universe: {adata.n_vars} measured genes + {len(missing)} perturbed "
+                          "genes that are not measured")
         return AdapterResult(
             adata=adata,
             source={"path": file, "file_sha256": sha256_file(file), "format": "h5ad"},
             synthetic=False, expression_space=space, processing=processing,
             licence=licence, citation=citation,
-            extra={"obs_filter": obs_filter, "n_obs": int(adata.n_obs)},
+            extra={"obs_filter": obs_filter, "n_obs": int(adata.n_obs), "backed": is_backed,
+                   "gene_universe": universe, "perturbed_genes_not_measured": missing, **(extra or {})},
         )
 
     # ------------------------------------------------------------------ steps
     @staticmethod
-    def _read(file: str) -> ad.AnnData:
+    def _read(file: str, *, backed: bool = False) -> ad.AnnData:
         p = Path(file)
         if not p.is_file():
             raise DatasetValidationError(
@@ -184,7 +267,7 @@ class AnnDataAdapter(DatasetAdapter):
                 file=file, field="path", fix="check the path of the .h5ad file",
             )
         try:
-            return ad.read_h5ad(p)
+            return ad.read_h5ad(p, backed="r" if backed else None)
         except Exception as exc:  # anndata/h5py raise many types for corrupt files
             raise DatasetValidationError(
                 f"cannot read the file as AnnData (.h5ad): {type(exc).__name__}: {exc}",
@@ -207,12 +290,12 @@ class AnnDataAdapter(DatasetAdapter):
             dup = names[names.duplicated()]
             if len(dup):
                 raise DatasetValidationError(
-                    f"{len(dup)} duplicate {what} name(s), e.g. {_head(pd.unique(dup), 5)}",
+                    f"{len(dup)} duplicate {what} name(s), e.g. {head(pd.unique(dup), 5)}",
                     file=file, field=f"{what}_names", fix=fix,
                 )
 
     @staticmethod
-    def _apply_filter(src: ad.AnnData, spec: str, file: str, processing: list[str]) -> ad.AnnData:
+    def _filter_mask(src: ad.AnnData, spec: str, file: str, processing: list[str]) -> np.ndarray:
         col, sep, value = spec.partition("=")
         col, value = col.strip(), value.strip().lstrip("=").strip()
         if not sep or not col:
@@ -221,7 +304,7 @@ class AnnDataAdapter(DatasetAdapter):
         if col not in src.obs.columns:
             raise DatasetValidationError(
                 f"obs_filter names no obs column {col!r}", file=file, field=col,
-                fix=f"use one of the obs columns: {_head(src.obs.columns, 30)}",
+                fix=f"use one of the obs columns: {head(src.obs.columns, 30)}",
             )
         series = src.obs[col]
         if pd.api.types.is_bool_dtype(series):
@@ -237,115 +320,35 @@ class AnnDataAdapter(DatasetAdapter):
         if not mask.any():
             raise DatasetValidationError(
                 f"obs_filter {spec!r} keeps zero cells", file=file, field=col,
-                fix=f"values of {col!r} include: {_head(series.astype(str).value_counts().index, 10)}",
+                fix=f"values of {col!r} include: {head(series.astype(str).value_counts().index, 10)}",
             )
         processing.append(f"kept {int(mask.sum())} of {src.n_obs} cells where obs[{col!r}] == {value!r}")
-        return src[mask].copy()
+        return mask
 
 
-# ---------------------------------------------------------------------- helpers
-def _empty_error(series: pd.Series, key: str, file: str, role: str) -> None:
-    missing = series.isna().to_numpy() | (series.astype(str).str.strip() == "").to_numpy()
-    if missing.any():
+def _gene_names(var: pd.DataFrame, key: str | None, file: str, processing: list[str]) -> pd.DataFrame:
+    """``var`` re-indexed by the gene symbols of column ``key`` (unchanged if no key)."""
+    var = var.copy()
+    if not key:
+        return var
+    if key not in var.columns:
+        raise DatasetValidationError(f"var has no column {key!r} (given as gene_name_key)", file=file,
+                                     field=key, fix=f"use one of the var columns: {head(var.columns, 20)}")
+    names = var[key].astype(str).str.strip()
+    dup = names[names.duplicated()]
+    if len(dup) or (names == "").any():
         raise DatasetValidationError(
-            f"{int(missing.sum())} cell(s) have an empty {role} in obs[{key!r}]", file=file, field=key,
-            fix="fill in the missing labels or drop those cells before importing",
-        )
+            f"var[{key!r}] holds duplicated or empty gene names, e.g. {head(pd.unique(dup), 5)}",
+            file=file, field=key, fix="aggregate duplicated genes first, or leave gene_name_key unset")
+    var.index = pd.Index(names.to_numpy(), name=None)
+    processing.append(f"gene names from var[{key!r}]")
+    return var
 
 
-def _canonical_labels(
-    series: pd.Series, control: str, delim: str, file: str, key: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical perturbation label and control flag of every cell."""
-    _empty_error(series, key, file, "perturbation label")
-    raw = series.astype(str).to_numpy()
-    uniq, inverse = np.unique(raw, return_inverse=True)
-    canon = []
-    for label in uniq:
-        genes = [p.strip() for p in str(label).split(delim)]
-        genes = [g for g in genes if g and g != control]
-        bad = [g for g in genes if _FORBIDDEN in g or g == CONTROL]
-        if bad:
-            raise DatasetValidationError(
-                f"perturbation label {label!r} contains {bad[0]!r}, which is reserved "
-                f"('@' separates group ids; {CONTROL!r} is the canonical control label)",
-                file=file, field=key,
-                fix=f"rename that gene, or pass control={bad[0]} if those are control cells",
-            )
-        canon.append(canonical_perturbation(genes) if genes else CONTROL)
-    labels = np.asarray(canon, dtype=object)[inverse]
-    return labels, labels == CONTROL
-
-
-def _context(obs: pd.DataFrame, keys: list[str], file: str) -> np.ndarray:
-    if not keys:
-        return np.full(len(obs), "all", dtype=object)
-    parts = []
-    for key in keys:
-        _empty_error(obs[key], key, file, "context value")
-        vals = obs[key].astype(str).str.strip()
-        if vals.str.contains(_FORBIDDEN, regex=False).any():
-            raise DatasetValidationError(f"context values in obs[{key!r}] contain '@'", file=file,
-                                         field=key, fix="rename the contexts without '@'")
-        parts.append(vals.to_numpy(dtype=object))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out + "/" + p
-    return out
-
-
-def _numeric_target(key: str) -> str | None:
-    k = key.lower()
-    return "pfm_dose" if "dose" in k else "pfm_time" if "time" in k else None
-
-
-def _covariates(
-    obs: pd.DataFrame, keys: list[str], file: str, processing: list[str]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``key=value;...`` strings (keys sorted) and the numeric dose/time columns."""
-    if not keys:
-        return np.full(len(obs), "", dtype=object), {}
-    numeric: dict[str, np.ndarray] = {}
-    out = None
-    for key in sorted(keys):
-        s = obs[key]
-        vals = s.astype(str).str.strip().where(~s.isna(), "")
-        if vals.str.contains(r"[@;=]", regex=True).any():
-            raise DatasetValidationError(f"covariate values in obs[{key!r}] contain '@', ';' or '='",
-                                         file=file, field=key, fix="recode the covariate without those characters")
-        part = (f"{key}=" + vals).to_numpy(dtype=object)
-        out = part if out is None else out + ";" + part
-        target = _numeric_target(key)
-        if target is None or target in numeric:
-            continue
-        parsed = pd.to_numeric(s.astype(object).where(~s.isna(), np.nan), errors="coerce")
-        if (parsed.isna() & ~s.isna()).any():
-            processing.append(f"covariate {key!r} is not numeric (e.g. {_head(vals[parsed.isna()].unique(), 3)}); "
-                              f"kept only in pfm_covariates, {target} not written")
-            continue
-        numeric[target] = parsed.to_numpy(dtype=np.float64)
-        processing.append(f"{target} from obs[{key!r}]")
-    processing.append(f"covariates from obs {sorted(keys)} as 'key=value;...'")
-    return out, numeric
-
-
-def _check_controls(
-    pert: np.ndarray, is_ctrl: np.ndarray, context: np.ndarray, control: str,
-    key: str, ctx_keys: list[str], file: str,
-) -> None:
-    if not is_ctrl.any():
-        common = pd.Series(pert).value_counts().head(10)
-        raise DatasetValidationError(
-            f"no control cells: no label in obs[{key!r}] equals {control!r}; most common labels: "
-            + ", ".join(f"{k} ({v})" for k, v in common.items()),
-            file=file, field=key, fix="pass control=<the label of your control cells>",
-        )
-    with_ctrl = set(context[is_ctrl])
-    lacking = sorted(set(context[~is_ctrl]) - with_ctrl)
-    if lacking:
-        raise DatasetValidationError(
-            f"context(s) {_head(lacking, 5)} have perturbed cells but no control cells",
-            file=file, field=",".join(ctx_keys) or key,
-            fix="drop those cells (obs_filter or beforehand), or choose context_keys so every "
-            "context has controls",
-        )
+def _take_rows(value: Any, rows: np.ndarray | None) -> Any:
+    """A copy of an obsm entry, restricted to ``rows`` when given."""
+    if rows is None:
+        return copy.deepcopy(value)
+    if isinstance(value, pd.DataFrame):
+        return value.iloc[rows].copy()
+    return copy.deepcopy(value[rows])

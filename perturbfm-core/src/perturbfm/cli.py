@@ -232,7 +232,8 @@ def _print_run_result(result: Any) -> None:
         return
     err = result.error
     if isinstance(err, PanelIncompleteError):
-        t = Table(title="incomplete metric panels: metrics.json was NOT written")
+        err_console.print("[red]metric panels are incomplete: metrics.json was NOT written[/red]", soft_wrap=True)
+        t = Table()
         for col in ("panel", "key", "problem"):
             t.add_column(col)
         for row in err.problems:

@@ -1,0 +1,311 @@
+"""The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from perturbfm.interfaces import Model, Prediction
+from perturbfm.training import TrainingData
+
+from perturbfm_models.baselines._common import join_notes, require_fitted
+
+from . import graphs as G
+from .config import CGIOConfig
+from .model import CGIONet, NetSpec
+from .train import Batch, Curve, seed_everything, train_net
+
+if TYPE_CHECKING:
+    from perturbfm.dataset import GroupInfo
+
+
+def _inv_softplus(v: np.ndarray) -> np.ndarray:
+    v = np.maximum(v, 1e-6)
+    return np.where(v > 20, v, np.log(np.expm1(v)))
+
+
+class CGIOModel(Model):
+    """CGIO: gene-set interventions through uncertain graph priors, with a
+    context-conditioned low-rank operator.
+
+    The perturbed gene set is a mask over a node universe (measured genes ∪
+    perturbed genes ∪ graph genes within ``go_hops`` top-k hops, at most
+    ``max_nodes``); it is propagated over one or several gene graphs, weighted by
+    learned trust gates, decoded by a context-mixed low-rank basis into a mean
+    and a variance of the pseudobulk delta (Gaussian NLL). Combinations whose
+    singles were all measured in the query's context and covariates are predicted
+    as the sum of those single deltas plus the network's own non-additive
+    correction ``f(AB) − f(A) − f(B)`` (``additive_prior``).
+    """
+
+    name = "cgio"
+    description = ("Graph-propagated gene-set interventions with gated GO/co-expression priors and a "
+                   "context-conditioned low-rank operator; Gaussian mean and variance of the delta.")
+    gives_variance = True
+
+    def __init__(self) -> None:
+        self._cfg: CGIOConfig | None = None
+        self._net: CGIONet | None = None
+        self._diag: dict[str, Any] = {}
+
+    def default_config(self) -> dict[str, Any]:
+        """See :data:`perturbfm_models.cgio.config.DEFAULTS`."""
+        from .config import DEFAULTS
+
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+
+    # ------------------------------------------------------------------ graphs
+    def _build_graphs(self, train: TrainingData, seeds: list[str]) -> tuple[list[str], list[G.GeneGraph]]:
+        """The node universe and the configured graphs (none when ``use_graphs`` is off)."""
+        cfg = self._cfg
+        assert cfg is not None
+        if not cfg.use_graphs:
+            return seeds, []
+        self._go = G.load_go_table(cfg.go_table) if "go" in cfg.graphs else None
+        universe = G.expand_universe(self._go, seeds, hops=cfg.go_hops, k=cfg.go_k,
+                                     min_sim=cfg.go_min_jaccard, max_nodes=cfg.max_nodes)
+        out: list[G.GeneGraph] = []
+        for kind in cfg.graphs:
+            if kind == "go":
+                assert self._go is not None
+                out.append(G.go_graph(self._go, universe, k=cfg.go_k, min_sim=cfg.go_min_jaccard))
+            elif kind == "coexpr":
+                out.append(G.coexpr_graph(train, k=cfg.coexpr_k, min_abs_r=cfg.coexpr_min_abs_r,
+                                          source=cfg.coexpr_source))
+            else:
+                g = G.edge_list_graph(cfg.edge_list)
+                have = set(universe)
+                near = {g.genes[j] for i, j in zip(g.src, g.dst) if g.genes[i] in have}
+                near |= {g.genes[i] for i, j in zip(g.src, g.dst) if g.genes[j] in have}
+                universe += sorted(near - have)[: max(0, cfg.max_nodes - len(universe))]
+                out.append(g)
+        return universe, out
+
+    def _adjacency(self, universe: Sequence[str]) -> list[sp.csr_matrix]:
+        return [G.normalised_adjacency(g.reindex(universe)) for g in self._graphs]
+
+    def _extend(self, new: list[str]) -> None:
+        """Attach query genes outside the universe: GO top-k neighbours (and edge-list
+        edges) to the existing nodes; their own embeddings start at zero."""
+        cfg, net = self._cfg, self._net
+        assert cfg is not None and net is not None
+        old = list(self._universe)
+        universe = old + new
+        for i, g in enumerate(self._graphs):
+            if g.name == "go" and self._go is not None:
+                sim = G.jaccard(self._go, new, universe)
+                for r in range(len(new)):
+                    sim[r, len(old) + r] = 0.0
+                s, d, w = G._topk_edges(sim, cfg.go_k, cfg.go_min_jaccard)
+                names = [new[j] for j in s]
+                pos = {n: k for k, n in enumerate(g.genes)}
+                extra = [n for n in new if n not in pos]
+                g.genes = g.genes + extra
+                pos.update({n: len(pos) + k for k, n in enumerate(extra)})
+                g.src = np.concatenate([g.src, [pos[n] for n in names]]).astype(np.int64)
+                g.dst = np.concatenate([g.dst, [pos[universe[j]] for j in d]]).astype(np.int64)
+                g.weight = np.concatenate([g.weight, w]).astype(np.float32)
+        state = net.state_dict()
+        state["node_emb"] = torch.cat([state["node_emb"], torch.zeros(len(new), state["node_emb"].shape[1])])
+        self._universe = universe
+        self._spec.n_nodes = len(universe)
+        self._adjs = self._adjacency(universe)
+        self._hops = G.hops_to_measured(self._adjs, self._spec.measured_idx, len(universe))
+        self._net = CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device)
+        self._net.load_state_dict(state)
+        self._net.eval()
+        self._extended += new
+
+    # ------------------------------------------------------------------ data
+    def _batch(self, groups: Sequence["GroupInfo"], deltas: np.ndarray | None) -> Batch:
+        pos = {g: i for i, g in enumerate(self._universe)}
+        x = np.zeros((len(groups), len(self._universe)), dtype=np.float32)
+        for b, g in enumerate(groups):
+            for gene in g.genes:
+                if gene in pos and gene not in self._silent:
+                    x[b, pos[gene]] = 1.0
+        ctx = [self._ctx.get(g.context, len(self._ctx)) for g in groups]
+        cov = [[np.log1p(max(g.dose or 0.0, 0.0)), (g.time or 0.0) / self._time_scale] for g in groups]
+        y = deltas if deltas is not None else np.zeros((len(groups), len(self._genes)))
+        d = self._device
+        return Batch(torch.as_tensor(x, device=d), torch.as_tensor(ctx, dtype=torch.long, device=d),
+                     torch.as_tensor(np.asarray(cov, np.float32).reshape(-1, 2), device=d),
+                     torch.as_tensor(np.asarray(y, np.float32), device=d))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
+        """Build graphs from training data only, then train (early stopping, optional refit)."""
+        t0 = time.perf_counter()
+        cfg = self._cfg = CGIOConfig.parse(config)
+        seed_everything(cfg.seed)
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        self._device = torch.device("cuda" if use_cuda else "cpu")
+        fit_groups = list(train.groups) + (list(val.groups) if val is not None else [])
+        deltas = np.vstack([train.deltas()] + ([val.deltas()] if val is not None and val.groups else []))
+        self._genes = list(train.genes)
+        seeds = list(dict.fromkeys(self._genes + sorted({x for g in fit_groups for x in g.genes})))
+        self._go = None
+        self._universe, self._graphs = self._build_graphs(train, seeds)
+        self._extended: list[str] = []
+        self._silent: set[str] = set()
+        self._adjs = self._adjacency(self._universe)
+        pos = {g: i for i, g in enumerate(self._universe)}
+        measured = np.array([pos[g] for g in self._genes], dtype=np.int64)
+        self._hops = G.hops_to_measured(self._adjs, measured, len(self._universe))
+        self._trained_genes = {x for g in fit_groups for x in g.genes}
+        self._ctx = {c: i for i, c in enumerate(sorted({g.context for g in fit_groups}))}
+        times = [abs(g.time) for g in fit_groups if g.time is not None]
+        self._time_scale = max(times) if times and max(times) > 0 else 1.0
+        # low-rank basis initialised from the training deltas' principal directions
+        centred = deltas - deltas.mean(axis=0)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        r = cfg.rank
+        basis = np.zeros((len(self._genes), r))
+        k = min(r, vt.shape[0])
+        basis[:, :k] = vt[:k].T * (s[:k] / np.sqrt(max(len(deltas), 1)))
+        self._basis, self._bias = basis, deltas.mean(axis=0)
+        self._logvar = _inv_softplus(deltas.var(axis=0) + 1e-4)
+        self._spec = NetSpec(n_nodes=len(self._universe), measured_idx=measured, n_contexts=len(self._ctx),
+                             n_graphs=len(self._graphs), hidden=cfg.hidden, rank=r, steps=cfg.steps,
+                             use_graphs=cfg.use_graphs and bool(self._graphs), gating=cfg.gating,
+                             context_conditioning=cfg.context_conditioning, dropout=cfg.dropout)
+
+        def make() -> CGIONet:
+            return CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device).to(
+                self._device)
+
+        full = self._batch(fit_groups, deltas)
+        n_tr = len(train.groups)
+        if val is not None and val.groups:
+            tr_idx, va_idx, how = np.arange(n_tr), np.arange(n_tr, len(fit_groups)), "given val set"
+        elif n_tr >= 5 and cfg.val_fraction > 0:
+            perm = np.random.default_rng(cfg.seed).permutation(n_tr)
+            n_va = max(1, int(round(cfg.val_fraction * n_tr)))
+            tr_idx, va_idx, how = np.sort(perm[n_va:]), np.sort(perm[:n_va]), "held-out slice of training groups"
+        else:
+            tr_idx, va_idx, how = np.arange(n_tr), np.zeros(0, np.int64), "none (too few groups)"
+        kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
+                  context_dropout=cfg.context_dropout, unknown_ctx=len(self._ctx), seed=cfg.seed)
+        net, curve = train_net(make, full.subset(tr_idx), full.subset(va_idx) if va_idx.size else None,
+                               epochs=cfg.epochs, **kw)
+        refit: Curve | None = None
+        if va_idx.size and cfg.refit_full:
+            net, refit = train_net(make, full, None, epochs=max(curve.best_epoch, 1), **kw)
+        self._net = net
+        self._fit_groups = fit_groups
+        self._singles = {(g.genes[0], g.context, g.covariates): d
+                         for g, d in zip(fit_groups, deltas) if len(g.genes) == 1}
+        self._diag = {
+            "node_universe": {"n_nodes": len(self._universe), "n_measured": len(self._genes),
+                              "n_perturbed_in_training": len(self._trained_genes),
+                              "go_hops": cfg.go_hops if "go" in cfg.graphs else None, "max_nodes": cfg.max_nodes},
+            "graphs": [dict(name=g.name, **g.provenance) for g in self._graphs],
+            "switches": {"use_graphs": cfg.use_graphs, "graphs": cfg.graphs, "gating": cfg.gating,
+                         "context_conditioning": cfg.context_conditioning, "additive_prior": cfg.additive_prior},
+            "early_stopping": how,
+            "training_curve": curve.summary(),
+            "refit_on_all_groups": refit.summary() if refit else None,
+            "gates_per_context": self._gate_summary(full),
+            "device": str(self._device),
+            "fit_seconds": round(time.perf_counter() - t0, 3),
+        }
+
+    def _gate_summary(self, full: Batch) -> dict[str, dict[str, float]]:
+        """Mean gate per graph over the training groups of each context."""
+        assert self._net is not None
+        with torch.no_grad():
+            _, _, gam = self._net(full.x, full.ctx, full.cov)
+        names = [g.name for g in self._graphs] or ["none"]
+        out: dict[str, dict[str, float]] = {}
+        for c, i in self._ctx.items():
+            sel = (full.ctx == i).cpu().numpy()
+            if sel.any():
+                m = gam.cpu().numpy()[sel].mean(axis=0)
+                out[c] = {n: float(v) for n, v in zip(names, m)}
+        return out
+
+    # ------------------------------------------------------------------ predict
+    def _gene_notes(self, q: "GroupInfo") -> list[str]:
+        """Notes on the query's genes: outside the universe, unreachable, beyond K steps."""
+        pos = {g: i for i, g in enumerate(self._universe)}
+        steps = self._spec.steps if self._spec.use_graphs else 0
+        notes = []
+        for gene in q.genes:
+            i = pos[gene]
+            hop = self._hops[i]
+            if gene in self._extended:
+                notes.append(f"gene {gene} was outside the fitted node universe: attached at predict time "
+                             "by its top-k GO neighbours, own embedding zero")
+            if not np.isfinite(hop):
+                what = ("contributes nothing (its embedding was never trained)" if gene in self._silent
+                        else "contributes only through its own learned embedding (it was perturbed in training)")
+                notes.append(f"perturbed gene {gene} has no path to any measured gene in any graph: {what}")
+            elif hop > steps:
+                notes.append(f"perturbed gene {gene} is {int(hop)} hops from the nearest measured gene, beyond "
+                             f"the {steps} propagation steps: it acts only through its smoothed embedding")
+        return notes
+
+    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+        """Mean and variance of each query's delta, with notes for every fallback."""
+        net: CGIONet = require_fitted(self, "_net", self.name)
+        cfg = self._cfg
+        assert cfg is not None
+        new = sorted({x for q in queries for x in q.genes} - set(self._universe))
+        if new:
+            self._extend(new)
+            net = self._net
+        unreachable = {self._universe[i] for i in np.flatnonzero(~np.isfinite(self._hops))}
+        self._silent = {g for g in unreachable if g not in self._trained_genes}
+        batch = self._batch(queries, None)
+        with torch.no_grad():
+            mean, var, gam = (t.cpu().numpy().astype(np.float64) for t in net(batch.x, batch.ctx, batch.cov))
+        notes: dict[str, str] = {}
+        n_add = 0
+        for i, q in enumerate(queries):
+            parts: list[str | None] = self._gene_notes(q)
+            if q.context not in self._ctx:
+                parts.append(f"context {q.context!r} has no training groups: used the learned 'unknown' context "
+                             "embedding (trained by context dropout)")
+            singles = [self._singles.get((g, q.context, q.covariates)) for g in q.genes]
+            if cfg.additive_prior and len(q.genes) > 1 and all(s is not None for s in singles):
+                sq = [q.__class__(q.group_id, g, q.context, q.covariates, q.n_cells, q.dose, q.time)
+                      for g in q.genes]
+                sb = self._batch(sq, None)
+                with torch.no_grad():
+                    sm = net(sb.x, sb.ctx, sb.cov)[0].cpu().numpy().astype(np.float64)
+                mean[i] = np.sum(singles, axis=0) + mean[i] - sm.sum(axis=0)
+                n_add += 1
+            elif cfg.additive_prior and len(q.genes) > 1:
+                miss = [g for g, s in zip(q.genes, singles) if s is None]
+                parts.append(f"additive prior not applied: single(s) {', '.join(miss)} not measured in this "
+                             "context/covariates; predicted by the network alone")
+            if not q.genes:
+                parts.append("query has no perturbed genes: network output for an empty mask")
+            note = join_notes(parts)
+            if note:
+                notes[q.group_id] = note
+        info = {
+            "prediction": "CGIO network mean and variance of the pseudobulk delta (Gaussian NLL)",
+            "additive_prior": ("combos with all singles measured in the same context/covariates: sum of those "
+                               "single deltas + network correction f(combo) − Σ f(single)") if cfg.additive_prior
+            else "off",
+            "n_groups_with_additive_prior": n_add,
+            "unseen_context_policy": "learned 'unknown' context embedding (noted per group)",
+            "unreachable_policy": "a perturbed gene with no path to any measured gene is noted per group; "
+                                  "if it was also never perturbed in training it contributes nothing",
+            "genes_attached_at_predict_time": list(self._extended),
+            "graphs": [dict(name=g.name, **g.provenance) for g in self._graphs],
+            "query_gates_mean": dict(zip([g.name for g in self._graphs] or ["none"],
+                                         map(float, gam.mean(axis=0)))) if len(queries) else {},
+        }
+        return Prediction(group_ids=[q.group_id for q in queries], mean_delta=mean, var_delta=var,
+                          notes=notes, info=info)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Gates per context and graph, graph provenance, training-curve summary, timings."""
+        return dict(self._diag)
