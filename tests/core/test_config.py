@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from perturbfm.config import ledger_csv, resolve_config
 from perturbfm.errors import ConfigError
 

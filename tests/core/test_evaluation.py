@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from perturbfm.dataset import control_stats, group_table
 from perturbfm.errors import PanelIncompleteError, PredictionError
 from perturbfm.evaluation import aggregate, build_eval_data, evaluate_panels

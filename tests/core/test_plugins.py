@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from perturbfm import hookimpl
 from perturbfm.errors import PluginError
 from perturbfm.interfaces import Model, Prediction

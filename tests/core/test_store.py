@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from perturbfm.errors import ArtifactIntegrityError, ArtifactNotFoundError, SplitIntegrityError
 from perturbfm.hashing import canonical_json, sha256_json
 from perturbfm.splits import Split

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from perturbfm.builtin.synthetic import SyntheticAdapter, effect_scale
 from perturbfm.dataset import (
     CONTEXT_COL,

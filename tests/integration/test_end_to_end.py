@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pfm_cli import pfm
 
 DOUBLES_WITH_SINGLES = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]

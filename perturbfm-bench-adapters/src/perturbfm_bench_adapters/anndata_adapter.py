@@ -181,7 +181,7 @@ class AnnDataAdapter(DatasetAdapter):
                                          field="chunk_size", fix="pass e.g. chunk_size=10000") from None
         control, delim = str(control).strip(), str(combo_delimiter)
         for opt, val in (("control", control), ("combo_delimiter", delim), ("perturbation_key", perturbation_key)):
-            if not str(val).strip():
+            if not (val if opt == "combo_delimiter" else str(val).strip()):
                 raise DatasetValidationError(f"option {opt} is empty", file=file, field=opt,
                                              fix=f"pass a non-empty {opt}")
         ctx_keys, cov_keys = as_str_list(context_keys), as_str_list(covariate_keys)

@@ -115,10 +115,6 @@ class GearsAdapter(FormatAdapter):
         "gene_name_key": "var column of gene symbols (default 'gene_name' where present)",
     }
 
-    def _derive(self, obs: pd.DataFrame, file: str, processing: list[str], own: dict[str, Any],
-                common: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-        return obs, {}
-
     def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:  # type: ignore[override]
         """As the base, but var 'gene_name' (if present) names the genes unless told otherwise."""
         if "gene_name_key" not in options and path is not None and Path(path).is_file():
@@ -187,7 +183,6 @@ class ScPerturbAdapter(FormatAdapter):
         labels = [_JOIN.join(g) if g else control for g in base]
         obs = obs.copy()
         obs["pfm_source_perturbation"] = pd.Categorical(labels)
-        common["combo_delimiter"] = _JOIN
         return obs, {"perturbation_key": "pfm_source_perturbation"}
 
     def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:  # type: ignore[override]

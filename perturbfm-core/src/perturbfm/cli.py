@@ -266,7 +266,8 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
     results = []
     for name in [m.strip() for m in models.split(",") if m.strip()]:
         with console.status(f"{name}: starting") as status:
-            res = execute_run(store, model=name, split=sid, progress=lambda msg: status.update(f"{name}: {msg}"))
+            res = execute_run(store, model=name, split=sid,
+                              progress=lambda msg, n=name: status.update(f"{n}: {msg}"))
         if res.status != "succeeded":
             _print_run_result(res)
             ctx.exit(EXIT_RUN_FAILED)

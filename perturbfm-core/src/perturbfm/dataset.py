@@ -194,7 +194,7 @@ def grouped_moments(
     n_lab, n_genes = len(order), adata.n_vars
     counts = np.bincount(codes[codes >= 0], minlength=n_lab).astype(np.int64)
     sums = np.zeros((n_lab, n_genes))
-    for sl, c, keep, X in _labelled_chunks(adata, codes, chunk_size):
+    for _sl, c, keep, X in _labelled_chunks(adata, codes, chunk_size):
         ind = _indicator(c[keep], n_lab)
         sums += np.asarray((ind @ X).todense()) if sp.issparse(X) else ind @ X
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -202,7 +202,7 @@ def grouped_moments(
     # second pass on deviations from the mean: exact for constant genes, no cancellation
     sq = np.zeros((n_lab, n_genes))
     dense_rows_per_chunk = max(1, min(chunk_size, 20_000_000 // max(n_genes, 1)))
-    for sl, c, keep, X in _labelled_chunks(adata, codes, dense_rows_per_chunk):
+    for _sl, c, keep, X in _labelled_chunks(adata, codes, dense_rows_per_chunk):
         dense = X.toarray() if sp.issparse(X) else X
         dev = dense - means[c[keep]]
         sq += _indicator(c[keep], n_lab) @ (dev * dev)

@@ -43,7 +43,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _update_matrix(h: "hashlib._Hash", X: Any, n_rows: int) -> None:
+def _update_matrix(h: hashlib._Hash, X: Any, n_rows: int) -> None:
     for start in range(0, n_rows, HASH_CHUNK_ROWS):
         block = X[start : min(start + HASH_CHUNK_ROWS, n_rows)]
         block = sp.csr_matrix(block, dtype=np.float64)

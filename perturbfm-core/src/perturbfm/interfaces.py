@@ -42,7 +42,7 @@ class AdapterResult:
         extra: anything else worth keeping in the manifest (ground truth ...).
     """
 
-    adata: "ad.AnnData"
+    adata: ad.AnnData
     source: dict[str, Any]
     synthetic: bool
     expression_space: str
@@ -100,7 +100,7 @@ class SplitGenerator(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, groups: Mapping[str, "GroupInfo"], params: Mapping[str, Any], seed: int
+        self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int
     ) -> SplitAssignment:
         """Assign ``groups`` (non-control groups of the dataset, by id)."""
 
@@ -149,11 +149,11 @@ class Model(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def fit(self, train: "TrainingData", val: "TrainingData | None", config: Mapping[str, Any]) -> None:
+    def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Learn from the training groups (and all control cells)."""
 
     @abc.abstractmethod
-    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+    def predict(self, queries: list[GroupInfo]) -> Prediction:
         """Predict the held-out groups ``queries`` (their cells are not given)."""
 
     def diagnostics(self) -> dict[str, Any]:
@@ -219,7 +219,7 @@ class MetricPanel(abc.ABC):
     metrics: ClassVar[Mapping[str, MetricSpec]] = {}
 
     @abc.abstractmethod
-    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+    def compute(self, data: EvalData) -> dict[str, MetricValue | NotApplicable]:
         """Compute every key of the panel."""
 
 

@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class RunResult:
 
 def make_run_id(split_id: str, model: str, config_hash: str, when: datetime | None = None) -> str:
     """``<UTCYYYYMMDD-HHMMSS>_<split7>_<model>_<config7>``."""
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     safe_model = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in model)
     return f"{when:%Y%m%d-%H%M%S}_{split_id[:7]}_{safe_model}_{config_hash[:7]}"
 

@@ -82,7 +82,7 @@ class Split:
             )
 
     @classmethod
-    def from_content(cls, content: dict[str, Any]) -> "Split":
+    def from_content(cls, content: dict[str, Any]) -> Split:
         if content.get("schema") != SPLIT_SCHEMA:
             raise SplitIntegrityError(
                 f"unsupported split schema {content.get('schema')!r}", field="schema"

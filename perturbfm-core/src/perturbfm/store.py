@@ -18,14 +18,14 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
 
 from perturbfm import __version__
-from perturbfm.dataset import REQUIRED_COLS, OPTIONAL_NUMERIC_COLS, group_table
+from perturbfm.dataset import OPTIONAL_NUMERIC_COLS, REQUIRED_COLS, group_table
 from perturbfm.errors import (
     ArtifactIntegrityError,
     ArtifactNotFoundError,
@@ -53,7 +53,7 @@ def resolve_store_root(store: str | os.PathLike[str] | None = None) -> Path:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_hex(ref: str, what: str) -> str:

@@ -16,7 +16,7 @@ def sparse_tensor(a: sp.spmatrix, device: torch.device) -> torch.Tensor:
     c = a.tocoo()
     idx = torch.as_tensor(np.vstack([c.row, c.col]), dtype=torch.long)
     val = torch.as_tensor(c.data, dtype=torch.float32)
-    return torch.sparse_coo_tensor(idx, val, c.shape, device=device).coalesce()
+    return torch.sparse_coo_tensor(idx, val, c.shape, device=device, check_invariants=False).coalesce()
 
 
 @dataclass

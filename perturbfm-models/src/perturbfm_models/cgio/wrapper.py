@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
-
+from perturbfm.errors import ConfigError
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
 
@@ -17,8 +16,17 @@ from perturbfm_models.baselines._common import join_notes, require_fitted
 
 from . import graphs as G
 from .config import CGIOConfig
-from .model import CGIONet, NetSpec
-from .train import Batch, Curve, seed_everything, train_net
+
+try:  # torch is the optional ``cgio`` extra: registration works without it, fit() says how to get it
+    import torch
+
+    from .model import CGIONet, NetSpec
+    from .train import Batch, Curve, seed_everything, train_net
+except ImportError as _exc:  # pragma: no cover - exercised only without torch
+    torch = None  # type: ignore[assignment]
+    _TORCH_ERROR: ImportError | None = _exc
+else:
+    _TORCH_ERROR = None
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
@@ -140,6 +148,9 @@ class CGIOModel(Model):
     # ------------------------------------------------------------------ fit
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Build graphs from training data only, then train (early stopping, optional refit)."""
+        if _TORCH_ERROR is not None:
+            raise ConfigError(f"model 'cgio' needs torch, which is not importable ({_TORCH_ERROR})",
+                              field="model", fix="pip install 'perturbfm-models[cgio]' (torch==2.13.0)")
         t0 = time.perf_counter()
         cfg = self._cfg = CGIOConfig.parse(config)
         seed_everything(cfg.seed)
