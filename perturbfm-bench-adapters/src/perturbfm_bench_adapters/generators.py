@@ -1,4 +1,5 @@
-"""Split generators: ``explicit``, ``random-groups`` and ``context-ood``.
+"""Split generators: ``explicit``, ``random-groups`` and ``context-ood``, and the
+shared helpers (calibration fold, OOD labels) every generator uses.
 
 Each receives the dataset's non-control groups (group id -> GroupInfo) and is
 deterministic for ``(groups, params, seed)``: groups are always visited in
@@ -49,6 +50,50 @@ def _carve(ids: Sequence[str], fraction: float, rng: np.random.Generator) -> set
     return {ids[i] for i in order[:k]}
 
 
+#: The option every generator accepts (see :func:`with_calibration`).
+CALIBRATION_OPTION = {
+    "calibration_fraction": "fraction of the training groups moved to a calibration fold (for conformal "
+    "intervals), in [0, 1); default 0; drawn with the split's seed, at least one group when > 0",
+}
+
+
+def with_calibration(res: SplitAssignment, params: Mapping[str, Any], seed: int) -> SplitAssignment:
+    """Move ``calibration_fraction`` of the training groups to ``calibration``.
+
+    Implemented once for every generator: the draw uses its own stream
+    (``default_rng([seed, 1])``) over the sorted training ids, so the other roles
+    never change with the fraction; at least one training group always remains.
+    """
+    frac = as_fraction(params.get("calibration_fraction", 0.0), "calibration_fraction", ConfigError)
+    if frac <= 0:
+        return res
+    train = sorted(g for g, r in res.assignments.items() if r == "train")
+    calib = _carve(train, frac, np.random.default_rng([int(seed), 1]))
+    if len(calib) >= len(train):
+        raise ConfigError(f"calibration_fraction {frac} leaves no training group ({len(train)} available)",
+                          field="calibration_fraction", fix="lower calibration_fraction")
+    assignments = {g: "calibration" if g in calib else r for g, r in res.assignments.items()}
+    notes = (res.notes + f"; {len(calib)} of {len(train)} training groups moved to calibration "
+             f"(calibration_fraction {frac}, seed {seed})")
+    return SplitAssignment(assignments=assignments, ood=res.ood, labels=res.labels, notes=notes)
+
+
+def seen_perturbation_labels(
+    groups: Mapping[str, GroupInfo], assignments: Mapping[str, str]
+) -> tuple[dict[str, bool], dict[str, str]]:
+    """OOD flags and labels of the evaluated (test) groups: a test group is out of
+    distribution when its perturbation is trained in no context
+    (``unseen_perturbation``), else ``seen_perturbation_other_context``."""
+    trained = {groups[g].perturbation for g, r in assignments.items() if r == "train"}
+    ood, labels = {}, {}
+    for g, r in assignments.items():
+        if r == "test":
+            unseen = groups[g].perturbation not in trained
+            ood[g] = unseen
+            labels[g] = "unseen_perturbation" if unseen else "seen_perturbation_other_context"
+    return ood, labels
+
+
 def _contexts(groups: Mapping[str, GroupInfo]) -> list[str]:
     return sorted({g.context for g in groups.values()})
 
@@ -62,6 +107,7 @@ class ExplicitSplit(SplitGenerator):
         "test": "group ids to hold out for testing (list, or comma-separated string); required",
         "val": "group ids for validation (optional)",
         "calibration": "group ids for calibration (optional)",
+        **CALIBRATION_OPTION,
     }
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
@@ -69,6 +115,9 @@ class ExplicitSplit(SplitGenerator):
         _check_params(self, params)
         ids = _check_groups(groups)
         named: dict[str, str] = {}
+        if params.get("calibration") and params.get("calibration_fraction"):
+            raise ConfigError("give calibration groups or calibration_fraction, not both",
+                              field="calibration_fraction", fix="drop one of them")
         for role in ("test", "val", "calibration"):
             for gid in as_str_list(params.get(role)):
                 if gid in named:
@@ -97,7 +146,8 @@ class ExplicitSplit(SplitGenerator):
         assignments = {g: named.get(g, "train") for g in ids}
         counts = {r: sum(1 for v in assignments.values() if v == r) for r in ("train", "val", "test", "calibration")}
         notes = "explicit split given by the user: " + ", ".join(f"{k}={v}" for k, v in counts.items())
-        return SplitAssignment(assignments=assignments, ood=None, labels=None, notes=notes)
+        return with_calibration(SplitAssignment(assignments=assignments, ood=None, labels=None, notes=notes),
+                                params, seed)
 
 
 class RandomGroupsSplit(SplitGenerator):
@@ -110,6 +160,7 @@ class RandomGroupsSplit(SplitGenerator):
         "(at least one group)",
         "val_fraction": "fraction of (eligible) groups for validation, in [0, 1); default 0",
         "context": "optional: draw held-out groups only from this context (others all train)",
+        **CALIBRATION_OPTION,
     }
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
@@ -140,8 +191,11 @@ class RandomGroupsSplit(SplitGenerator):
         assignments = {g: "test" if g in test else "val" if g in val else "train" for g in ids}
         where = f" within context {ctx!r}" if ctx else ""
         notes = (f"random groups{where}: {n_test} test, {n_val} val of {len(eligible)} eligible groups "
-                 f"(seed {seed}; numpy default_rng permutation of sorted ids)")
-        return SplitAssignment(assignments=assignments, ood=None, labels=None, notes=notes)
+                 f"(seed {seed}; numpy default_rng permutation of sorted ids); a test group is OOD when "
+                 "its perturbation is trained in no context")
+        ood, labels = seen_perturbation_labels(groups, assignments)
+        return with_calibration(SplitAssignment(assignments=assignments, ood=ood, labels=labels, notes=notes),
+                                params, seed)
 
 
 class ContextOODSplit(SplitGenerator):
@@ -152,6 +206,7 @@ class ContextOODSplit(SplitGenerator):
     options: ClassVar[dict[str, str]] = {
         "context": "the held-out context (required)",
         "val_fraction": "fraction of the training groups moved to validation, in [0, 1); default 0",
+        **CALIBRATION_OPTION,
     }
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
@@ -180,7 +235,9 @@ class ContextOODSplit(SplitGenerator):
         notes = (f"context {ctx!r} held out: its {len(test)} groups are test (all out of distribution: "
                  f"the context is unseen in training); {len(val)} val groups drawn from the other "
                  f"contexts with seed {seed}")
-        return SplitAssignment(assignments=assignments, ood={g: True for g in test}, labels=None, notes=notes)
+        _, labels = seen_perturbation_labels(groups, assignments)
+        return with_calibration(SplitAssignment(assignments=assignments, ood={g: True for g in test},
+                                                labels=labels, notes=notes), params, seed)
 
 
 GENERATORS: tuple[type[SplitGenerator], ...] = (ExplicitSplit, RandomGroupsSplit, ContextOODSplit)

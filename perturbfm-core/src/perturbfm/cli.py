@@ -202,11 +202,22 @@ def splits_show(ctx: click.Context, split: str) -> None:
 @click.option("--split", "split", required=True, help="Split id (or unique prefix).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
 @click.option("--set", "sets", multiple=True, help="Override a parameter: section.key=value.")
+@click.option("--ensemble", type=int, default=None, help="Train K members (same as --set run.ensemble=K).")
+@click.option("--conformal", is_flag=True, help="Split-conformal intervals on the split's calibration groups.")
+@click.option("--mondrian", is_flag=True, help="Conformal calibration per context (implies --conformal).")
 @click.pass_context
-def run_cmd(ctx: click.Context, model: str, split: str, config_file: str | None, sets: Sequence[str]) -> None:
+def run_cmd(ctx: click.Context, model: str, split: str, config_file: str | None, sets: Sequence[str],
+            ensemble: int | None, conformal: bool, mondrian: bool) -> None:
     """Fit, predict, evaluate and write a run directory."""
     from perturbfm.run import execute_run
 
+    sets = list(sets)
+    if ensemble is not None:
+        sets.append(f"run.ensemble={ensemble}")
+    if conformal or mondrian:
+        sets.append("run.conformal=true")
+    if mondrian:
+        sets.append("run.conformal_mondrian=true")
     with console.status("starting") as status:
         result = execute_run(_store(ctx), model=model, split=split, config_file=config_file, sets=sets,
                              progress=lambda msg: status.update(msg))

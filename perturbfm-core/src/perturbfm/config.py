@@ -18,7 +18,12 @@ RUN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "panels": ["basic"],
     "max_cells": 2000,
+    "ensemble": 1,
+    "ensemble_mode": "seeds",
+    "conformal": False,
+    "conformal_mondrian": False,
 }
+ENSEMBLE_MODES = ("seeds", "bootstrap")
 
 SECTIONS = ("run", "model")
 

@@ -160,6 +160,11 @@ class Model(abc.ABC):
         """Optional JSON-serialisable diagnostics written with the run."""
         return {}
 
+    def describe(self) -> dict[str, Any]:
+        """A JSON-serialisable model spec (architecture summary) for provenance;
+        called after ``fit``. Override to add layer sizes, graph sources ..."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "description": self.description}
+
 
 # --------------------------------------------------------------------------- metrics
 @dataclass(frozen=True)

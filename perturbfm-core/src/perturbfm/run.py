@@ -21,13 +21,21 @@ import numpy as np
 import pandas as pd
 
 from perturbfm import __version__
+from perturbfm.calibration import (
+    LEVELS,
+    RELIABILITY_LEVELS,
+    bootstrap_groups,
+    combine_ensemble,
+    conformalize,
+    reliability,
+)
 from perturbfm.config import ledger_csv, resolve_config
-from perturbfm.dataset import control_stats, group_table
+from perturbfm.dataset import control_stats, ensure_group_column, group_table, grouped_moments
 from perturbfm.errors import PanelIncompleteError, PerturbFMError, SplitIntegrityError
-from perturbfm.evaluation import CONVENTIONS, build_eval_data, evaluate_panels
+from perturbfm.evaluation import CONVENTIONS, EvalData, aggregate, build_eval_data, evaluate_panels, validate_prediction
 from perturbfm.fsio import atomic_write_json, atomic_write_text, atomic_write_with, atomic_write_yaml
 from perturbfm.hashing import sha256_json
-from perturbfm.interfaces import MetricPanel, Model, Prediction
+from perturbfm.interfaces import MetricPanel, Model, NotApplicable, Prediction
 from perturbfm.plugins import PluginRegistry, get_registry
 from perturbfm.provenance import environment, git_sha
 from perturbfm.store import ArtifactStore, utc_now
@@ -145,7 +153,8 @@ def execute_run(
         panels.append(registry.create("metric_panel", p))
     if not panels:
         raise PerturbFMError("no metric panels requested", field="run.panels", fix="set run.panels, e.g. [basic]")
-    cfg_hash = sha256_json(config)
+    check_run_config(model_reg.cls, model_obj.default_config(), config, split_obj)
+    cfg_hash = sha256_json({"model_name": model, **config})
     run_id = make_run_id(split_id, model, cfg_hash)
     run_dir = store.runs_dir / run_id
     n = 2
@@ -166,7 +175,8 @@ def execute_run(
             "licence": dataset.manifest.get("licence"),
             "citation": dataset.manifest.get("citation"),
             "expression_space": dataset.manifest.get("expression_space"),
-            "verification": "file sha256 checked against the store manifest at load",
+            "verification": dataset_verification(dataset.manifest),
+            "integrity": "file sha256 checked against the store manifest at load",
         },
         "split": {"id": split_id, "generator": split_obj.generator, "params": split_obj.params,
                   "seed": split_obj.seed, "source": split_obj.source, "counts": split_obj.counts()},
@@ -187,7 +197,8 @@ def execute_run(
     writer.stage("setup", "done")
     _observe(registry, "pfm_run_started", writer, run_dir=str(run_dir), run_info=run_info)
     try:
-        metrics = _fit_predict_evaluate(store, dataset, split_obj, model_obj, panels, config, writer, say)
+        metrics = _fit_predict_evaluate(store, dataset, split_obj, model_obj, panels, config, writer, say,
+                                        registry, provenance)
     except PanelIncompleteError as exc:
         writer.finish("failed", error=exc.render(), missing=[list(p) for p in exc.problems])
         _observe(registry, "pfm_run_finished", writer, run_dir=str(run_dir), run_info=run_info, status="failed")
@@ -210,6 +221,87 @@ def execute_run(
     return RunResult(run_id, run_dir, "succeeded", metrics=metrics)
 
 
+def _slice_prediction(pred: Prediction, ids: Sequence[str]) -> Prediction:
+    pos = {g: i for i, g in enumerate(pred.group_ids)}
+    rows = [pos[g] for g in ids]
+    return Prediction(
+        group_ids=list(ids),
+        mean_delta=np.asarray(pred.mean_delta)[rows],
+        var_delta=None if pred.var_delta is None else np.asarray(pred.var_delta)[rows],
+        notes={g: pred.notes[g] for g in ids if g in pred.notes},
+        info=pred.info,
+        cells=None if pred.cells is None else {g: pred.cells[g] for g in ids if g in pred.cells},
+    )
+
+
+def dataset_verification(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How far the data behind a run were verified against a published checksum."""
+    if manifest.get("synthetic"):
+        return {"status": "synthetic", "detail": "simulated by PerturbFM; there is no published file to verify"}
+    reg = (manifest.get("extra") or {}).get("registry")
+    if reg and reg.get("verified"):
+        return {"status": "verified", "detail": f"file sha256 matched registry entry {reg.get('name')!r}"}
+    if reg:
+        return {"status": "unverified", "detail": f"registry entry {reg.get('name')!r} has no matching checksum"}
+    return {"status": "unverified", "detail": "imported from a local file; no published checksum to compare with"}
+
+
+def check_run_config(model_cls: type[Model], model_defaults: dict[str, Any], config: dict[str, Any],
+                     split: Any) -> None:
+    """Refuse uncertainty settings that cannot work, before anything is written."""
+    from perturbfm.config import ENSEMBLE_MODES
+    from perturbfm.errors import ConfigError
+
+    run = config["run"]
+    if run["ensemble"] < 1:
+        raise ConfigError("run.ensemble must be at least 1", field="run.ensemble", fix="--set run.ensemble=5")
+    if run["ensemble_mode"] not in ENSEMBLE_MODES:
+        raise ConfigError(f"unknown run.ensemble_mode {run['ensemble_mode']!r}", field="run.ensemble_mode",
+                          fix=f"use one of {', '.join(ENSEMBLE_MODES)}")
+    if run["ensemble"] > 1 and run["ensemble_mode"] == "seeds" and "seed" not in model_defaults:
+        raise ConfigError(
+            f"model {model_cls.name!r} has no seed parameter, so a seed ensemble would repeat one model",
+            field="run.ensemble_mode", fix="use --set run.ensemble_mode=bootstrap (resampled training groups)",
+        )
+    if (run["conformal"] or run["conformal_mondrian"]) and not split.groups("calibration"):
+        raise ConfigError(
+            f"split {split.id[:12]} has no calibration groups, so conformal intervals cannot be calibrated",
+            field="run.conformal",
+            fix="create a split with a calibration fold (e.g. --param calibration_fraction=0.2)",
+        )
+
+
+def _fit_members(model_cls: type[Model], train: TrainingData, val: TrainingData | None, groups: dict[str, Any],
+                 ctrl: Any, config: dict[str, Any], queries: list[Any], say: Progress) -> tuple[Prediction, Model, float, float]:
+    run = config["run"]
+    k_members = int(run["ensemble"])
+    preds, fit_s, pred_s = [], 0.0, 0.0
+    first: Model | None = None
+    for k in range(k_members):
+        member = model_cls()
+        cfg = dict(config["model"])
+        member_train = train
+        if k_members > 1 and run["ensemble_mode"] == "seeds":
+            cfg["seed"] = int(cfg["seed"]) + k
+        elif k_members > 1:
+            ids = bootstrap_groups(train.group_ids, int(run["seed"]) * 1000 + k)
+            member_train = TrainingData(train._adata, [groups[g] for g in ids], ctrl, synthetic=train.synthetic)
+        say(f"fitting {model_cls.name} on {len(member_train.groups)} training groups"
+            + (f" (member {k + 1}/{k_members})" if k_members > 1 else ""))
+        t0 = time.perf_counter()
+        member.fit(member_train, val, cfg)
+        fit_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        preds.append(member.predict(queries))
+        pred_s += time.perf_counter() - t0
+        first = first or member
+    assert first is not None
+    combined = combine_ensemble(preds)
+    if k_members > 1:
+        combined.info["ensemble_mode"] = run["ensemble_mode"]
+    return combined, first, fit_s, pred_s
+
+
 def _fit_predict_evaluate(
     store: ArtifactStore,
     dataset: Any,
@@ -219,8 +311,11 @@ def _fit_predict_evaluate(
     config: dict[str, Any],
     writer: RunWriter,
     say: Progress,
+    registry: PluginRegistry,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     run_dir = writer.dir
+    run_cfg = config["run"]
     say("loading dataset")
     adata = dataset.load()
     groups = group_table(adata)
@@ -231,36 +326,53 @@ def _fit_predict_evaluate(
     val_ids = split.groups("val")
     val = TrainingData(adata, [groups[g] for g in val_ids], ctrl, synthetic=synthetic, role="val") if val_ids else None
     test_groups = [groups[g] for g in split.groups("test")]
-    writer.stage("load", "done", n_train=len(train.groups), n_test=len(test_groups))
+    conformal = bool(run_cfg["conformal"] or run_cfg["conformal_mondrian"])
+    cal_groups = [groups[g] for g in split.groups("calibration")] if conformal else []
+    writer.stage("load", "done", n_train=len(train.groups), n_test=len(test_groups), n_calibration=len(cal_groups))
 
-    say(f"fitting {model.name} on {len(train.groups)} training groups")
-    t0 = time.perf_counter()
-    model.fit(train, val, dict(config["model"]))
-    fit_s = time.perf_counter() - t0
+    queries = [replace(g, n_cells=0) for g in test_groups + cal_groups]  # the model never sees true cell counts
+    pred_all, fitted, fit_s, predict_s = _fit_members(type(model), train, val, groups, ctrl, config, queries, say)
     writer.stage("fit", "done", seconds=round(fit_s, 3))
-
-    say(f"predicting {len(test_groups)} held-out groups")
-    queries = [replace(g, n_cells=0) for g in test_groups]  # the model never sees the true cell counts
-    t0 = time.perf_counter()
-    pred = model.predict(queries)
-    predict_s = time.perf_counter() - t0
     writer.stage("predict", "done", seconds=round(predict_s, 3))
+    provenance["model"]["spec"] = fitted.describe()
+    atomic_write_json(run_dir / "provenance.json", provenance)
+    pred = _slice_prediction(pred_all, [g.group_id for g in test_groups]) if cal_groups else pred_all
 
     say("evaluating")
     data = build_eval_data(
         adata, test_groups, ctrl, pred,
-        seed=int(config["run"]["seed"]), max_cells=int(config["run"]["max_cells"]), ood=split.ood,
+        seed=int(run_cfg["seed"]), max_cells=int(run_cfg["max_cells"]), ood=split.ood,
     )
+    conformal_result = None
+    if cal_groups:
+        validate_prediction(pred_all, [*test_groups, *cal_groups], data.genes)
+        cal_pred = _slice_prediction(pred_all, [g.group_id for g in cal_groups])
+        labels = ensure_group_column(adata).astype(str).to_numpy()
+        cal_mean, _, _ = grouped_moments(adata, labels, [g.group_id for g in cal_groups])
+        cal_delta = cal_mean - np.stack([ctrl.mean(g.context) for g in cal_groups])
+        levels = sorted(set(LEVELS) | {round(100 * lv) for lv in RELIABILITY_LEVELS})
+        conformal_result = conformalize(cal_delta, cal_pred, [g.context for g in cal_groups], pred,
+                                        [g.context for g in test_groups], mondrian=bool(run_cfg["conformal_mondrian"]),
+                                        levels=levels)
+        data.extra["intervals"] = {lv: conformal_result.intervals[lv] for lv in LEVELS}
+        data.extra["interval_source"] = "conformal"
     genes = data.genes
     pa = predictions_adata(pred, test_groups, genes, data.ctrl_mean, synthetic)
+    if conformal_result is not None:
+        for lv in LEVELS:
+            pa.layers[f"conformal_lo_{lv}"], pa.layers[f"conformal_hi_{lv}"] = conformal_result.intervals[lv]
     atomic_write_with(run_dir / "predictions.h5ad", lambda p: pa.write_h5ad(p), suffix=".h5ad")
     writer.stage("predictions", "done")
     panels_out = evaluate_panels(panels, data)
+    calibration = build_calibration(data, registry, conformal_result, config)
+    atomic_write_json(run_dir / "calibration.json", calibration)
+    writer.stage("calibration", "done")
     metrics = {
         "schema": 1,
         "run_id": writer.run_id,
         "synthetic": synthetic,
         **({"synthetic_note": SYNTHETIC_BANNER} if synthetic else {}),
+        "data_verification": provenance["dataset"]["verification"],
         "dataset": dataset.hash,
         "split": split.id,
         "model": model.name,
@@ -271,14 +383,81 @@ def _fit_predict_evaluate(
             "predicted_cells": "the model's own cells" if not data.pred_cells_constructed else
             "constructed as the context's control cells + the predicted delta (the model gives no cells)",
             "cell_subsampling": {"max_cells_per_group": data.max_cells, "seed": data.seed},
+            "intervals": "conformal (see calibration.json)" if conformal_result is not None else
+            "Gaussian from the predicted variance" if pred.var_delta is not None else "none (no variance)",
         },
         "model_info": pred.info,
         "model_notes": dict(sorted(pred.notes.items())),
-        "model_diagnostics": model.diagnostics(),
+        "model_diagnostics": fitted.diagnostics(),
         "timing_seconds": {"fit": round(fit_s, 3), "predict": round(predict_s, 3)},
-        "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells} for g in data.groups],
+        "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells,
+                    **({"label": split.labels[g.group_id]} if split.labels and g.group_id in split.labels else {}),
+                    **({"ood": split.ood[g.group_id]} if split.ood and g.group_id in split.ood else {})}
+                   for g in data.groups],
         "panels": panels_out,
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     writer.stage("evaluate", "done")
     return metrics
+
+
+def _panel_summary(values: dict[str, Any], data: EvalData) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in values.items():
+        if isinstance(v, NotApplicable):
+            out[key] = {"not_applicable": v.reason}
+        else:
+            agg = aggregate(v, data.groups)
+            out[key] = {"global": agg["global"], "per_context": agg["per_context"], **(
+                {"extra": agg["extra"]} if "extra" in agg else {})}
+    return out
+
+
+def build_calibration(data: EvalData, registry: PluginRegistry, conformal: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The calibration contract of a run (``calibration.json``)."""
+    from perturbfm.errors import PluginError
+
+    run_cfg = config["run"]
+    out: dict[str, Any] = {
+        "schema": 1,
+        "levels": list(LEVELS),
+        "ensemble": {"members": int(run_cfg["ensemble"]), "mode": run_cfg["ensemble_mode"]},
+        "variance_available": data.pred_var is not None,
+    }
+    try:
+        panel = registry.create("metric_panel", "uncertainty")
+    except PluginError as exc:
+        out["not_applicable"] = f"the uncertainty panel is not installed: {exc.message}"
+        return out
+    intervals = data.extra.pop("intervals", None)
+    try:
+        gauss = _panel_summary(panel.compute(data), data)
+    finally:
+        if intervals is not None:
+            data.extra["intervals"] = intervals
+    cov = {str(lv): gauss.get(f"coverage@{lv}") for lv in LEVELS}
+    if data.pred_var is not None:
+        out["gaussian"] = {"coverage": {k: v["global"] for k, v in cov.items() if v and "global" in v},
+                           "coverage_detail": cov,
+                           "reliability": reliability(data.true_delta, data.pred_delta, data.pred_var)}
+    else:
+        out["gaussian"] = {"not_applicable": "the model gives no predictive variance"}
+    if conformal is not None:
+        conf = _panel_summary(panel.compute(data), data)
+        out["conformal"] = {
+            "coverage": {str(lv): conf[f"coverage@{lv}"].get("global") for lv in LEVELS},
+            "coverage_detail": {str(lv): conf[f"coverage@{lv}"] for lv in LEVELS},
+            "reliability": reliability(data.true_delta, data.pred_delta, None,
+                                       intervals_at=lambda lv: conformal.intervals[round(100 * lv)]),
+            "mondrian": bool(run_cfg["conformal_mondrian"]),
+            **conformal.summary(),
+        }
+    else:
+        out["conformal"] = {"not_applicable": "conformal intervals were not requested (run.conformal=false)"}
+    for key in ("nll", "aurc", "ood_auroc"):
+        entry = gauss.get(key, {"not_applicable": "not computed by the uncertainty panel"})
+        out[key] = entry.get("global", entry) if "not_applicable" not in entry else entry
+        if key == "aurc" and "extra" in entry:
+            out["risk_coverage"] = entry["extra"].get("risk_coverage")
+            out["aurc_random_reference"] = entry["extra"].get("random_reference")
+    return out

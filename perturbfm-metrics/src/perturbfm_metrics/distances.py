@@ -164,7 +164,8 @@ def _lse(z: np.ndarray, axis: int) -> np.ndarray:
 
 def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: float | None = None,
              tol: float = 1e-9, max_iter: int = 10_000, check_every: int = 10,
-             device: str | None = None, cost: np.ndarray | None = None) -> SinkhornResult:
+             device: str | None = None, cost: np.ndarray | None = None,
+             method: Literal["stabilized", "log"] = "stabilized") -> SinkhornResult:
     """Entropic OT between the point clouds ``x`` and ``y``, uniform weights.
 
     The cost is the squared Euclidean distance; the regularisation is
@@ -184,12 +185,16 @@ def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: flo
         max_iter: maximum number of (row + column) updates.
         check_every: test convergence every this many iterations.
         device: optional torch device for the cost GEMM.
-        cost: precomputed ``[n, m]`` cost (then ``x``/``y`` are only used for shapes).
+        cost: precomputed ``[n, m]`` cost (then ``x``/``y`` are not read).
+        method: ``"stabilized"`` (default, the absorption scheme above) or ``"log"``
+            (exact log-sum-exp updates throughout: slower, same fixed point).
 
     Returns:
         :class:`SinkhornResult`; ``converged`` is False when ``max_iter`` was hit
         (never silently: callers report it, or call ``.check()``).
     """
+    if method not in ("stabilized", "log"):
+        raise ValueError(f"method must be 'stabilized' or 'log', got {method!r}")
     C = pairwise_sq_euclidean(x, y, device=device) if cost is None else np.asarray(cost, dtype=np.float64)
     n, m = C.shape
     if n == 0 or m == 0:
@@ -209,7 +214,7 @@ def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: flo
     u, v = np.ones(n), np.ones(m)
     a = np.full(n, 1.0 / n)
     b = np.full(m, 1.0 / m)
-    log_mode = False
+    log_mode = method == "log"
     err, it = np.inf, 0
     while it < max_iter:
         it += 1

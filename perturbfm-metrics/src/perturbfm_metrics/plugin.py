@@ -10,8 +10,10 @@ from perturbfm import hookimpl
 @hookimpl
 def pfm_register_metric_panels() -> list[type]:
     from perturbfm_metrics.basic import BasicPanel
+    from perturbfm_metrics.perturbench import PerturBenchPanel
+    from perturbfm_metrics.scperturbench import ScPerturBenchPanel
 
-    panels: list[type] = [BasicPanel]
+    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel]
     return panels
 
 

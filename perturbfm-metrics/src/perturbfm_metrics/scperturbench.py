@@ -1,0 +1,194 @@
+"""The ``scperturbench`` panel (reference: bm2-lab/scPerturBench; own implementation).
+
+Mean-based keys (``mse``, ``mse_top100_deg``, ``pcc_delta``) are the ``basic``
+panel's, reused as they are. Distribution keys compare the group's predicted
+cells with its true cells (each at most ``max_cells``, seeded subsample) on the
+group's top-100 DEGs (truth only, :func:`perturbfm_metrics.deg.deg_ranking`).
+
+When the model gives no cells, the harness builds the predicted cells as the
+context's control cells + the predicted delta: they then carry the control
+cells' variance, not a predicted one. The panel records this in every
+distribution key's ``extra["pred_cells"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue, NotApplicable
+
+from perturbfm_metrics.basic import BasicPanel
+from perturbfm_metrics.deg import DEG_TEST_DESCRIPTION, deg_ranking, rank_by_score, welch_t
+from perturbfm_metrics.distances import (
+    EPS_REL,
+    STD_EPS,
+    edistance,
+    gaussian_sym_kl,
+    pairwise_euclidean,
+    pairwise_sq_euclidean,
+    sinkhorn,
+    warn_not_converged,
+)
+
+if TYPE_CHECKING:
+    from perturbfm.evaluation import EvalData
+
+TOP_K = 100
+SINKHORN_TOL = 1e-9
+SINKHORN_MAX_ITER = 10_000
+
+_FEW = ("groups with < 2 true or < 2 predicted cells: the within-set term of that side has no "
+        "distinct pairs and is taken as 0 (a single cell is at distance 0 from itself); the groups "
+        "are listed in extra['few_cells_groups']")
+_CELLS = ("pred cells vs true cells of the group (each at most max_cells, seeded subsample) on the "
+          "group's top-100 DEGs from the truth only; DEG test: " + DEG_TEST_DESCRIPTION)
+
+
+def welch_t_cells(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Welch's t of the cells ``a`` ``[n, G]`` against the cells ``b`` ``[m, G]``, per gene.
+
+    Uses unbiased moments and :func:`perturbfm_metrics.deg.welch_t` (same
+    zero-denominator rules as the truth's DEG test). Returns NaN where a side has
+    fewer than 2 cells.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    na, nb = a.shape[0], b.shape[0]
+    va = a.var(axis=0, ddof=1) if na >= 2 else np.full(a.shape[1], np.nan)
+    vb = b.var(axis=0, ddof=1) if nb >= 2 else np.full(b.shape[1], np.nan)
+    return welch_t(a.mean(axis=0)[None], va[None], [na], b.mean(axis=0)[None], vb[None], [nb])[0]
+
+
+def de_scores_cells(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """DE ranking score of ``a`` vs ``b``: ``|t|``, or ``|mean_a - mean_b|`` when a
+    side has fewer than 2 cells (the fallback of :mod:`perturbfm_metrics.deg`).
+
+    Returns:
+        ``(score [G], reason or None)``.
+    """
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        reason = (f"{a.shape[0]} predicted / {b.shape[0]} control cell(s): variance undefined, "
+                  "genes ranked by |mean_pred - mean_ctrl|")
+        return np.abs(a.mean(axis=0) - b.mean(axis=0)), reason
+    return np.abs(welch_t_cells(a, b)), None
+
+
+class ScPerturBenchPanel(MetricPanel):
+    """scPerturBench's metrics: mean errors, Pearson delta, distribution distances, common DEGs."""
+
+    name: ClassVar[str] = "scperturbench"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = (
+        "scPerturBench metrics (bm2-lab/scPerturBench, reimplemented): mean errors and Pearson r of "
+        "deltas (shared with the basic panel), E-distance, entropic Wasserstein, Gaussian KL and "
+        "common DEGs between predicted and true cells"
+    )
+    metrics: ClassVar[Mapping[str, MetricSpec]] = {
+        "mse": BasicPanel.metrics["mse"],
+        "mse_top100_deg": BasicPanel.metrics["mse_top100_deg"],
+        "pcc_delta": BasicPanel.metrics["pcc_delta"],
+        "edistance": MetricSpec(
+            definition="2 E||X-Y|| - E||X-X'|| - E||Y-Y'||, Euclidean distance, X = pred cells, "
+            "Y = true cells; within-set means over the n(n-1) distinct pairs; " + _CELLS,
+            variant="pertpy >= 1.0.4 default (Euclidean, n(n-1)); scperturb uses squared distances "
+            "(extra['edistance_squared'] per group, same pairs). " + _FEW,
+            higher_is_better=False,
+        ),
+        "wasserstein": MetricSpec(
+            definition="entropic OT cost <P, C> between pred and true cells, C = squared Euclidean, "
+            f"uniform weights, eps = {EPS_REL} x mean(C); " + _CELLS,
+            variant="ott-jax PointCloud relative epsilon as scPerturBench calls it; log-stabilised "
+            f"Sinkhorn to an L1 marginal error < {SINKHORN_TOL:g} (max {SINKHORN_MAX_ITER} iterations); "
+            "equals POT sinkhorn2 at the same eps; groups that did not converge keep the last "
+            "iterate's cost and are listed in extra['not_converged']",
+            higher_is_better=False,
+        ),
+        "kl": MetricSpec(
+            definition="per gene Gaussian fits (mean, sigma = std + 1e-8, std with ddof=0), "
+            "KL(pred||true) + KL(true||pred), mean over genes; " + _CELLS,
+            variant="symmetric Gaussian KL as scPerturBench; a group with a single cell on a side has "
+            "sigma = 1e-8 there (listed in extra['few_cells_groups'])",
+            higher_is_better=False,
+        ),
+        "common_degs": MetricSpec(
+            definition="|topk_DE(pred vs ctrl) & topk_DE(true vs ctrl)| / k, k = 100 (capped at the "
+            "gene count); pred DE: Welch t of the group's pred cells vs all control cells of its "
+            "context, ranked by |t|; true DE: " + DEG_TEST_DESCRIPTION,
+            variant="with constructed pred cells (control cells + delta) the pred t-statistic is "
+            "delta / (control sd x sqrt(1/n_pred + 1/n_ctrl)); groups with < 2 pred cells are ranked "
+            "by |mean difference| (extra['pred_deg_fallback_groups'])",
+            higher_is_better=True,
+        ),
+    }
+
+    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+        """Compute every key of the panel for the evaluated groups."""
+        basic = BasicPanel().compute(data)
+        out: dict[str, MetricValue | NotApplicable] = {k: basic[k] for k in ("mse", "mse_top100_deg",
+                                                                            "pcc_delta")}
+        ids = data.group_ids
+        degs = deg_ranking(data, TOP_K)
+        k = degs.k
+        ed, ed_sq, ws, kl, common = {}, {}, {}, {}, {}
+        few: dict[str, str] = {}
+        not_conv: dict[str, dict[str, float]] = {}
+        pred_fallback: dict[str, str] = {}
+        n_cells: dict[str, list[int]] = {}
+        for i, gid in enumerate(ids):
+            true = data.true_cells(i)
+            pred = data.pred_cells(i)
+            if pred.shape[0] == 0:
+                raise ValueError(f"the model gave 0 predicted cells for group {gid}")
+            n_cells[gid] = [int(pred.shape[0]), int(true.shape[0])]
+            genes = degs.indices[i]
+            p, t = pred[:, genes], true[:, genes]
+            if pred.shape[0] < 2 or true.shape[0] < 2:
+                few[gid] = f"{pred.shape[0]} predicted / {true.shape[0]} true cell(s)"
+            ed[gid] = _edist(p, t, squared=False)
+            ed_sq[gid] = _edist(p, t, squared=True)
+            res = sinkhorn(p, t, tol=SINKHORN_TOL, max_iter=SINKHORN_MAX_ITER)
+            ws[gid] = res.cost
+            if not res.converged:
+                not_conv[gid] = {"marginal_error": res.marginal_error, "n_iter": res.n_iter}
+            kl[gid] = float(np.mean(gaussian_sym_kl(p, t, std_eps=STD_EPS)))
+            score, why = de_scores_cells(pred, data.control_cells(data.groups[i].context))
+            if why:
+                pred_fallback[gid] = why
+            top_pred = rank_by_score(score[None], k)[0]
+            common[gid] = len(set(top_pred.tolist()) & set(genes.tolist())) / k
+        if not_conv:
+            warn_not_converged(len(not_conv))
+        shared: dict[str, Any] = {
+            "pred_cells": "constructed: control cells of the context (seeded subsample) + predicted "
+            "delta; they carry the control variance" if data.pred_cells_constructed else "given by the model",
+            "n_cells_pred_true": n_cells, "max_cells": data.max_cells, "subsample_seed": data.seed,
+            "k": k, "deg_fallback_groups": dict(degs.fallback_groups),
+        }
+        out["edistance"] = MetricValue(per_group=ed, extra={**shared, "few_cells_groups": few,
+                                                            "edistance_squared": ed_sq})
+        out["wasserstein"] = MetricValue(per_group=ws, extra={**shared, "eps_rel": EPS_REL,
+                                                              "not_converged": not_conv})
+        out["kl"] = MetricValue(per_group=kl, extra={**shared, "few_cells_groups": few})
+        out["common_degs"] = MetricValue(per_group=common, extra={**shared,
+                                                                  "pred_deg_fallback_groups": pred_fallback})
+        return out
+
+
+def _edist(p: np.ndarray, t: np.ndarray, *, squared: bool) -> float:
+    """E-distance over distinct pairs; a side with one cell has within-term 0 (declared)."""
+    if p.shape[0] >= 2 and t.shape[0] >= 2:
+        return edistance(p, t, squared=squared, within="distinct")
+    # a single cell's only pair is itself (distance 0); the other side keeps n(n-1)
+    dist = pairwise_sq_euclidean if squared else pairwise_euclidean
+    cross = float(dist(p, t).mean())
+
+    def within(z: np.ndarray) -> float:
+        if z.shape[0] < 2:
+            return 0.0
+        d = dist(z, z)
+        np.fill_diagonal(d, 0.0)
+        return float(d.sum() / (z.shape[0] * (z.shape[0] - 1)))
+
+    return 2.0 * cross - within(p) - within(t)
