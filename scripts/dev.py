@@ -22,6 +22,8 @@ VENV = Path(os.environ.get("PFM_VENV", REPO / ".venv"))
 PACKAGES = ["perturbfm-core", "perturbfm-metrics", "perturbfm-bench-adapters", "perturbfm-models"]
 # torch is pinned: on these machines 2.13.0 resolves to a local CPU wheel.
 TOOLS = ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "setuptools>=68", "wheel"]
+# peers the parity tests compare against (never vendored; MIT-licensed packages)
+PEERS = ["cell-eval==0.8.2", "scperturb==0.1.0", "pot==0.9.7.post1"]
 
 
 def _bin(name: str) -> str:
@@ -32,7 +34,7 @@ def _stamp() -> str:
     h = hashlib.sha256()
     for p in [Path(__file__), *(REPO / pkg / "pyproject.toml" for pkg in PACKAGES)]:
         h.update(p.read_bytes())
-    h.update(" ".join(TOOLS).encode())
+    h.update(" ".join(TOOLS + PEERS).encode())
     return h.hexdigest()
 
 
@@ -51,6 +53,7 @@ def ensure_venv() -> None:
     pip = [_bin("python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     run(pip + ["--upgrade", "pip"])
     run(pip + TOOLS)
+    run(pip + PEERS)
     editable: list[str] = []
     for pkg in PACKAGES:
         editable += ["-e", str(REPO / pkg)]

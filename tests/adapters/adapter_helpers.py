@@ -53,3 +53,23 @@ def make_adata(
         obs[k] = v
     n_var = X.shape[1]
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_var)]))
+
+
+def run_cli(args: list[str], capsys: Any) -> tuple[int, str, str]:
+    """Run ``pfm-bench`` in-process; returns (exit code, stdout, stderr)."""
+    from perturbfm.cli import main
+
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def combo_adata(contexts: tuple[str, ...] = ("K", "H"), *, seed: int = 0) -> ad.AnnData:
+    """Raw counts, per context: control, singles A..F and combos A+B, C+D, A+E, E+F (4 cells each)."""
+    labels, ctx = [], []
+    for c in contexts:
+        for p in ["control", "A", "B", "C", "D", "E", "F", "A+B", "C+D", "A+E", "E+F"]:
+            labels += [p] * 4
+            ctx += [c] * 4
+    return make_adata(labels, contexts=ctx, n_genes=6, seed=seed)

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from adapter_helpers import make_adata
-
 from perturbfm.dataset import group_table
 from perturbfm.errors import DatasetValidationError
 from perturbfm.hashing import sha256_file

@@ -7,7 +7,6 @@ from collections import Counter
 import numpy as np
 import pytest
 from adapter_helpers import require_shared
-
 from perturbfm.dataset import group_table
 from perturbfm.hashing import sha256_file
 from perturbfm_bench_adapters.anndata_adapter import AnnDataAdapter

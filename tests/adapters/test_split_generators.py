@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from perturbfm.dataset import GroupInfo, group_id
 from perturbfm.errors import PerturbFMError
 from perturbfm.splits import Split
@@ -30,8 +29,9 @@ def as_split(gen, params, seed, res):
 
 
 def test_registered():
-    assert {c.name for c in plugin.pfm_register_split_generators()} == {"explicit", "random-groups", "context-ood"}
-    assert [c.name for c in plugin.pfm_register_dataset_adapters()] == ["anndata"]
+    assert {c.name for c in plugin.pfm_register_split_generators()} == {
+        "explicit", "random-groups", "context-ood", "loco", "perturbation-ood", "combo", "covariate-transfer"}
+    assert [c.name for c in plugin.pfm_register_dataset_adapters()][0] == "anndata"
     for cls in plugin.pfm_register_split_generators():
         assert cls.options and all(cls.options.values())
 
@@ -74,7 +74,11 @@ def test_random_groups_deterministic():
     assert a.assignments != c.assignments
     roles = list(a.assignments.values())
     assert roles.count("test") == 5 and roles.count("val") == 2  # round(0.25*21), round(0.1*21)
-    assert a.ood is None
+    test = [g for g, r in a.assignments.items() if r == "test"]
+    assert set(a.ood) == set(a.labels) == set(test)  # OOD = perturbation trained in no context
+    for g in test:
+        seen = any(GROUPS[t].perturbation == GROUPS[g].perturbation for t, r in a.assignments.items() if r == "train")
+        assert a.ood[g] is (not seen)
     as_split(gen, params, 7, a)
 
 

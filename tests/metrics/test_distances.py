@@ -13,6 +13,7 @@ from scipy.spatial.distance import cdist
 from perturbfm_metrics.distances import (
     SinkhornConvergenceError,
     edistance,
+    edistance_batch,
     gaussian_sym_kl,
     pairwise_euclidean,
     pairwise_sq_euclidean,
@@ -91,6 +92,18 @@ def test_edistance_matches_explicit_pairs(squared, within):
     assert got == pytest.approx(_edist_loops(x, y, squared, within), rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.parametrize("squared", [False, True])
+def test_edistance_batch_matches_single(squared):
+    rng = np.random.default_rng(14)
+    xs, ys = rng.normal(size=(5, 11, 4)), 0.5 + rng.normal(size=(5, 8, 4))
+    for within in ("distinct", "all"):
+        got = edistance_batch(xs, ys, squared=squared, within=within)
+        want = [edistance(x, y, squared=squared, within=within) for x, y in zip(xs, ys)]
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    with pytest.raises(ValueError):
+        edistance_batch(xs[:, :1], ys)
+
+
 def test_squared_edistance_identities():
     x, y = _clouds(4, n=40, m=25, d=8)
     dmu = x.mean(axis=0) - y.mean(axis=0)
@@ -101,7 +114,8 @@ def test_squared_edistance_identities():
     assert edistance(x, y, squared=True, within="distinct") == pytest.approx(want, rel=1e-12)
     # identical sets: 0 with all pairs, and the Euclidean statistic is 0 too
     assert edistance(x, x, squared=True, within="all") == pytest.approx(0.0, abs=1e-10)
-    assert edistance(x, x, within="all") == pytest.approx(0.0, abs=1e-10)
+    # (Euclidean: sqrt of the GEMM's rounding on the matching cross pairs, ~1e-9)
+    assert edistance(x, x, within="all") == pytest.approx(0.0, abs=1e-8)
 
 
 def test_edistance_rejects_undefined_cases():
@@ -114,23 +128,28 @@ def test_edistance_rejects_undefined_cases():
 
 
 @pytest.mark.skipif(not HAS_SCPERTURB, reason="scperturb (optional peer) not installed")
-@pytest.mark.parametrize("dist", ["sqeuclidean", "euclidean"])
-@pytest.mark.parametrize("sample_correct", [True, False])
-def test_edistance_parity_with_scperturb(dist, sample_correct):
+def test_edistance_parity_with_scperturb():
     import anndata as ad
     import pandas as pd
-    import scperturb
+    import scperturb  # one import for all variants: it pulls in scanpy
 
     x, y = _clouds(6, n=35, m=28, d=10)
     a = ad.AnnData(np.zeros((len(x) + len(y), 1)),
                    obs=pd.DataFrame({"g": ["pred"] * len(x) + ["true"] * len(y)},
                                     index=[str(i) for i in range(len(x) + len(y))]))
     a.obsm["cells"] = np.vstack([x, y])
-    est = scperturb.edist(a, obs_key="g", obsm_key="cells", dist=dist, sample_correct=sample_correct,
-                          n_jobs=1, verbose=False)
-    peer = float(est.loc["pred", "true"])
-    ours = edistance(x, y, squared=dist == "sqeuclidean", within="distinct" if sample_correct else "all")
-    assert ours == pytest.approx(peer, rel=1e-9)
+    for dist in ("sqeuclidean", "euclidean"):
+        for sample_correct in (True, False):
+            est = scperturb.edist(a, obs_key="g", obsm_key="cells", dist=dist,
+                                  sample_correct=sample_correct, n_jobs=1, verbose=False)
+            peer = float(est.loc["pred", "true"])
+            squared, within = dist == "sqeuclidean", "distinct" if sample_correct else "all"
+            ours = edistance(x, y, squared=squared, within=within)
+            # squared: same arithmetic up to rounding; Euclidean: scperturb (sklearn) expands the
+            # GEMM without centring and keeps sqrt(rounding) on the within-set diagonal (~1e-9
+            # relative), while ours agrees with the explicit pair loops to ~1e-14
+            assert ours == pytest.approx(peer, rel=1e-12 if squared else 1e-7), (dist, sample_correct)
+            assert ours == pytest.approx(_edist_loops(x, y, squared, within), rel=1e-12)
 
 
 def test_sinkhorn_matches_naive_reference():

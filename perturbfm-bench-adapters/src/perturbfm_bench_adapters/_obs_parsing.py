@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from perturbfm.dataset import CONTROL, canonical_perturbation
 from perturbfm.errors import DatasetValidationError
 
@@ -108,7 +107,7 @@ def covariates(
         numeric[target] = parsed.to_numpy(dtype=np.float64)
         processing.append(f"{target} from obs[{key!r}]")
     processing.append(f"covariates from obs {sorted(keys)} as 'key=value;...'")
-    return out, numeric
+    return (out if out is not None else np.full(len(obs), "", dtype=object)), numeric
 
 
 def check_controls(

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import anndata as ad
 import numpy as np
 import pandas as pd
-
 from perturbfm.dataset import (
     COMBO_DELIMITER,
     CONTEXT_COL,

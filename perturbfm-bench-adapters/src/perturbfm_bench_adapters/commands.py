@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-
 from perturbfm.dataset import group_table
 from perturbfm.errors import ConfigError, PerturbFMError
 from perturbfm.hashing import sha256_json

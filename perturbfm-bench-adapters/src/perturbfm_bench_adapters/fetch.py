@@ -92,8 +92,8 @@ def _unpack(file: Path, entry: RegistryEntry) -> Path:
             out = out_dir / PurePosixPath(member).name
             if not out.exists():
                 out_dir.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, BLOCK)
+                with zf.open(member) as zsrc, open(out, "wb") as dst:
+                    shutil.copyfileobj(zsrc, dst, BLOCK)
         return out
     if tarfile.is_tarfile(file):
         with tarfile.open(file) as tf:
@@ -101,10 +101,12 @@ def _unpack(file: Path, entry: RegistryEntry) -> Path:
             out = out_dir / PurePosixPath(member).name
             if not out.exists():
                 out_dir.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                assert src is not None
-                with src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, BLOCK)
+                tsrc = tf.extractfile(member)
+                if tsrc is None:
+                    raise PerturbFMError(f"archive member {member} is not a file", file=str(file),
+                                         field="archive_member", fix="check the registry entry")
+                with tsrc, open(out, "wb") as dst:
+                    shutil.copyfileobj(tsrc, dst, BLOCK)
         return out
     raise PerturbFMError("the download is neither a zip nor a tar archive", file=str(file), field="archive_member",
                          fix="check the registry entry")

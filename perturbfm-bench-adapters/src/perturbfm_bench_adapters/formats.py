@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-
 from perturbfm.dataset import COMBO_DELIMITER, CONTROL
 from perturbfm.errors import DatasetValidationError
 from perturbfm.interfaces import AdapterResult

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-
 from perturbfm.dataset import GroupInfo, canonical_perturbation
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import SplitAssignment, SplitGenerator

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-
 from perturbfm.dataset import GroupInfo
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import SplitAssignment, SplitGenerator

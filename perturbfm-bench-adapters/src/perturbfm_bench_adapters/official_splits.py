@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from perturbfm.dataset import CONTROL_COL, GROUP_COL, PERT_COL, canonical_perturbation, ensure_group_column
 from perturbfm.errors import SplitIntegrityError
 from perturbfm.hashing import sha256_file

@@ -300,9 +300,16 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
     click.echo(str(path))
 
 
+_PLUGIN_COMMANDS_ADDED = False
+
+
 def _add_plugin_commands() -> None:
     """Add the commands plugins register. A plugin group named like a core group
     (``data``, ``splits``) is merged into it; a name already taken is refused."""
+    global _PLUGIN_COMMANDS_ADDED
+    if _PLUGIN_COMMANDS_ADDED:
+        return
+    _PLUGIN_COMMANDS_ADDED = True
     reg = get_registry()
     for impl in reg.pm.hook.pfm_register_commands.get_hookimpls():
         try:

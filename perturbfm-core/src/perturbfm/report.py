@@ -1,11 +1,16 @@
-"""A run's ``report.html``: metric tables, per-group plots, model notes and
-provenance, readable on its own (plots embedded as PNG)."""
+"""A run's ``report.html``: metric tables, per-group plots, model notes,
+calibration, graph-reliance diagnostics and provenance, readable on its own
+(plots embedded as PNG). :func:`render_run_report_from_dir` rebuilds it from
+``metrics.json`` / ``provenance.json`` / ``calibration.json`` alone (no
+predictions needed)."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +83,132 @@ def _per_group_plot(metrics: dict[str, Any], synthetic: bool) -> str:
     return _png(fig)
 
 
-def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any]) -> str:
+def verification_state(value: Any, *, known: bool = True) -> tuple[bool, str]:
+    """Whether ``provenance.json["dataset"]["verification"]`` says *verified*.
+
+    Verified means a dict with ``status == "verified"`` (or ``verified: true``) or
+    a string starting with "verified"; anything else, including a missing field,
+    is unverified, and the text says why."""
+    if not known or value is None:
+        return False, "no verification was recorded (missing field): treated as unverified"
+    if isinstance(value, dict):
+        ok = value.get("status") == "verified" or value.get("verified") is True
+        return ok, json.dumps(value, sort_keys=True)[:300]
+    text = str(value)
+    ok = text.strip().lower().startswith("verified")
+    return ok, text if ok else f"{text!r} does not say the data were verified against a published digest"
+
+
+def banners(metrics: dict[str, Any], provenance: dict[str, Any]) -> list[str]:
+    """Red banners: synthetic data, unverified data."""
+    out = []
+    if metrics.get("synthetic") or provenance.get("synthetic"):
+        out.append(metrics.get("synthetic_note") or "SYNTHETIC DATA: these results come from simulated data")
+    ds = provenance.get("dataset") or {}
+    ok, text = verification_state(ds.get("verification"), known="verification" in ds)
+    if not ok:
+        out.append(f"UNVERIFIED DATA: {text}")
+    return out
+
+
+def _banner_html(texts: list[str]) -> str:
+    return "".join(f"<p class='banner'>{html.escape(t)}</p>" for t in texts)
+
+
+def _curve_plot(title: str, curves: dict[str, list[list[float]]], xlabel: str, ylabel: str,
+                diagonal: bool = False) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.6, 3.0))
+    for name, pts in curves.items():
+        xs, ys = [float(p[0]) for p in pts], [float(p[1]) for p in pts]
+        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def render_calibration(cal: dict[str, Any]) -> str:
+    """Calibration tables and risk-coverage / reliability plots (missing keys tolerated)."""
+    parts = ["<h2>Calibration</h2>"]
+    rows, reliab = [], {}
+    for method in ("gaussian", "conformal"):
+        entry = cal.get(method)
+        if entry is None:
+            rows.append([method, "not recorded", ""])
+            continue
+        if not isinstance(entry, dict) or "not_applicable" in entry:
+            rows.append([method, "n/a: " + str(entry.get("not_applicable") if isinstance(entry, dict) else entry), ""])
+            continue
+        cov = entry.get("coverage") or {}
+        rows.append([method, ", ".join(f"{k}% -> {float(v):.3f}" for k, v in cov.items()) or "no coverage recorded",
+                     len(entry.get("reliability") or [])])
+        if entry.get("reliability"):
+            reliab[method] = entry["reliability"]
+    parts.append(_table(["method", "empirical coverage at nominal levels", "reliability points"], rows))
+    scal = []
+    for key in ("nll", "aurc", "ood_auroc"):
+        v = cal.get(key)
+        if isinstance(v, dict) and "not_applicable" in v:
+            scal.append([key, "n/a: " + str(v["not_applicable"])])
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            scal.append([key, float(v)])
+        else:
+            scal.append([key, "not recorded" if v is None else str(v)])
+    parts.append(_table(["quantity", "value"], scal))
+    if cal.get("risk_coverage"):
+        parts.append(_curve_plot("risk-coverage", {"risk": cal["risk_coverage"]}, "coverage", "risk"))
+    if reliab:
+        parts.append(_curve_plot("reliability", reliab, "nominal coverage", "empirical coverage", diagonal=True))
+    return "\n".join(parts)
+
+
+def render_gates(gates: dict[str, Any]) -> str:
+    """CGIO graph-reliance diagnostics: context x graph gate values, table + heatmap."""
+    contexts = sorted(gates)
+    graphs = sorted({g for c in contexts if isinstance(gates[c], dict) for g in gates[c]})
+    if not contexts or not graphs:
+        return ""
+    vals = [[gates[c].get(g) if isinstance(gates[c], dict) else None for g in graphs] for c in contexts]
+    parts = ["<h2>Graph reliance (CGIO gates)</h2>",
+             "<p class='muted'>Mean gate per graph over the training groups of each context "
+             "(0 = graph ignored, 1 = fully used).</p>",
+             _table(["context"] + graphs, [[c] + [float(v) if isinstance(v, (int, float)) else "" for v in row]
+                                            for c, row in zip(contexts, vals)])]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    arr = np.array([[float(v) if isinstance(v, (int, float)) else np.nan for v in row] for row in vals])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(graphs), 0.8 + 0.35 * len(contexts)))
+    im = ax.imshow(arr, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(arr)) if arr.size else 1.0),
+                   aspect="auto")
+    ax.set_xticks(range(len(graphs)), graphs, fontsize=7)
+    ax.set_yticks(range(len(contexts)), contexts, fontsize=7)
+    fig.colorbar(im, ax=ax)
+    ax.set_title("gate per context x graph", fontsize=9)
+    parts.append(_png(fig))
+    return "\n".join(parts)
+
+
+def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
+                      calibration: dict[str, Any] | None = None) -> str:
     """The HTML text of a run report."""
     synthetic = bool(metrics.get("synthetic"))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM run {html.escape(metrics['run_id'])}"
              f"</title><style>{_CSS}</style></head><body>"]
-    if synthetic:
-        parts.append(f"<p class='banner'>{html.escape(metrics.get('synthetic_note', 'SYNTHETIC DATA'))}</p>")
+    parts.append(_banner_html(banners(metrics, provenance)))
     parts.append(f"<h1>Run {html.escape(metrics['run_id'])}</h1>")
     ds = provenance["dataset"]
     sp = provenance["split"]
@@ -129,17 +253,44 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any]) -> st
     if metrics.get("model_info"):
         parts.append("<h2>Model declarations</h2>")
         parts.append(_table(["item", "value"], [[k, str(v)] for k, v in metrics["model_info"].items()]))
+    gates = (metrics.get("model_diagnostics") or {}).get("gates")
+    if isinstance(gates, dict) and gates:
+        parts.append(render_gates(gates))
+    if calibration is not None:
+        parts.append(render_calibration(calibration))
     parts.append("<h2>Conventions</h2>")
     parts.append(_table(["convention", "value"], [[k, str(v)] for k, v in metrics["conventions"].items()]))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def write_run_report(run_dir: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Write ``report.html`` atomically and return its path."""
+    """Write ``report.html`` atomically (with ``calibration.json`` when the run
+    dir has one) and return its path."""
     path = Path(run_dir) / "report.html"
-    atomic_write_text(path, render_run_report(metrics, provenance))
+    atomic_write_text(path, render_run_report(metrics, provenance, _read_json(Path(run_dir) / "calibration.json")))
     return path
+
+
+def render_run_report_from_dir(run_dir: str | Path) -> Path:
+    """Regenerate ``report.html`` from ``metrics.json``, ``provenance.json`` and
+    (if present) ``calibration.json`` alone; predictions are not read."""
+    d = Path(run_dir)
+    metrics = _read_json(d / "metrics.json")
+    provenance = _read_json(d / "provenance.json")
+    if metrics is None or provenance is None:
+        from perturbfm.errors import ArtifactNotFoundError
+
+        raise ArtifactNotFoundError(f"run {d.name} has no readable metrics.json/provenance.json", file=str(d),
+                                    fix="a failed run has no metrics.json; rerun it")
+    return write_run_report(d, metrics, provenance)
 
 
 def write_comparison_report(path: Path, metrics_list: list[dict[str, Any]], run_dirs: list[str]) -> Path:

@@ -20,12 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import anndata as ad
+from typing import TYPE_CHECKING, Any
 
 from perturbfm import __version__
-from perturbfm.dataset import OPTIONAL_NUMERIC_COLS, REQUIRED_COLS, group_table
 from perturbfm.errors import (
     ArtifactIntegrityError,
     ArtifactNotFoundError,
@@ -35,6 +32,9 @@ from perturbfm.fsio import atomic_write_bytes, atomic_write_json, publish_direct
 from perturbfm.hashing import canonical_json, dataset_content_hash, sha256_bytes, sha256_file, sha256_json
 from perturbfm.interfaces import AdapterResult
 from perturbfm.splits import Split
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 HOME_ENV = "PFM_HOME"
 _HEX = re.compile(r"^[0-9a-f]{4,64}$")
@@ -83,7 +83,7 @@ class StoredDataset:
     def synthetic(self) -> bool:
         return bool(self.manifest.get("synthetic"))
 
-    def load(self, *, backed: bool = False, verify: bool = True) -> ad.AnnData:
+    def load(self, *, backed: bool = False, verify: bool = True) -> "ad.AnnData":
         """Read the AnnData; with ``verify`` the file must match the manifest's hash."""
         if verify:
             found = sha256_file(self.h5ad)
@@ -94,6 +94,8 @@ class StoredDataset:
                     file=str(self.h5ad),
                     fix="re-import the dataset from its source; never edit files in the store",
                 )
+        import anndata as ad
+
         return ad.read_h5ad(self.h5ad, backed="r" if backed else None)
 
 
@@ -105,6 +107,8 @@ class DatasetStore:
 
     def put(self, result: AdapterResult, *, adapter: str, options: dict[str, Any]) -> tuple[StoredDataset, bool]:
         """Store an adapter's output. Returns (dataset, created)."""
+        from perturbfm.dataset import OPTIONAL_NUMERIC_COLS, REQUIRED_COLS, group_table
+
         adata = result.adata
         for col in REQUIRED_COLS:
             if col not in adata.obs:
@@ -156,6 +160,11 @@ class DatasetStore:
             adata.uns["perturbfm"] = {"dataset_hash": h, "synthetic": result.synthetic}
             adata.write_h5ad(tmp / "data.h5ad")
             manifest["file_sha256"] = sha256_file(tmp / "data.h5ad")
+            # Fix (reliability suite): the manifest itself was not covered by any hash, so an
+            # edited manifest (e.g. "synthetic": true -> false, a changed licence) went
+            # unnoticed. It now carries the hash of its own other fields, checked by get().
+            # (digest of the JSON round trip, so int dict keys and tuples hash as they are read back)
+            manifest["manifest_sha256"] = manifest_digest(json.loads(json.dumps(manifest, allow_nan=False)))
             atomic_write_json(tmp / "manifest.json", manifest)
         except BaseException:
             import shutil
@@ -188,9 +197,16 @@ class DatasetStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise ArtifactIntegrityError(f"dataset {h[:12]} has an unreadable manifest: {exc}", file=str(mpath),
                                          fix="re-import the dataset") from exc
-        if manifest.get("hash") != h:
-            raise ArtifactIntegrityError(f"dataset directory {h[:12]} holds a manifest for {manifest.get('hash')}",
+        if not isinstance(manifest, dict) or manifest.get("hash") != h:
+            found = manifest.get("hash") if isinstance(manifest, dict) else manifest
+            raise ArtifactIntegrityError(f"dataset directory {h[:12]} holds a manifest for {found}",
                                          file=str(mpath), fix="re-import the dataset")
+        # Manifests written before manifest_sha256 existed carry no self-hash; all new ones do.
+        if "manifest_sha256" in manifest and manifest["manifest_sha256"] != manifest_digest(manifest):
+            raise ArtifactIntegrityError(
+                f"the manifest of dataset {h[:12]} was modified after it was stored (manifest_sha256 mismatch)",
+                file=str(mpath), fix="re-import the dataset from its source; never edit files in the store",
+            )
         return StoredDataset(h, path, manifest)
 
     def list(self) -> list[StoredDataset]:
@@ -281,6 +297,11 @@ class ArtifactStore:
             raise ArtifactNotFoundError(f"{run_id!r} is not a run id", field="run",
                                         fix="run ids look like 20260101-120000_abcdef1_model_1234abc")
         return self.runs_dir / run_id
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of a dataset manifest's canonical JSON without its ``manifest_sha256`` field."""
+    return sha256_json({k: v for k, v in manifest.items() if k != "manifest_sha256"})
 
 
 def config_hash(config: dict[str, Any]) -> str:

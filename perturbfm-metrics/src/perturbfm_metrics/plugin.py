@@ -12,11 +12,15 @@ def pfm_register_metric_panels() -> list[type]:
     from perturbfm_metrics.basic import BasicPanel
     from perturbfm_metrics.perturbench import PerturBenchPanel
     from perturbfm_metrics.scperturbench import ScPerturBenchPanel
+    from perturbfm_metrics.uncertainty import UncertaintyPanel
+    from perturbfm_metrics.vcc import VccPanel
 
-    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel]
+    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, UncertaintyPanel]
     return panels
 
 
 @hookimpl
 def pfm_register_commands(cli: Any) -> None:
-    return None
+    from perturbfm_metrics.commands import register
+
+    register(cli)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from perturbfm import hookimpl
 
 
@@ -14,6 +16,17 @@ def pfm_register_dataset_adapters() -> list[type]:
 
 @hookimpl
 def pfm_register_executors() -> list[type]:
-    from perturbfm.builtin.executors import SerialExecutor
+    from perturbfm.builtin.executors import ProcessExecutor, RayExecutor, SerialExecutor
 
-    return [SerialExecutor]
+    return [SerialExecutor, ProcessExecutor, RayExecutor]
+
+
+@hookimpl
+def pfm_register_commands(cli: Any) -> None:
+    """``pfm-bench study run``: config-driven ablation grids; ``pfm-bench plugins new``: the plugin kit."""
+    from perturbfm.plugin_kit.commands import register_commands
+
+    register_commands(cli)
+    from perturbfm.study.cli import study
+
+    cli.add_command(study, "study")

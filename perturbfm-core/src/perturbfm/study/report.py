@@ -1,0 +1,107 @@
+"""A study's ``report.html``: banners, status, mean +- sd per label x split over
+seeds, plots, claims with status, exclusions and links to run reports."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perturbfm.fsio import atomic_write_text
+from perturbfm.report import _CSS, _png, _Raw, _table, banners
+
+
+def _study_banners(cells: dict[str, dict[str, Any]]) -> list[str]:
+    seen: list[str] = []
+    for c in cells.values():
+        if c["status"] != "succeeded":
+            continue
+        d = Path(c["run_dir"])
+        m = json.loads((d / "metrics.json").read_text())
+        p = json.loads((d / "provenance.json").read_text())
+        for b in banners(m, p):
+            text = f"{b} (split {c['split']})" if b.startswith("UNVERIFIED") else b
+            if text not in seen:
+                seen.append(text)
+    return seen
+
+
+def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, Any]], columns: list[str],
+                        claims: list[dict[str, Any]], exclusions: list[Any]) -> str:
+    """The HTML text of a study report."""
+    cells = status.get("cells", {})
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM study {html.escape(name)}</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    parts += [f"<p class='banner'>{html.escape(b)}</p>" for b in _study_banners(cells)]
+    parts.append(f"<h1>Study {html.escape(name)}</h1>")
+    parts.append(f"<p>phase <b>{html.escape(str(status.get('phase')))}</b>; "
+                 f"{sum(1 for c in cells.values() if c['status'] == 'succeeded')} of {len(cells)} runs succeeded. "
+                 f"Next step: {html.escape(str(status.get('next_step')))}</p>")
+    if status.get("error"):
+        parts.append(f"<pre>{html.escape(str(status['error']))}</pre>")
+    parts.append("<h2>Results (global metric, mean ± sd over seeds)</h2>")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["split"]), []).append(r)
+    trows = []
+    for (label, split), rs in groups.items():
+        ok = [r for r in rs if r["status"] == "succeeded"]
+        cellv = []
+        for col in columns:
+            vals = [r[col] for r in ok if r.get(col) is not None]
+            cellv.append(f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.2g}" if vals else "–")
+        trows.append([label, split, f"{len(ok)}/{len(rs)}"] + cellv)
+    parts.append(_table(["label", "split", "runs ok"] + columns, trows))
+    if columns and any(r["status"] == "succeeded" for r in rows):
+        parts.append(_bars(groups, columns[:4]))
+    parts.append("<h2>Claims</h2>")
+    if claims:
+        parts.append(_table(["id", "statement", "status", "test", "n", "statistic", "CI / p", "reason"], [
+            [c["id"], c.get("statement") or "", _Raw(f"<b>{html.escape(c['status'])}</b>"), c["test"], c.get("n", 0),
+             c.get("statistic", ""), str(c.get("ci") or c.get("p_value") or ""), c.get("reason", "")]
+            for c in claims]))
+    else:
+        parts.append("<p>No claims were declared.</p>")
+    parts.append("<h2>Excluded by the plan filter</h2>")
+    parts.append(_table(["kind", "entry", "cells", "reason"], [[e.kind, e.entry, e.cells, e.reason] for e in exclusions])
+                 if exclusions else "<p>Nothing was excluded.</p>")
+    parts.append("<h2>Runs</h2>")
+    parts.append(_table(["label", "split", "seed", "status", "run"], [
+        [c["label"], c["split"], c["seed"], c["status"],
+         _Raw(f"<a href='{html.escape(str(c['run_dir']))}/report.html'>{html.escape(c['run_id'])}</a>")
+         if c.get("run_id") else ""] for c in cells.values()]))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _bars(groups: dict[tuple[str, str], list[dict[str, Any]]], columns: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({s for _, s in groups})
+    labels = list(dict.fromkeys(lbl for lbl, _ in groups))
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.0), squeeze=False)
+    width = 0.8 / max(1, len(splits))
+    for ax, col in zip(axes[0], columns):
+        for j, s in enumerate(splits):
+            means, sds = [], []
+            for lbl in labels:
+                vals = [r[col] for r in groups.get((lbl, s), []) if r["status"] == "succeeded" and r.get(col) is not None]
+                means.append(float(np.mean(vals)) if vals else np.nan)
+                sds.append(float(np.std(vals)) if vals else 0.0)
+            ax.bar(np.arange(len(labels)) + j * width, means, width, yerr=sds, label=s)
+        ax.set_xticks(np.arange(len(labels)) + width * (len(splits) - 1) / 2, labels, rotation=45, fontsize=7)
+        ax.set_title(col, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def write_study_report(path: Path, *args: Any) -> Path:
+    """Write the study report atomically."""
+    atomic_write_text(path, render_study_report(*args))
+    return path

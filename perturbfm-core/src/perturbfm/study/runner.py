@@ -1,0 +1,224 @@
+"""Running a study: plan, budget check, resume, execute through an executor
+plugin, then write the summary, claims, report and provenance summary.
+
+Layout under ``<store>/studies/<name>/``: ``study.resolved.yaml``,
+``plan_filter_report.md``, ``configs/<key>.yaml`` (one config per cell),
+``cells/<key>.json`` (worker records), ``study_status.json`` / ``.md``,
+``summary.csv`` / ``.json``, ``claims.json``, ``report.html``,
+``provenance_summary.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perturbfm.errors import ConfigError, PerturbFMError
+from perturbfm.fsio import atomic_write_json, atomic_write_text, atomic_write_yaml
+from perturbfm.plugins import PluginRegistry, get_registry
+from perturbfm.store import ArtifactStore
+from perturbfm.study.claims import evaluate_claims
+from perturbfm.study.jobs import STOP_FILE, run_cell_job
+from perturbfm.study.plan import Plan, build_plan, filter_report_md
+from perturbfm.study.provenance import provenance_md
+from perturbfm.study.report import write_study_report
+from perturbfm.study.spec import StudySpec, load_study
+from perturbfm.study.status import load_status, reconcile, write_status
+from perturbfm.study.summary import write_summary
+
+MAX_RUNS_ENV = "PFM_MAX_RUNS"
+DEFAULT_MAX_RUNS = 64
+DEFAULT_EXECUTOR = "process"
+
+
+class StudyBudgetError(PerturbFMError):
+    """The grid is larger than the run budget; nothing was started."""
+
+
+@dataclass
+class StudyOutcome:
+    """How an invocation of a study ended."""
+
+    study_dir: Path
+    phase: str
+    ran: int
+    status: dict[str, Any] = field(default_factory=dict)
+    claims: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.phase in ("complete", "partial")
+
+
+def default_max_runs() -> int:
+    """``$PFM_MAX_RUNS``, else 64."""
+    raw = os.environ.get(MAX_RUNS_ENV)
+    if raw:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{MAX_RUNS_ENV}={raw!r} is not an integer", field=MAX_RUNS_ENV,
+                              fix=f"export {MAX_RUNS_ENV}=64") from exc
+    return DEFAULT_MAX_RUNS
+
+
+def _resolved(spec: StudySpec, plan: Plan) -> dict[str, Any]:
+    return {
+        "name": spec.name, "study_file": str(spec.path), "description": spec.description,
+        "datasets": {n: {"adapter": d.adapter, "path": d.path, "options": d.options, "hash": plan.datasets.get(n)}
+                     for n, d in spec.datasets.items()},
+        "splits": {n: {"dataset": s.dataset, "generator": s.generator, "params": s.params, "seed": s.seed,
+                       "id": plan.splits.get(n)} for n, s in spec.splits.items()},
+        "models": [{"label": v.label, "model": v.model, "set": v.set, "resolved": plan.variant_configs.get(v.label)}
+                   for v in spec.variants],
+        "seeds": spec.seeds, "panels": spec.panels, "run": spec.run, "claims": spec.claims,
+        "cells": [c.describe() for c in plan.cells],
+        "excluded": [vars(e) for e in plan.exclusions],
+    }
+
+
+def _monitor(study_dir: Path, plan: Plan, base: dict[str, Any], stop: threading.Event) -> None:
+    """Keep ``study_status.json`` current while the executor runs."""
+    while not stop.wait(1.0):
+        try:
+            cells = reconcile(study_dir, plan.cells, load_status(study_dir), live=True)
+            write_status(study_dir, {**base, "cells": cells})
+        except Exception:  # a status refresh must never break the run  # noqa: BLE001
+            pass
+
+
+def run_study(
+    study_file: str | Path,
+    *,
+    store: str | Path | None = None,
+    max_runs: int | None = None,
+    chunk: int | None = None,
+    executor: str = DEFAULT_EXECUTOR,
+    workers: int | None = None,
+    registry: PluginRegistry | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+    command_hint: Callable[[int], str] | None = None,
+) -> StudyOutcome:
+    """Run (or continue) a study. Raises :class:`StudyBudgetError` before any run
+    starts when the pending runs exceed ``max_runs`` and no ``chunk`` is given."""
+    registry = registry or get_registry()
+    spec = load_study(study_file)
+    st = ArtifactStore(store)
+    max_runs = default_max_runs() if max_runs is None else max_runs
+    if chunk is not None and (chunk < 1 or chunk > max_runs):
+        raise ConfigError(f"--chunk {chunk} must be between 1 and the run budget {max_runs}", field="--chunk",
+                          fix=f"use --chunk {max_runs} or raise --max-runs / ${MAX_RUNS_ENV}")
+    ex = registry.create("executor", executor)
+    if workers is not None and hasattr(ex, "workers"):
+        ex.workers = workers
+    study_dir = st.root / "studies" / spec.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    say(f"planning study {spec.name}")
+    plan = build_plan(spec, st, registry, say)
+    atomic_write_yaml(study_dir / "study.resolved.yaml", _resolved(spec, plan))
+    atomic_write_text(study_dir / "plan_filter_report.md", filter_report_md(spec, plan))
+    for e in plan.exclusions:
+        say(f"excluded {e.kind} {e.entry} ({e.cells} cells): {e.reason}")
+    previous = load_status(study_dir)
+    if previous is None:
+        shutil.rmtree(study_dir / "cells", ignore_errors=True)
+    (study_dir / STOP_FILE).unlink(missing_ok=True)
+    cells = reconcile(study_dir, plan.cells, previous)
+    pending = [c for c in plan.cells if cells[c.key]["status"] != "succeeded"]
+    base = {"study": spec.name, "study_file": str(spec.path), "store": str(st.root), "n_excluded":
+            sum(e.cells for e in plan.exclusions), "error": None, "last_artifacts": (previous or {}).get(
+                "last_artifacts", [])}
+    if chunk is None and len(pending) > max_runs:
+        k = max_runs
+        cmd = command_hint(k) if command_hint else f"pfm-bench study run {spec.path} --chunk {k}"
+        msg = (f"study {spec.name!r} has {len(pending)} pending runs, more than the budget of {max_runs} "
+               f"(--max-runs / ${MAX_RUNS_ENV}); nothing was started")
+        write_status(study_dir, {**base, "phase": "refused", "cells": cells, "error": msg,
+                                 "next_step": f"run it in chunks: {cmd} (repeat {math.ceil(len(pending) / k)} times)"})
+        raise StudyBudgetError(msg, field="--max-runs", fix=f"run it in chunks of {k}: {cmd}   (repeat "
+                               f"{math.ceil(len(pending) / k)} times; each invocation continues where the last stopped)")
+    todo = pending[:chunk] if chunk else pending
+    jobs = []
+    for c in todo:
+        cfg = study_dir / "configs" / f"{c.key}.yaml"
+        atomic_write_yaml(cfg, c.config)
+        jobs.append({"store": str(st.root), "study_dir": str(study_dir), "key": c.key, "model": c.model,
+                     "split": c.split_id, "config_file": str(cfg), "label": c.label})
+    inv = {"executor": executor, "workers": getattr(ex, "workers", None), "chunk": chunk, "ran": len(jobs)}
+    running = {**base, "phase": "running", "invocation": inv,
+               "next_step": "wait; if this invocation dies, rerun the same command to continue"}
+    write_status(study_dir, {**running, "cells": cells})
+    say(f"{len(plan.cells)} runs planned, {len(plan.cells) - len(pending)} already finished, running {len(jobs)} "
+        f"with executor {executor}")
+    stop = threading.Event()
+    mon = threading.Thread(target=_monitor, args=(study_dir, plan, running, stop), daemon=True)
+    mon.start()
+    interrupted = None
+    try:
+        ex.map(run_cell_job, jobs)
+    except KeyboardInterrupt:
+        interrupted = "interrupted by the user (Ctrl-C)"
+    except Exception as exc:  # the executor itself failed (e.g. a worker died): record, then report
+        interrupted = f"executor {executor!r} failed: {type(exc).__name__}: {exc}"
+    finally:
+        stop.set()
+        mon.join()
+    return _finish(spec, st, plan, study_dir, base, inv, interrupted, command_hint, say)
+
+
+def _finish(spec: StudySpec, st: ArtifactStore, plan: Plan, study_dir: Path, base: dict[str, Any],
+            inv: dict[str, Any], interrupted: str | None, command_hint: Callable[[int], str] | None,
+            say: Callable[[str], None]) -> StudyOutcome:
+    cells = reconcile(study_dir, plan.cells, load_status(study_dir))
+    left = [c for c in cells.values() if c["status"] != "succeeded"]
+    failed = [c for c in cells.values() if c["status"] == "failed"]
+    again = command_hint(inv["chunk"]) if command_hint and inv["chunk"] else (
+        command_hint(0) if command_hint else f"pfm-bench study run {spec.path}")
+    stop_file = study_dir / STOP_FILE
+    if stop_file.exists():
+        phase, error = "stopped", "the study stopped: " + stop_file.read_text().strip()
+        nxt = ("fix the metric panel (or its plugin) so that every key gets a value or a declared not-applicable "
+               f"reason, then rerun: {again}")
+    elif interrupted:
+        phase, error, nxt = "interrupted", interrupted, f"rerun to continue: {again}"
+    elif failed:
+        phase = "failed"
+        error = f"{len(failed)} runs failed: " + "; ".join(f"{c['label']}/{c['split']}/seed {c['seed']}: "
+                                                          f"{str(c.get('error', '')).splitlines()[0][:200]}"
+                                                          for c in failed[:5])
+        nxt = f"inspect run_status.json of the failed runs, fix the cause, then rerun to retry them: {again}"
+    elif left:
+        phase, error = "partial", None
+        nxt = f"{len(left)} runs left: rerun to continue: {again}"
+    else:
+        phase, error, nxt = "complete", None, "nothing to do: every planned run succeeded"
+    rows, columns = write_summary(study_dir, cells)
+    lookup_idx = {(c["label"], c["split"], c["seed"]): c for c in cells.values()}
+
+    def lookup(label: str, split: str, seed: int) -> Path | str:
+        c = lookup_idx.get((label, split, seed))
+        if c is None:
+            return "not in the plan (excluded or unknown label/split; see plan_filter_report.md)"
+        return Path(c["run_dir"]) if c["status"] == "succeeded" else f"status {c['status']}"
+
+    def labels(split: str) -> dict[str, str] | None:
+        sid = plan.splits.get(split)
+        return st.splits.get(sid).labels if sid else None
+
+    claims = evaluate_claims(spec.claims, list(plan.splits), spec.seeds, lookup, labels)
+    atomic_write_json(study_dir / "claims.json", {"claims": claims})
+    status = {**base, "phase": phase, "invocation": inv, "cells": cells, "error": error, "next_step": nxt}
+    write_study_report(study_dir / "report.html", spec.name, status, rows, columns, claims, plan.exclusions)
+    atomic_write_text(study_dir / "provenance_summary.md", provenance_md(spec, plan, st, cells, claims))
+    done_dirs = [c["run_dir"] for c in cells.values() if c["status"] == "succeeded"]
+    status["last_artifacts"] = [str(study_dir / f) for f in ("summary.csv", "summary.json", "claims.json",
+                                                             "report.html", "provenance_summary.md")] + done_dirs[-3:]
+    write_status(study_dir, status)
+    say(f"study {spec.name}: {phase}; {len(cells) - len(left)}/{len(cells)} runs succeeded")
+    return StudyOutcome(study_dir, phase, inv["ran"], status, claims)

@@ -1,0 +1,264 @@
+"""The ``pfm-bench eval`` and ``pfm-bench validate-metrics`` commands.
+
+``eval`` scores a prediction file against a truth file outside the store:
+control cells come from the truth (the true control mean of each context is
+the reference for both sides), predicted groups are the prediction's
+non-control cells grouped by (perturbation, context). ``metrics.json`` is
+written atomically and only when every panel is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import scipy.sparse as sp
+
+from perturbfm.dataset import control_stats, group_id, group_table
+from perturbfm.errors import DatasetValidationError, PanelIncompleteError, PredictionError
+from perturbfm.evaluation import CONVENTIONS, DEFAULT_MAX_CELLS, build_eval_data, evaluate_panels
+from perturbfm.fsio import atomic_write_json
+from perturbfm.hashing import sha256_file
+from perturbfm.interfaces import Prediction
+
+DEFAULT_PANELS = "basic,vcc"
+
+
+def _head(items: Sequence[Any], n: int = 10) -> str:
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _nonfinite(X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the non-finite entries of a dense or sparse matrix."""
+    if sp.issparse(X):
+        coo = sp.coo_matrix(X)
+        bad = ~np.isfinite(coo.data)
+        return coo.row[bad], coo.col[bad]
+    return np.nonzero(~np.isfinite(np.asarray(X, dtype=np.float64)))
+
+
+def load_prediction(path: str, *, perturbation_key: str, control: str, context_keys: list[str],
+                    expression: str) -> tuple[Any, np.ndarray, np.ndarray, list[str]]:
+    """Read and canonicalise a prediction file with the anndata adapter's own steps.
+
+    Unlike a truth file it may hold no control cells (any it holds are ignored).
+
+    Returns:
+        ``(X float64 CSR, group id per cell ("" for controls), is_control, genes)``.
+    """
+    import anndata as ad
+    from perturbfm_bench_adapters._expression import prepare_expression
+    from perturbfm_bench_adapters._obs_parsing import canonical_labels, context_labels
+
+    file = str(Path(path).resolve())
+    if not Path(file).is_file():
+        raise DatasetValidationError("prediction file does not exist", file=file, field="--pred",
+                                     fix="check the path of the .h5ad file")
+    try:
+        src = ad.read_h5ad(file)
+    except Exception as exc:  # anndata/h5py raise many types for corrupt files
+        raise DatasetValidationError(f"cannot read the file as AnnData (.h5ad): {type(exc).__name__}: {exc}",
+                                     file=file, field="--pred", fix="pass an .h5ad written by anndata") from exc
+    for what, names in (("obs", src.obs_names), ("var", src.var_names)):
+        dup = names[names.duplicated()]
+        if len(dup):
+            raise DatasetValidationError(f"{len(dup)} duplicate {what} name(s), e.g. {_head(list(dup), 5)}",
+                                         file=file, field=f"{what}_names", fix=f"make the {what} names unique")
+    for key, role in [(perturbation_key, "--perturbation-key")] + [(k, "--context-key") for k in context_keys]:
+        if key not in src.obs.columns:
+            raise DatasetValidationError(f"obs has no column {key!r} (given as {role})", file=file, field=key,
+                                         fix=f"pass {role} naming one of: {_head(list(src.obs.columns), 30)}")
+    pert, is_ctrl = canonical_labels(src.obs[perturbation_key], control, "+", file, perturbation_key)
+    ctx = context_labels(src.obs, context_keys, file)
+    gids = np.array(["" if c else group_id(p, x) for p, c, x in zip(pert, is_ctrl, ctx)], dtype=object)
+    genes = [str(g) for g in src.var_names]
+    rows, cols = _nonfinite(src.X)
+    if rows.size:
+        bad_groups = sorted({gids[r] or "control" for r in rows})
+        bad_genes = sorted({genes[c] for c in cols})
+        raise PredictionError(
+            f"the prediction holds {rows.size} NaN or infinite value(s) in groups {_head(bad_groups)} "
+            f"at genes {_head(bad_genes)}",
+            file=file, field="X", fix="predict finite values for every cell and gene",
+        )
+    X, _, _ = prepare_expression(src.X, expression, file=file, source_label="X")
+    return X, gids, np.asarray(is_ctrl, dtype=bool), genes
+
+
+def _align_genes(X: Any, pred_genes: list[str], truth_genes: list[str], pred_file: str) -> tuple[Any, bool]:
+    """Reorder the prediction's columns to the truth's genes; refuse differing gene sets."""
+    if pred_genes == truth_genes:
+        return X, False
+    only_t = sorted(set(truth_genes) - set(pred_genes))
+    only_p = sorted(set(pred_genes) - set(truth_genes))
+    if only_t or only_p:
+        raise PredictionError(
+            "the prediction's genes differ from the truth's: "
+            + (f"{len(only_t)} only in the truth ({_head(only_t)})" if only_t else "")
+            + ("; " if only_t and only_p else "")
+            + (f"{len(only_p)} only in the prediction ({_head(only_p)})" if only_p else ""),
+            file=pred_file, field="var_names", fix="predict exactly the truth's genes (their order does not matter)",
+        )
+    pos = {g: j for j, g in enumerate(pred_genes)}
+    return X[:, [pos[g] for g in truth_genes]], True
+
+
+def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbation", control: str = "control",
+                   context_keys: Sequence[str] = (), panels: Sequence[str] = ("basic", "vcc"), seed: int = 0,
+                   expression: str = "log1p", max_cells: int = DEFAULT_MAX_CELLS) -> dict[str, Any]:
+    """Score ``pred`` against ``truth``; returns the content of ``metrics.json``.
+
+    Raises:
+        PerturbFMError subclasses for bad input; PanelIncompleteError when a panel is incomplete.
+    """
+    from perturbfm.plugins import get_registry
+    from perturbfm_bench_adapters.anndata_adapter import AnnDataAdapter
+
+    registry = get_registry()
+    panel_objs = [registry.create("metric_panel", p) for p in panels]
+    keys = list(context_keys)
+    res = AnnDataAdapter().load(truth, perturbation_key=perturbation_key, control=control,
+                                context_keys=keys, expression=expression)
+    tad = res.adata
+    truth_genes = [str(g) for g in tad.var_names]
+    X, gids, is_ctrl, pred_genes = load_prediction(pred, perturbation_key=perturbation_key, control=control,
+                                                   context_keys=keys, expression=expression)
+    pred_file = str(Path(pred).resolve())
+    X, reordered = _align_genes(X, pred_genes, truth_genes, pred_file)
+    groups = [g for g in group_table(tad).values() if not g.is_control]
+    want, have = {g.group_id for g in groups}, set(gids[~is_ctrl])
+    if want - have:
+        missing = sorted(want - have)
+        raise PredictionError(f"{len(missing)} group(s) of the truth have no predicted cells: {_head(missing)}",
+                              file=pred_file, field=perturbation_key,
+                              fix="predict cells for every perturbation (and context) of the truth")
+    if have - want:
+        extra = sorted(have - want)
+        raise PredictionError(f"{len(extra)} predicted group(s) are not in the truth: {_head(extra)}",
+                              file=pred_file, field=perturbation_key,
+                              fix="predict only the truth's groups (same labels, control label and context keys)")
+    ctrl = control_stats(tad)
+    cells: dict[str, np.ndarray] = {}
+    for g in groups:
+        rows = X[np.flatnonzero(gids == g.group_id)]
+        cells[g.group_id] = rows.toarray() if sp.issparse(rows) else np.asarray(rows, dtype=np.float64)
+    prediction = Prediction(
+        group_ids=[g.group_id for g in groups],
+        mean_delta=np.stack([cells[g.group_id].mean(axis=0) - ctrl.mean(g.context) for g in groups]),
+        cells=cells,
+    )
+    data = build_eval_data(tad, groups, ctrl, prediction, seed=seed, max_cells=max_cells)
+    panels_out = evaluate_panels(panel_objs, data)
+    return {
+        "schema": 1,
+        "kind": "eval",
+        "prediction": {"path": pred_file, "sha256": sha256_file(pred_file)},
+        "truth": {"path": res.source["path"], "sha256": res.source["file_sha256"],
+                  "expression_space": res.expression_space, "processing": res.processing},
+        "n_groups": len(groups),
+        "n_true_cells": int(data.n_true.sum()),
+        "conventions": {
+            **CONVENTIONS,
+            "predicted_cells": "the prediction file's cells, grouped by (perturbation, context); its control "
+            f"cells ({int(is_ctrl.sum())}) are ignored",
+            "predicted_delta": "mean of the predicted cells - the true control mean of the context",
+            "gene_order": "prediction columns reordered by name to the truth's order" if reordered
+            else "same genes in the same order",
+            "cell_subsampling": {"max_cells_per_group": max_cells, "seed": seed},
+        },
+        "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells,
+                    "n_pred_cells": int(cells[g.group_id].shape[0])} for g in data.groups],
+        "panels": panels_out,
+    }
+
+
+def _print_incomplete(err: PanelIncompleteError) -> None:
+    from rich.table import Table
+
+    from perturbfm.cli import err_console
+
+    t = Table(title="incomplete metric panels: metrics.json was NOT written")
+    for col in ("panel", "key", "problem"):
+        t.add_column(col)
+    for row in err.problems:
+        t.add_row(*row)
+    err_console.print(t)
+
+
+@click.command("eval")
+@click.option("--pred", "pred", required=True, type=click.Path(dir_okay=False), help="Predicted cells (.h5ad).")
+@click.option("--truth", "truth", required=True, type=click.Path(dir_okay=False), help="True cells (.h5ad).")
+@click.option("--perturbation-key", default="perturbation", show_default=True, help="obs column of perturbations.")
+@click.option("--control", default="control", show_default=True, help="Label of control cells.")
+@click.option("--context-key", "context_keys", multiple=True, help="obs column(s) defining the context.")
+@click.option("--panels", default=DEFAULT_PANELS, show_default=True, help="Comma-separated metric panels.")
+@click.option("--out", default="metrics.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True, help="Cell-subsampling seed.")
+@click.option("--max-cells", type=int, default=DEFAULT_MAX_CELLS, show_default=True)
+@click.option("--counts", is_flag=True, help="X holds raw counts (normalised to 1e4 and log1p'd); default log1p.")
+@click.pass_context
+def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, control: str,
+             context_keys: tuple[str, ...], panels: str, out: str, seed: int, max_cells: int, counts: bool) -> None:
+    """Score a prediction .h5ad against a truth .h5ad and write metrics.json."""
+    from perturbfm.cli import EXIT_RUN_FAILED, err_console
+
+    names = [p.strip() for p in panels.split(",") if p.strip()]
+    try:
+        metrics = evaluate_files(pred, truth, perturbation_key=perturbation_key, control=control,
+                                 context_keys=context_keys, panels=names, seed=seed,
+                                 expression="counts" if counts else "log1p", max_cells=max_cells)
+    except PanelIncompleteError as err:
+        _print_incomplete(err)
+        ctx.exit(EXIT_RUN_FAILED)
+        return
+    atomic_write_json(out, metrics)
+    for pname, panel in metrics["panels"].items():
+        for key, e in panel["metrics"].items():
+            val = "n/a (" + e["not_applicable"] + ")" if "not_applicable" in e else f"{e['global']:.4f}"
+            err_console.print(f"{pname:>12} {key:<28} {val}")
+    click.echo(str(Path(out).resolve()))
+
+
+@click.command("validate-metrics")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic input.")
+@click.option("--require-peers", is_flag=True, default=None,
+              help="A peer that is not installed fails the check (default: on when CI=true).")
+@click.pass_context
+def validate_metrics(ctx: click.Context, as_json: bool, seed: int, require_peers: bool | None) -> None:
+    """Compare PerturbFM's metrics with installed peers on one synthetic input."""
+    from rich.table import Table
+
+    from perturbfm.cli import EXIT_RUN_FAILED, console
+    from perturbfm_metrics.parity import failed, run_parity
+
+    rows = run_parity(seed)
+    strict = require_peers if require_peers is not None else os.environ.get("CI") == "true"
+    bad = failed(rows, require_peers=bool(strict))
+    if as_json:
+        click.echo(json.dumps({"seed": seed, "rows": [r.to_dict() for r in rows], "ok": not bad}, indent=2))
+    else:
+        def f(x: float | None) -> str:
+            return "-" if x is None else f"{x:.6g}"
+
+        t = Table(title=f"metric parity on a SYNTHETIC input (seed {seed})")
+        for col in ("metric", "ours", "peer", "peer package", "abs diff", "rel diff", "tolerance", "verdict"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r.metric, f(r.ours), f(r.peer), r.peer_package, f(r.abs_diff), f(r.rel_diff), f(r.tolerance),
+                      r.verdict + (f" ({r.note})" if r.note and r.verdict != "pass" else ""))
+        console.print(t)
+    if bad:
+        ctx.exit(EXIT_RUN_FAILED)
+
+
+def register(cli: click.Group) -> None:
+    """Add the commands to ``cli``."""
+    cli.add_command(eval_cmd, "eval")
+    cli.add_command(validate_metrics, "validate-metrics")
