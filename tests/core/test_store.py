@@ -110,3 +110,18 @@ def test_failed_dataset_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(OSError):
         store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
     assert list((tmp_path / "datasets").iterdir()) == []
+
+
+def test_reimport_records_source_and_upgrades_verification(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    first, _ = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    again = canonical_result(make_canonical_adata())
+    again.source = {"url": "http://127.0.0.1/x.h5ad"}
+    again.extra["registry"] = {"name": "x", "verified": True}
+    second, created = store.datasets.put(again, adapter="t", options={})
+    assert not created and second.hash == first.hash
+    assert second.manifest["extra"]["registry"]["verified"] is True
+    assert second.manifest["provenance_records"][0]["source"] == {"url": "http://127.0.0.1/x.h5ad"}
+    third, _ = store.datasets.put(again, adapter="t", options={})
+    assert len(third.manifest["provenance_records"]) == 1
+    third.load()  # data file untouched: still matches its hash

@@ -40,7 +40,9 @@ def test_third_party_model_runs(tmp_path: Path, plugin_target: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["model"] == "example-shrunk-mean"
     prov = json.loads((run_dir / "provenance.json").read_text())
-    assert prov["model"] == {"name": "example-shrunk-mean", "distribution": "pfm-example-model", "version": "0.3.0"}
+    assert {k: prov["model"][k] for k in ("name", "distribution", "version")} == {
+        "name": "example-shrunk-mean", "distribution": "pfm-example-model", "version": "0.3.0"}
+    assert prov["model"]["spec"]["class"] == "pfm_example_model.model.ShrunkMeanModel"
     # the context is unseen (context-ood), so the model must say what it did
     assert all("unseen" in n for n in metrics["model_notes"].values()) and metrics["model_notes"]
 

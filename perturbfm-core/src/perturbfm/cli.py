@@ -178,11 +178,11 @@ def splits_create(ctx: click.Context, dataset: str, generator: str, seed: int, p
 def splits_list(ctx: click.Context) -> None:
     """List stored splits."""
     t = Table()
-    for col in ("id", "dataset", "generator", "params", "seed", "train", "val", "test", "calib"):
+    for col in ("id", "dataset", "generator", "family", "params", "seed", "train", "val", "test", "calib"):
         t.add_column(col)
     for sid, s in _store(ctx).splits.list():
         c = s.counts()
-        t.add_row(sid[:12], s.dataset[:12], s.generator, json.dumps(s.params)[:40], str(s.seed),
+        t.add_row(sid[:12], s.dataset[:12], s.generator, (s.family or "-")[:12], json.dumps(s.params)[:40], str(s.seed),
                   str(c["train"]), str(c["val"]), str(c["test"]), str(c["calibration"]))
     console.print(t)
 

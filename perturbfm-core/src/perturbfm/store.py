@@ -121,7 +121,7 @@ class DatasetStore:
         h = dataset_content_hash(adata, canon_cols, meta)
         final = self.root / h
         if (final / "manifest.json").exists():
-            return self.get(h), False
+            return self._record_reimport(h, result, adapter), False
         groups = group_table(adata)
         n_ctrl = int(adata.obs["pfm_is_control"].sum())
         measured = set(map(str, adata.var_names))
@@ -173,6 +173,28 @@ class DatasetStore:
             raise
         created = publish_directory(tmp, final)
         return self.get(h), created
+
+    def _record_reimport(self, h: str, result: AdapterResult, adapter: str) -> StoredDataset:
+        """Equal content imported again: the data stay as they are, but a new
+        source is recorded, and a registry verification upgrades the status."""
+        stored = self.get(h)
+        record = {"at": utc_now(), "adapter": adapter, "source": result.source}
+        registry = (result.extra or {}).get("registry")
+        if registry is not None:
+            record["registry"] = registry
+        manifest = dict(stored.manifest)
+        records = list(manifest.get("provenance_records", []))
+        if any({k: v for k, v in r.items() if k != "at"} == {k: v for k, v in record.items() if k != "at"}
+               for r in records):
+            return stored
+        manifest["provenance_records"] = [*records, record]
+        old = (manifest.get("extra") or {}).get("registry")
+        if registry is not None and registry.get("verified") and not (old and old.get("verified")):
+            manifest["extra"] = {**(manifest.get("extra") or {}), "registry": registry}
+        manifest = json.loads(json.dumps(manifest, allow_nan=False))
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        atomic_write_json(stored.path / "manifest.json", manifest)
+        return self.get(h)
 
     def resolve(self, ref: str) -> str:
         ref = _check_hex(ref, "dataset")

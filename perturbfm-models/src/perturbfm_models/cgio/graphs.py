@@ -135,7 +135,13 @@ def _topk_edges(sim: np.ndarray, k: int, min_sim: float, row_offset: int = 0) ->
     kk = min(k, sim.shape[1])
     if kk == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    idx = np.argsort(-sim, axis=1, kind="stable")[:, :kk]
+    if kk < sim.shape[1]:
+        part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+        part.sort(axis=1)  # ties then resolve to the lower index, as a stable sort would
+        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, axis=1)
+    else:
+        idx = np.argsort(-sim, axis=1, kind="stable")
     vals = np.take_along_axis(sim, idx, axis=1)
     rows = np.repeat(np.arange(sim.shape[0]) + row_offset, kk)
     keep = vals.ravel() > min_sim

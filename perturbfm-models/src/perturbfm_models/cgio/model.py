@@ -40,9 +40,10 @@ class NetSpec:
 class CGIONet(nn.Module):
     """Maps (perturbed-gene mask, context, covariates) to a Gaussian over the delta.
 
-    * Encoder: learned node embeddings ``E`` are smoothed over each graph by
-      ``K`` normalised-adjacency products, ``P_g = Σ_k a_gk Â_g^k E``; a
-      perturbation's embedding on graph ``g`` is ``x @ P_g`` (sum over its genes).
+    * Encoder: the intervention mask ``x`` is propagated over each graph by
+      ``K`` sparse normalised-adjacency products; a perturbation's embedding on
+      graph ``g`` is ``Σ_k a_gk (Â_g^k x) E`` = ``x P_g`` with ``P_g`` the node
+      embeddings ``E`` smoothed over the graph (sum over its genes).
       The scalar intervention signal ``Â_g^k x`` is also read out at the measured
       genes (hop-weighted), giving a direct local effect (e.g. on the target itself).
     * Trust gates: ``γ_g = σ(MLP([context, perturbation features]))`` weight each
@@ -61,7 +62,7 @@ class CGIONet(nn.Module):
         n, h, r, n_g = spec.n_nodes, spec.hidden, spec.rank, max(spec.n_graphs, 1)
         self.adjs = [sparse_tensor(a, device) for a in adjs] if spec.use_graphs else []
         self.register_buffer("measured", torch.as_tensor(spec.measured_idx, dtype=torch.long))
-        self.node_emb = nn.Parameter(0.1 * torch.randn(n, h))
+        self.node_emb = nn.Parameter(torch.zeros(n, h))  # untrained nodes contribute exactly 0
         self.hop_logits = nn.Parameter(torch.zeros(n_g, spec.steps + 1))
         self.direct_w = nn.Parameter(torch.zeros(n_g, spec.steps + 1))
         self.ctx_emb = nn.Embedding(spec.n_contexts + 1, h)
@@ -84,27 +85,36 @@ class CGIONet(nn.Module):
         self.var_base = nn.Parameter(torch.as_tensor(gene_logvar, dtype=torch.float32))
 
     # ------------------------------------------------------------------ pieces
-    def _propagate(self, m: torch.Tensor, a: torch.Tensor) -> list[torch.Tensor]:
-        """``[m, Âm, Â²m, ...]`` for ``K`` steps (``m``: ``[N, d]``)."""
-        outs = [m]
-        for _ in range(self.spec.steps):
-            outs.append(torch.sparse.mm(a, outs[-1]))
-        return outs
+    @torch.no_grad()
+    def signals(self, x: torch.Tensor) -> torch.Tensor:
+        """Message passing of the intervention signal: ``[B, n_g, K+1, N]`` holding
+        ``x, Âx, Â²x, ...`` per graph (``K`` sparse normalised-adjacency products).
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-graph perturbation embeddings ``[B, n_g, h]`` and direct effects ``[B, n_g, G]``."""
+        The propagation is linear and parameter-free, so it is run once per batch
+        and cached; the learned hop weights, embeddings and gates act on it.
+        """
         if not self.adjs:
-            u = (x @ self.node_emb)[:, None, :]
-            direct = self.direct_w[0, 0] * x[:, self.measured]
-            return u, direct[:, None, :]
-        us, directs = [], []
-        for g, a in enumerate(self.adjs):
-            w = torch.softmax(self.hop_logits[g], dim=0)
-            emb = self._propagate(self.node_emb, a)
-            us.append(x @ sum(wk * e for wk, e in zip(w, emb)))
-            sig = self._propagate(x.T.contiguous(), a)  # each [N, B]
-            directs.append(sum(self.direct_w[g, k] * s[self.measured].T for k, s in enumerate(sig)))
-        return torch.stack(us, dim=1), torch.stack(directs, dim=1)
+            return x[:, None, None, :]
+        per_graph = []
+        for a in self.adjs:
+            outs = [x.T.contiguous()]  # [N, B]
+            for _ in range(self.spec.steps):
+                outs.append(torch.sparse.mm(a, outs[-1]))
+            per_graph.append(torch.stack([o.T for o in outs], dim=1))  # [B, K+1, N]
+        return torch.stack(per_graph, dim=1)
+
+    def encode(self, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-graph perturbation embeddings ``[B, n_g, h]`` and direct effects ``[B, n_g, G]``.
+
+        ``u_g = Σ_k a_gk (Â_g^k x) E`` equals ``x (Σ_k a_gk Â_g^k E)``: the
+        perturbed genes' embeddings smoothed over graph ``g`` (``Â`` symmetric).
+        """
+        if not self.adjs:
+            return (sig[:, :, 0] @ self.node_emb), self.direct_w[:1, :1] * sig[:, :, 0][..., self.measured]
+        w = torch.softmax(self.hop_logits, dim=1)  # [n_g, K+1]
+        smooth = torch.einsum("bgkn,gk->bgn", sig, w)
+        direct = torch.einsum("bgkn,gk->bgn", sig[..., self.measured], self.direct_w)
+        return smooth @ self.node_emb, direct
 
     def gates(self, x: torch.Tensor, ctx: torch.Tensor, cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Trust weight per graph ``[B, n_g]`` (constant ``1/n_g`` with gating off)."""
@@ -117,10 +127,10 @@ class CGIONet(nn.Module):
         return torch.sigmoid(self.gate(feats))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, cov: torch.Tensor,
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, cov: torch.Tensor, sig: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean ``[B, G]``, variance ``[B, G]`` and gates ``[B, n_g]``."""
-        u, direct = self.encode(x)
+        """Mean ``[B, G]``, variance ``[B, G]`` and gates ``[B, n_g]`` (``sig``: cached :meth:`signals`)."""
+        u, direct = self.encode(self.signals(x) if sig is None else sig)
         gamma = self.gates(x, ctx, cov, u)
         pert = (gamma[:, :, None] * u).sum(dim=1)
         local = (gamma[:, :, None] * direct).sum(dim=1)

@@ -16,16 +16,18 @@ from .model import CGIONet
 
 @dataclass
 class Batch:
-    """Tensors of a set of groups: mask ``[B, N]``, context ``[B]``, covariates ``[B, 2]``, delta ``[B, G]``."""
+    """Tensors of a set of groups: mask ``[B, N]``, context ``[B]``, covariates ``[B, 2]``, delta ``[B, G]``,
+    propagated signals."""
 
     x: torch.Tensor
     ctx: torch.Tensor
     cov: torch.Tensor
     y: torch.Tensor
+    sig: torch.Tensor  # propagated signals [B, n_g, K+1, N] (CGIONet.signals)
 
     def subset(self, idx: np.ndarray) -> "Batch":
         i = torch.as_tensor(idx, dtype=torch.long, device=self.x.device)
-        return Batch(self.x[i], self.ctx[i], self.cov[i], self.y[i])
+        return Batch(self.x[i], self.ctx[i], self.cov[i], self.y[i], self.sig[i])
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -89,7 +91,7 @@ def train_net(
         if context_dropout > 0:
             drop = torch.rand(len(train), generator=gen) < context_dropout
             ctx = torch.where(drop.to(ctx.device), torch.full_like(ctx, unknown_ctx), ctx)
-        mean, var, _ = net(train.x, ctx, train.cov)
+        mean, var, _ = net(train.x, ctx, train.cov, train.sig)
         loss = loss_fn(mean, train.y, var)
         opt.zero_grad()
         loss.backward()
@@ -98,7 +100,7 @@ def train_net(
         if val is not None and len(val):
             net.eval()
             with torch.no_grad():
-                vm, _, _ = net(val.x, val.ctx, val.cov)
+                vm, _, _ = net(val.x, val.ctx, val.cov, val.sig)
                 mse = float(((vm - val.y) ** 2).mean())
             curve.val_mse.append(mse)
             if mse < best - 1e-9:

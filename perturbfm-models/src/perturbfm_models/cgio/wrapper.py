@@ -130,7 +130,7 @@ class CGIOModel(Model):
         self._extended += new
 
     # ------------------------------------------------------------------ data
-    def _batch(self, groups: Sequence["GroupInfo"], deltas: np.ndarray | None) -> Batch:
+    def _batch(self, groups: Sequence["GroupInfo"], deltas: np.ndarray | None, net: CGIONet | None = None) -> Batch:
         pos = {g: i for i, g in enumerate(self._universe)}
         x = np.zeros((len(groups), len(self._universe)), dtype=np.float32)
         for b, g in enumerate(groups):
@@ -141,9 +141,12 @@ class CGIOModel(Model):
         cov = [[np.log1p(max(g.dose or 0.0, 0.0)), (g.time or 0.0) / self._time_scale] for g in groups]
         y = deltas if deltas is not None else np.zeros((len(groups), len(self._genes)))
         d = self._device
-        return Batch(torch.as_tensor(x, device=d), torch.as_tensor(ctx, dtype=torch.long, device=d),
+        xt = torch.as_tensor(x, device=d)
+        net = net if net is not None else self._net
+        assert net is not None
+        return Batch(xt, torch.as_tensor(ctx, dtype=torch.long, device=d),
                      torch.as_tensor(np.asarray(cov, np.float32).reshape(-1, 2), device=d),
-                     torch.as_tensor(np.asarray(y, np.float32), device=d))
+                     torch.as_tensor(np.asarray(y, np.float32), device=d), net.signals(xt))
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
@@ -190,7 +193,7 @@ class CGIOModel(Model):
             return CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device).to(
                 self._device)
 
-        full = self._batch(fit_groups, deltas)
+        full = self._batch(fit_groups, deltas, make())
         n_tr = len(train.groups)
         if val is not None and val.groups:
             tr_idx, va_idx, how = np.arange(n_tr), np.arange(n_tr, len(fit_groups)), "given val set"
@@ -230,7 +233,7 @@ class CGIOModel(Model):
         """Mean gate per graph over the training groups of each context."""
         assert self._net is not None
         with torch.no_grad():
-            _, _, gam = self._net(full.x, full.ctx, full.cov)
+            _, _, gam = self._net(full.x, full.ctx, full.cov, full.sig)
         names = [g.name for g in self._graphs] or ["none"]
         out: dict[str, dict[str, float]] = {}
         for c, i in self._ctx.items():
@@ -274,7 +277,7 @@ class CGIOModel(Model):
         self._silent = {g for g in unreachable if g not in self._trained_genes}
         batch = self._batch(queries, None)
         with torch.no_grad():
-            mean, var, gam = (t.cpu().numpy().astype(np.float64) for t in net(batch.x, batch.ctx, batch.cov))
+            mean, var, gam = (t.cpu().numpy().astype(np.float64) for t in net(batch.x, batch.ctx, batch.cov, batch.sig))
         notes: dict[str, str] = {}
         n_add = 0
         for i, q in enumerate(queries):
@@ -288,7 +291,7 @@ class CGIOModel(Model):
                       for g in q.genes]
                 sb = self._batch(sq, None)
                 with torch.no_grad():
-                    sm = net(sb.x, sb.ctx, sb.cov)[0].cpu().numpy().astype(np.float64)
+                    sm = net(sb.x, sb.ctx, sb.cov, sb.sig)[0].cpu().numpy().astype(np.float64)
                 mean[i] = np.sum(singles, axis=0) + mean[i] - sm.sum(axis=0)
                 n_add += 1
             elif cfg.additive_prior and len(q.genes) > 1:

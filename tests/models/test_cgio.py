@@ -1,0 +1,146 @@
+"""Tests of the CGIO model (perturbfm_models.cgio) on small synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from perturbfm.dataset import GroupInfo, control_stats, group_table  # noqa: E402
+from perturbfm.errors import ConfigError  # noqa: E402
+from perturbfm.testing.conformance import ModelConformance  # noqa: E402
+from perturbfm.testing.data import make_canonical_adata, training_and_queries  # noqa: E402
+from perturbfm.training import TrainingData  # noqa: E402
+from perturbfm_models.cgio import CGIOModel  # noqa: E402
+from perturbfm_models.cgio import graphs as G  # noqa: E402
+
+FAST = {"graphs": ["coexpr"], "epochs": 40, "hidden": 8, "rank": 4, "patience": 10}
+HELD_OUT = ["G0+G1@ctxA", "G5@ctxB"]
+
+
+class TestCGIOConformance(ModelConformance):
+    model_class = CGIOModel
+    config = FAST
+
+
+def _edge_file(tmp_path: Path) -> str:
+    p = tmp_path / "edges.csv"
+    rows = ["src,dst,weight"] + [f"G{i},G{i + 1},1.0" for i in range(0, 39)] + ["X1,G3,0.5"]
+    p.write_text("\n".join(rows) + "\n")
+    return str(p)
+
+
+def _fit(tmp_path: Path, **cfg) -> tuple[CGIOModel, list[GroupInfo]]:
+    adata = make_canonical_adata()
+    train, queries = training_and_queries(adata, HELD_OUT)
+    model = CGIOModel()
+    model.fit(train, None, {**model.default_config(), **FAST, "edge_list": _edge_file(tmp_path), **cfg})
+    return model, queries
+
+
+# ------------------------------------------------------------------ graphs
+def test_go_jaccard_and_topk_on_handmade_table(tmp_path: Path) -> None:
+    table = tmp_path / "go.tsv"
+    rows = [("A", "t1"), ("A", "t2"), ("B", "t2"), ("B", "t3"), ("C", "t1"), ("C", "t2"), ("C", "t3"),
+            ("C", "t3"), ("D", "t9")]  # duplicate (C, t3) as under two evidence codes
+    table.write_text("SYMBOL\tGO\tONTOLOGY\tEVIDENCE\n" + "".join(f"{g}\t{t}\tBP\tIDA\n" for g, t in rows))
+    go = G.load_go_table(table)
+    sim = G.jaccard(go, ["A", "B", "C", "D", "E"], ["A", "B", "C", "D"])
+    expected = np.array([[1, 1 / 3, 2 / 3, 0], [1 / 3, 1, 2 / 3, 0], [2 / 3, 2 / 3, 1, 0], [0, 0, 0, 1],
+                         [0, 0, 0, 0]])  # E has no annotation
+    np.testing.assert_allclose(sim, expected, atol=1e-6)
+    graph = G.go_graph(go, ["A", "B", "C", "D"], k=1, min_sim=0.1)
+    edges = {(graph.genes[s], graph.genes[d], round(float(w), 4)) for s, d, w in zip(graph.src, graph.dst,
+                                                                                       graph.weight)}
+    assert edges == {("A", "C", 0.6667), ("B", "C", 0.6667), ("C", "A", 0.6667)}
+    assert graph.provenance["sha256"] and graph.provenance["n_edges"] == 3
+    # universe expansion adds the nearest annotated genes of the seeds
+    assert G.expand_universe(go, ["A"], hops=1, k=1, min_sim=0.1, max_nodes=10) == ["A", "C"]
+
+
+def test_missing_go_table_is_a_config_error(tmp_path: Path) -> None:
+    adata = make_canonical_adata()
+    train, _ = training_and_queries(adata, HELD_OUT)
+    missing = tmp_path / "nope" / "gene2go.tsv.gz"
+    with pytest.raises(ConfigError) as err:
+        CGIOModel().fit(train, None, {**FAST, "graphs": ["go"], "go_table": str(missing)})
+    assert str(missing) in str(err.value) and "fix" in str(err.value)
+
+
+def test_coexpr_graph_reads_training_groups_only() -> None:
+    adata = make_canonical_adata()
+    groups, ctrl = group_table(adata), control_stats(adata)
+    train_groups = [g for gid, g in groups.items() if not g.is_control and gid not in HELD_OUT]
+    # the same training data, but the held-out groups' cells replaced by garbage
+    tampered = adata.copy()
+    rows = np.flatnonzero(tampered.obs["pfm_group"].astype(str).isin(HELD_OUT).to_numpy())
+    X = tampered.X.toarray()
+    X[rows] = 100.0 * np.random.default_rng(0).random((rows.size, X.shape[1]))
+    tampered.X = X
+    for source in ("cells", "groups"):
+        a = G.coexpr_graph(TrainingData(adata, train_groups, ctrl), k=5, min_abs_r=0.1, source=source)
+        b = G.coexpr_graph(TrainingData(tampered, train_groups, ctrl), k=5, min_abs_r=0.1, source=source)
+        np.testing.assert_array_equal(a.src, b.src)
+        np.testing.assert_array_equal(a.dst, b.dst)
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ model behaviour
+def test_unreachable_perturbed_gene_is_reported(tmp_path: Path) -> None:
+    model, queries = _fit(tmp_path, graphs=["coexpr", "edges"])
+    lonely = GroupInfo("NOPATH@ctxA", "NOPATH", "ctxA", "", 10)
+    bridged = GroupInfo("X1@ctxA", "X1", "ctxA", "", 10)  # edge-list gene one hop from G3
+    pred = model.predict([*queries, lonely, bridged])
+    assert "NOPATH" in pred.notes["NOPATH@ctxA"] and "no path" in pred.notes["NOPATH@ctxA"]
+    assert "X1@ctxA" not in pred.notes
+    assert "NOPATH" in pred.info["genes_attached_at_predict_time"]
+    assert np.isfinite(pred.mean_delta).all()
+
+
+def test_unseen_context_is_noted(tmp_path: Path) -> None:
+    model, _ = _fit(tmp_path)
+    pred = model.predict([GroupInfo("G2@ctxZ", "G2", "ctxZ", "", 10)])
+    assert "unknown" in pred.notes["G2@ctxZ"]
+
+
+def test_variance_is_positive(tmp_path: Path) -> None:
+    model, queries = _fit(tmp_path)
+    pred = model.predict(queries)
+    assert pred.var_delta is not None and (pred.var_delta > 0).all()
+
+
+def test_gating_off_gives_constant_gates(tmp_path: Path) -> None:
+    off, _ = _fit(tmp_path, graphs=["coexpr", "edges"], gating=False)
+    for gates in off.diagnostics()["gates_per_context"].values():
+        assert gates == pytest.approx({"coexpr": 0.5, "edges": 0.5})
+    on, _ = _fit(tmp_path, graphs=["coexpr", "edges"], gating=True)
+    values = [v for g in on.diagnostics()["gates_per_context"].values() for v in g.values()]
+    assert all(0 < v < 1 for v in values) and not np.allclose(values, 0.5)
+
+
+def test_ablation_switches_change_the_model(tmp_path: Path) -> None:
+    base, queries = _fit(tmp_path)
+    ref = base.predict(queries).mean_delta
+    for switch in ({"context_conditioning": False}, {"use_graphs": False}, {"additive_prior": False}):
+        model, _ = _fit(tmp_path, **switch)
+        assert not np.allclose(model.predict(queries).mean_delta, ref), switch
+    assert _fit(tmp_path, use_graphs=False)[0].diagnostics()["graphs"] == []
+
+
+def test_additive_prior_uses_measured_singles(tmp_path: Path) -> None:
+    model, queries = _fit(tmp_path)
+    pred = model.predict(queries)
+    assert pred.info["n_groups_with_additive_prior"] == 1  # G0+G1@ctxA: both singles trained
+    diag = model.diagnostics()
+    assert diag["training_curve"]["epochs_run"] > 0 and diag["graphs"][0]["name"] == "coexpr"
+
+
+def test_bad_config_is_rejected() -> None:
+    adata = make_canonical_adata()
+    train, _ = training_and_queries(adata, HELD_OUT)
+    for bad in ({"graphs": ["kegg"]}, {"gating": "maybe"}, {"rank": 0}, {"not_a_key": 1}):
+        with pytest.raises(ConfigError):
+            CGIOModel().fit(train, None, {**FAST, **bad})

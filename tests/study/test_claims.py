@@ -1,0 +1,93 @@
+"""Claims resolved on per-group values, paired over groups and seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perturbfm.study.claims import evaluate_claim
+
+GROUPS = [f"G{i}@ctx0" for i in range(12)]
+
+
+def _run(tmp: Path, name: str, values: list[float], hib: bool | None = True, na: str | None = None) -> Path:
+    d = tmp / name
+    d.mkdir(parents=True)
+    entry: dict[str, Any] = {"definition": "x", "higher_is_better": hib}
+    if na:
+        entry["not_applicable"] = na
+    else:
+        entry.update(global_=float(np.mean(values)), per_group=dict(zip(GROUPS, values)))
+    (d / "metrics.json").write_text(json.dumps({"panels": {"basic": {"metrics": {"m": entry}}}}))
+    return d
+
+
+def _lookup(runs: dict[tuple[str, int], Path | str]):  # type: ignore[no-untyped-def]
+    return lambda label, split, seed: runs.get((label, seed), "status failed")
+
+
+def _claim(**kw: Any) -> dict[str, Any]:
+    return {"id": "c", "statement": "a beats b", "better": "a", "worse": "b", "metric": "basic.m", "split": "s",
+            **kw}
+
+
+def _two(tmp: Path, a: list[float], b: list[float], hib: bool | None = True) -> dict[tuple[str, int], Path | str]:
+    return {(lbl, s): _run(tmp, f"{lbl}{s}", [v + 0.01 * s for v in vals], hib)
+            for lbl, vals in (("a", a), ("b", b)) for s in (0, 1)}
+
+
+def test_supported_refuted_and_paired_n(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    b = list(rng.normal(0.3, 0.1, 12))
+    a = [x + 0.2 + rng.normal(0, 0.02) for x in b]
+    runs = _two(tmp_path, a, b)
+    for test in ("bootstrap", "wilcoxon"):
+        out = evaluate_claim(_claim(test=test), ["s"], [0, 1], _lookup(runs), lambda s: None)
+        assert out["status"] == "supported", out
+        assert out["n"] == 24 and out["n_seeds"] == 2 and out["n_groups"] == 12
+    assert "ci" in evaluate_claim(_claim(test="bootstrap"), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert "p_value" in evaluate_claim(_claim(test="wilcoxon"), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    rev = evaluate_claim(_claim(better="b", worse="a"), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert rev["status"] == "refuted"
+
+
+def test_lower_is_better_is_respected(tmp_path: Path) -> None:
+    b = [0.5] * 6 + [0.6] * 6
+    a = [x + 0.3 + 0.01 * i for i, x in enumerate(b)]  # a has the larger error
+    runs = _two(tmp_path, a, b, hib=False)
+    out = evaluate_claim(_claim(), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert out["status"] == "refuted" and out["higher_is_better"] is False
+
+
+def test_missing_runs_and_metrics_are_inconclusive(tmp_path: Path) -> None:
+    runs = _two(tmp_path, [1.0] * 12, [0.0] * 12)
+    del runs[("a", 1)]
+    out = evaluate_claim(_claim(), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert out["status"] == "inconclusive" and out["reason"].startswith("missing run a on s seed 1")
+    out = evaluate_claim(_claim(metric="basic.nope"), ["s"], [0, 1], _lookup(_two(tmp_path / "x", [1.0] * 12,
+                                                                                   [0.0] * 12)), lambda s: None)
+    assert out["status"] == "inconclusive" and "basic.nope is not in metrics.json" in out["reason"]
+    na = {("a", 0): _run(tmp_path / "n", "a0", [], na="no variance"), ("b", 0): _run(tmp_path / "n", "b0", [0.0] * 12)}
+    out = evaluate_claim(_claim(), ["s"], [0], _lookup(na), lambda s: None)
+    assert out["status"] == "inconclusive" and "not applicable: no variance" in out["reason"]
+
+
+def test_group_label_filter(tmp_path: Path) -> None:
+    a = [1.0 + 0.01 * i if i < 6 else 0.0 for i in range(12)]
+    b = [0.0 if i < 6 else 1.0 + 0.01 * i for i in range(12)]
+    runs = _two(tmp_path, a, b)
+    labels = {g: ("combo_seen1" if i < 6 else "combo_seen0") for i, g in enumerate(GROUPS)}
+    seen1 = evaluate_claim(_claim(groups={"label": "combo_seen1"}), ["s"], [0, 1], _lookup(runs), lambda s: labels)
+    seen0 = evaluate_claim(_claim(groups={"label": "combo_seen0"}), ["s"], [0, 1], _lookup(runs), lambda s: labels)
+    assert seen1["status"] == "supported" and seen1["n"] == 12
+    assert seen0["status"] == "refuted"
+    nolab = evaluate_claim(_claim(groups={"label": "combo_seen1"}), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert nolab["status"] == "inconclusive" and "no group labels" in nolab["reason"]
+
+
+def test_identical_models_are_inconclusive(tmp_path: Path) -> None:
+    runs = _two(tmp_path, [0.5] * 12, [0.5] * 12)
+    assert evaluate_claim(_claim(), ["s"], [0, 1], _lookup(runs), lambda s: None)["status"] == "inconclusive"
