@@ -111,7 +111,7 @@ def run_family(adata, tasks, cgio_cfg: dict[str, Any], inner: bool, log: list) -
                 d = model.diagnostics()
                 log.append({"task": f"{family}/{task}", "fit_predict_s": round(dt, 2),
                             "nodes": d["node_universe"]["n_nodes"], "curve": d["training_curve"],
-                            "gates": d["gates_per_context"], "notes": pred.notes})
+                            "gates": d["gates"], "notes": pred.notes})
                 print(f"  {family}/{task}: cgio {dt:.1f}s, {len(test)} test groups", file=sys.stderr)
     return res
 

@@ -114,10 +114,10 @@ def test_variance_is_positive(tmp_path: Path) -> None:
 
 def test_gating_off_gives_constant_gates(tmp_path: Path) -> None:
     off, _ = _fit(tmp_path, graphs=["coexpr", "edges"], gating=False)
-    for gates in off.diagnostics()["gates_per_context"].values():
+    for gates in off.diagnostics()["gates"].values():
         assert gates == pytest.approx({"coexpr": 0.5, "edges": 0.5})
     on, _ = _fit(tmp_path, graphs=["coexpr", "edges"], gating=True)
-    values = [v for g in on.diagnostics()["gates_per_context"].values() for v in g.values()]
+    values = [v for g in on.diagnostics()["gates"].values() for v in g.values()]
     assert all(0 < v < 1 for v in values) and not np.allclose(values, 0.5)
 
 

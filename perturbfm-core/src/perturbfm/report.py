@@ -132,15 +132,45 @@ def _curve_plot(title: str, curves: dict[str, list[list[float]]], xlabel: str, y
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
-    if len(curves) > 1:
+    if len(curves) > 1 or next(iter(curves), "all") != "all":
         ax.legend(fontsize=7)
     return _png(fig)
 
 
+def _curves(value: Any) -> dict[str, list[list[float]]]:
+    """``[[x, y], ...]`` or ``{name: [[x, y], ...]}`` -> named numeric curves (others dropped)."""
+    raw = value if isinstance(value, dict) else {"all": value}
+    out = {}
+    for name, pts in raw.items():
+        try:
+            out[str(name)] = [[float(p[0]), float(p[1])] for p in pts]
+        except (TypeError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _scalar_cell(v: Any) -> Any:
+    if isinstance(v, dict) and "not_applicable" in v:
+        return "n/a: " + str(v["not_applicable"])
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x) if isinstance(x, float) else x}" for k, x in v.items())
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+        return float(v)
+    return "not recorded" if v is None else str(v)
+
+
 def render_calibration(cal: dict[str, Any]) -> str:
-    """Calibration tables and risk-coverage / reliability plots (missing keys tolerated)."""
+    """Calibration tables and risk-coverage / reliability plots. Missing or
+    unexpected keys are tolerated: the report says what it could not show."""
+    try:
+        return _render_calibration(cal)
+    except Exception as exc:  # a report must never fail a run  # noqa: BLE001
+        return f"<h2>Calibration</h2><p>calibration.json could not be rendered: {html.escape(repr(exc))}</p>"
+
+
+def _render_calibration(cal: dict[str, Any]) -> str:
     parts = ["<h2>Calibration</h2>"]
-    rows, reliab = [], {}
+    rows, reliab, ctx_rows = [], {}, []
     for method in ("gaussian", "conformal"):
         entry = cal.get(method)
         if entry is None:
@@ -152,21 +182,19 @@ def render_calibration(cal: dict[str, Any]) -> str:
         cov = entry.get("coverage") or {}
         rows.append([method, ", ".join(f"{k}% -> {float(v):.3f}" for k, v in cov.items()) or "no coverage recorded",
                      len(entry.get("reliability") or [])])
-        if entry.get("reliability"):
-            reliab[method] = entry["reliability"]
+        for level, det in (entry.get("coverage_detail") or {}).items():
+            if isinstance(det, dict) and isinstance(det.get("per_context"), dict):
+                ctx_rows += [[method, f"{level}%", c, float(v)] for c, v in det["per_context"].items()]
+        curve = _curves(entry.get("reliability") or []).get("all")
+        if curve:
+            reliab[method] = curve
     parts.append(_table(["method", "empirical coverage at nominal levels", "reliability points"], rows))
-    scal = []
-    for key in ("nll", "aurc", "ood_auroc"):
-        v = cal.get(key)
-        if isinstance(v, dict) and "not_applicable" in v:
-            scal.append([key, "n/a: " + str(v["not_applicable"])])
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            scal.append([key, float(v)])
-        else:
-            scal.append([key, "not recorded" if v is None else str(v)])
-    parts.append(_table(["quantity", "value"], scal))
-    if cal.get("risk_coverage"):
-        parts.append(_curve_plot("risk-coverage", {"risk": cal["risk_coverage"]}, "coverage", "risk"))
+    if ctx_rows:
+        parts.append(_table(["method", "nominal", "context", "empirical coverage"], ctx_rows))
+    parts.append(_table(["quantity", "value"], [[k, _scalar_cell(cal.get(k))] for k in ("nll", "aurc", "ood_auroc")]))
+    rc = _curves(cal.get("risk_coverage") or [])
+    if rc:
+        parts.append(_curve_plot("risk-coverage", rc, "coverage", "risk"))
     if reliab:
         parts.append(_curve_plot("reliability", reliab, "nominal coverage", "empirical coverage", diagonal=True))
     return "\n".join(parts)
@@ -174,6 +202,13 @@ def render_calibration(cal: dict[str, Any]) -> str:
 
 def render_gates(gates: dict[str, Any]) -> str:
     """CGIO graph-reliance diagnostics: context x graph gate values, table + heatmap."""
+    try:
+        return _render_gates(gates)
+    except Exception as exc:  # a report must never fail a run  # noqa: BLE001
+        return f"<h2>Graph reliance (CGIO gates)</h2><p>gates could not be rendered: {html.escape(repr(exc))}</p>"
+
+
+def _render_gates(gates: dict[str, Any]) -> str:
     contexts = sorted(gates)
     graphs = sorted({g for c in contexts if isinstance(gates[c], dict) for g in gates[c]})
     if not contexts or not graphs:
@@ -253,7 +288,8 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
     if metrics.get("model_info"):
         parts.append("<h2>Model declarations</h2>")
         parts.append(_table(["item", "value"], [[k, str(v)] for k, v in metrics["model_info"].items()]))
-    gates = (metrics.get("model_diagnostics") or {}).get("gates")
+    diag = metrics.get("model_diagnostics") or {}
+    gates = diag.get("gates") or diag.get("gates_per_context")  # CGIO writes the latter
     if isinstance(gates, dict) and gates:
         parts.append(render_gates(gates))
     if calibration is not None:

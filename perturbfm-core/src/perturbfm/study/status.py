@@ -82,6 +82,8 @@ def reconcile(study_dir: Path, cells: list[Any], previous: dict[str, Any] | None
             entry["status"] = "pending"
         if rec and rec.get("error") and entry["status"] != "succeeded":
             entry["error"] = rec["error"]
+            if rec.get("state") == "failed" and entry["status"] in ("interrupted", "running"):
+                entry["status"] = "failed"  # e.g. the run raised after its metrics were written
         out[c.key] = entry
     return out
 

@@ -224,7 +224,7 @@ class CGIOModel(Model):
             "early_stopping": how,
             "training_curve": curve.summary(),
             "refit_on_all_groups": refit.summary() if refit else None,
-            "gates_per_context": self._gate_summary(full),
+            "gates": self._gate_summary(full),
             "device": str(self._device),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
