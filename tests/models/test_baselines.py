@@ -61,7 +61,7 @@ def test_plugin_registers_all_baselines() -> None:
     from perturbfm_models.plugin import pfm_register_models
 
     names = {cls.name for cls in pfm_register_models()}
-    assert names == {"control-mean", "train-mean", "additive", "linear"}
+    assert names == {"control-mean", "train-mean", "additive", "linear", "cgio"}
     for cls in pfm_register_models():
         assert issubclass(cls, Model) and cls.description
         assert isinstance(cls().default_config(), dict)
