@@ -235,6 +235,10 @@ class Executor(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
 
+    def __init__(self, workers: int | None = None) -> None:
+        #: parallel workers; None lets the executor choose
+        self.workers = workers
+
     @abc.abstractmethod
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> list[Any]:
         """Apply ``fn`` to every job and return results in order."""

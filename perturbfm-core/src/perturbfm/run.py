@@ -213,7 +213,15 @@ def execute_run(
         raise
     from perturbfm.report import write_run_report
 
-    write_run_report(run_dir, metrics, provenance)
+    try:
+        write_run_report(run_dir, metrics, provenance)
+    except Exception as exc:  # metrics.json stands; the run is not complete without its report
+        err = PerturbFMError(f"the run's metrics were written but its report failed: {type(exc).__name__}: {exc}",
+                             file=str(run_dir / "report.html"),
+                             fix="regenerate it with perturbfm.report.render_run_report_from_dir after fixing the cause")
+        writer.finish("failed", error=err.render(), traceback=traceback.format_exc())
+        _observe(registry, "pfm_run_finished", writer, run_dir=str(run_dir), run_info=run_info, status="failed")
+        return RunResult(run_id, run_dir, "failed", metrics=metrics, error=err)
     writer.stage("report", "done")
     writer.finish("succeeded")
     _observe(registry, "pfm_run_finished", writer, run_dir=str(run_dir), run_info=run_info, status="succeeded")
