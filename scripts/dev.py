@@ -24,6 +24,10 @@ PACKAGES = ["perturbfm-core", "perturbfm-metrics", "perturbfm-bench-adapters", "
 TOOLS = ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "setuptools>=68", "wheel"]
 # peers the parity tests compare against (never vendored; MIT-licensed packages)
 PEERS = ["cell-eval==0.8.2", "scperturb==0.1.0", "pot==0.9.7.post1"]
+# optional extras exercised by the tests (the Ray executor against a real local Ray instance)
+EXTRAS = ["ray==2.60.0", "mlflow-skinny==3.17.2"]
+# Debian packages the tests use: headless Chromium renders the HTML reports
+SYSTEM = {"chromium": "/usr/bin/chromium"}
 
 
 def _bin(name: str) -> str:
@@ -34,13 +38,29 @@ def _stamp() -> str:
     h = hashlib.sha256()
     for p in [Path(__file__), *(REPO / pkg / "pyproject.toml" for pkg in PACKAGES)]:
         h.update(p.read_bytes())
-    h.update(" ".join(TOOLS + PEERS).encode())
+    h.update(" ".join(TOOLS + PEERS + EXTRAS).encode())
     return h.hexdigest()
 
 
 def run(cmd: list[str], **kw: object) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+
+
+def ensure_system_packages() -> None:
+    """Install the Debian packages the tests need, when missing and when we may."""
+    import shutil
+
+    missing = [pkg for pkg, path in SYSTEM.items() if not Path(path).exists()]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print(f"note: {', '.join(missing)} not installed and cannot be installed here (needs root + apt-get); "
+              "the tests that need it skip locally and fail under CI=true", flush=True)
+        return
+    run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], stdout=subprocess.DEVNULL,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def ensure_venv() -> None:
@@ -53,7 +73,7 @@ def ensure_venv() -> None:
     pip = [_bin("python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     run(pip + ["--upgrade", "pip"])
     run(pip + TOOLS)
-    run(pip + PEERS)
+    run(pip + PEERS + EXTRAS)
     editable: list[str] = []
     for pkg in PACKAGES:
         editable += ["-e", str(REPO / pkg)]
@@ -86,6 +106,7 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "demo":
         return subprocess.call([_bin("pfm-bench"), "demo", *rest], env=env)
+    ensure_system_packages()
     smoke()
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     args = [_bin("python"), "-m", "pytest", "-p", "xdist.plugin", "-n", os.environ.get("PFM_TEST_WORKERS", "2"),

@@ -54,3 +54,23 @@ def test_validate_metrics_cli(monkeypatch, capsys):
     assert main(["validate-metrics", "--require-peers"]) == 1
     monkeypatch.setattr(parity, "run_parity", lambda seed=0: [_row(MISMATCH)])
     assert main(["validate-metrics"]) == 1
+
+
+def test_distance_parity_rows_scperturb_and_pot():
+    """validate-metrics checks E-distance against scperturb and Sinkhorn against POT."""
+    from perturbfm_metrics.distances import parity_rows
+
+    inputs = parity.make_inputs(seed=0)
+    rows = parity.distance_rows(inputs, seed=0)
+    assert rows == parity_rows(inputs.truth, 0) or [r.metric for r in rows] == [
+        "distances.edistance_squared", "distances.wasserstein"]
+    by = {r.metric: r for r in rows}
+    assert set(by) == {"distances.edistance_squared", "distances.wasserstein"}
+    for name, peer in (("distances.edistance_squared", "scperturb"), ("distances.wasserstein", "ot")):
+        r = by[name]
+        if importlib.util.find_spec(peer) is None:
+            assert r.verdict == NOT_INSTALLED
+            continue
+        assert r.verdict == PASS, r
+        assert r.rel_diff is not None and r.rel_diff <= 1e-6 and r.ours > 0
+    assert not any(r.verdict == parity.NO_CHECK for r in rows)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from conftest import FreshVenv
-
 from perturbfm.plugin_kit import generate_plugin
 
 

@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from perturbfm.errors import PerturbFMError
 from perturbfm.plugin_kit import KINDS, generate_plugin, plugin_names
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from perturbfm.errors import PluginError
 from perturbfm.plugin_kit.pins import check_requirements
 from perturbfm.plugins import PluginInfo

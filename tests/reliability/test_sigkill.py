@@ -27,9 +27,8 @@ import anndata as ad
 import pandas as pd
 import pytest
 import yaml
-from reliability_helpers import COUNTS, dataset_problems, store_problems, temp_leftovers
-
 from perturbfm import cli
+from reliability_helpers import COUNTS, dataset_problems, store_problems, temp_leftovers
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -222,7 +221,10 @@ def test_sigkill_of_the_installed_executable(prepared: tuple[Path, str]) -> None
     for run_dir in new:
         problems, _ = _run_dir_problems(run_dir)
         assert not problems, problems
-    assert not store_problems(root, allowed_temp_dirs=tuple(new))
+    killed = tuple(d for d in (root / "runs").iterdir()  # this one and the earlier tests' killed runs
+                   if not (d / "run_status.json").exists()
+                   or json.loads((d / "run_status.json").read_text()).get("status") != "succeeded")
+    assert not store_problems(root, allowed_temp_dirs=killed)
     if proc.returncode == -signal.SIGKILL:
         COUNTS["sigkill: kills during pfm-bench run"] += 1
     _main_quiet(["--store", str(root), "run", "--model", "train-mean", "--split", split])

@@ -44,7 +44,12 @@ def test_ray_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ray_and_process_give_the_same_summary(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ray is required under CI=true (python3 scripts/dev.py installs it)")
+        pytest.skip("ray not installed")
     from perturbfm.study.runner import run_study
 
     study = tiny_study(tmp_path / "s.yaml", name="exec", models=["control-mean", "additive", "linear"], seeds=[0])

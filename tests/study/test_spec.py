@@ -56,3 +56,23 @@ def test_bad_study_files_are_refused(tmp_path: Path, mutate, needle: str) -> Non
     p.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=needle):
         load_study(p)
+
+
+def test_pinned_plugins_are_checked_before_any_run(tmp_path) -> None:
+    import yaml
+
+    from perturbfm.errors import PluginError
+    from perturbfm.study.runner import run_study
+
+    study = tmp_path / "pinned.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "pinned",
+        "requires": {"perturbfm-models": ">=0.1", "pfm-not-installed": "==1.0", "perturbfm-metrics": "==9.9"},
+        "datasets": {"syn": {"adapter": "synthetic", "options": {"n_genes": 40, "n_singles": 4, "n_doubles": 2}}},
+        "splits": {"rnd": {"dataset": "syn", "generator": "random-groups", "params": {"test_fraction": 0.3}}},
+        "models": ["train-mean"], "seeds": [0], "panels": ["basic"],
+    }))
+    with pytest.raises(PluginError) as err:
+        run_study(study, store=tmp_path / "store")
+    assert "pfm-not-installed" in err.value.message and "perturbfm-metrics" in err.value.message
+    assert not (tmp_path / "store" / "runs").exists()

@@ -11,6 +11,8 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from perturbfm.dataset import (
     CONTEXT_COL,
@@ -101,12 +103,29 @@ class EvalData:
         idx = np.sort(self._rng(i, salt).choice(X.shape[0], self.max_cells, replace=False))
         return X[idx]
 
-    def true_cells(self, i: int) -> np.ndarray:
-        """True cells of group ``i`` (at most ``max_cells``, seeded subsample)."""
+    @cached_property
+    def _group_rows(self) -> dict[str, np.ndarray]:
+        """Group id -> its row indices in ``adata`` (ascending), computed once."""
+        assert self.adata is not None
+        codes, uniq = pd.factorize(ensure_group_column(self.adata).astype(str).to_numpy())
+        order = np.argsort(codes, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[codes >= 0], minlength=len(uniq)))])
+        order = order[np.sum(codes < 0):]
+        return {str(u): order[bounds[k]:bounds[k + 1]] for k, u in enumerate(uniq)}
+
+    def all_true_cells(self, i: int) -> np.ndarray:
+        """All true cells of group ``i`` (no subsampling), dense float64."""
         if self.adata is None:
             raise PredictionError("these evaluation inputs carry no cells")
-        gcol = ensure_group_column(self.adata).astype(str).to_numpy()
-        return self._subsample(dense_rows(self.adata, gcol == self.groups[i].group_id), i, 1)
+        idx = self._group_rows.get(self.groups[i].group_id, np.zeros(0, dtype=np.int64))
+        X = self.adata.X[idx] if idx.size else self.adata.X[:0]
+        if sp.issparse(X) or hasattr(X, "toarray"):
+            X = X.toarray()
+        return np.asarray(X, dtype=np.float64)
+
+    def true_cells(self, i: int) -> np.ndarray:
+        """True cells of group ``i`` (at most ``max_cells``, seeded subsample)."""
+        return self._subsample(self.all_true_cells(i), i, 1)
 
     @cached_property
     def _control_cells(self) -> dict[str, np.ndarray]:

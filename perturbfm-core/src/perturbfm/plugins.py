@@ -208,6 +208,14 @@ def get_registry() -> PluginRegistry:
     return PluginRegistry()
 
 
+def check_requirements(registry: PluginRegistry, required: dict[str, str]) -> dict[str, str]:
+    """Refuse unless every required distribution is loaded at a matching version
+    (see :func:`perturbfm.plugin_kit.pins.check_requirements`)."""
+    from perturbfm.plugin_kit.pins import check_requirements as _check
+
+    return _check(registry, required)
+
+
 def reset_registry() -> None:
     """Forget the cached registry (tests, or after installing a plugin)."""
     get_registry.cache_clear()

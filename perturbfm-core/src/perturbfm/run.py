@@ -122,6 +122,7 @@ def _observe(registry: PluginRegistry, hook: str, writer: RunWriter, **kwargs: A
             impl.function(**kwargs)
         except Exception as exc:  # observers never abort a run; their failure is recorded
             writer.status.setdefault("observer_errors", []).append(f"{impl.plugin_name}.{hook}: {exc}")
+            atomic_write_json(writer.dir / "run_status.json", writer.status)
 
 
 def execute_run(

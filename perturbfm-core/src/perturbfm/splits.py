@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from perturbfm.hashing import sha256_json
 from perturbfm.interfaces import ROLES
 
 SPLIT_SCHEMA = 1
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 #: Stated in every split: control cells are not assigned to roles.
 CONTROL_POLICY = (
@@ -64,6 +66,9 @@ class Split:
         return {r: len(self.groups(r)) for r in ROLES}
 
     def validate(self) -> None:
+        if not _HEX64.match(str(self.dataset)):
+            raise SplitIntegrityError(f"split names dataset {self.dataset!r}, which is not a dataset hash",
+                                      field="dataset", fix="give the 64-character dataset hash")
         bad = {g: r for g, r in self.assignments.items() if r not in ROLES}
         if bad:
             g, r = next(iter(bad.items()))

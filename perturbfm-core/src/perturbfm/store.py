@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,7 +84,7 @@ class StoredDataset:
     def synthetic(self) -> bool:
         return bool(self.manifest.get("synthetic"))
 
-    def load(self, *, backed: bool = False, verify: bool = True) -> "ad.AnnData":
+    def load(self, *, backed: bool = False, verify: bool = True) -> ad.AnnData:
         """Read the AnnData; with ``verify`` the file must match the manifest's hash."""
         if verify:
             found = sha256_file(self.h5ad)
@@ -151,7 +152,9 @@ class DatasetStore:
             "perturbfm_version": __version__,
         }
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{h[:12]}.", dir=self.root))
+        self._remove_stale_temps()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{h[:12]}.{socket.gethostname()}.{os.getpid()}.", dir=self.root))
+        os.chmod(tmp, 0o777 & ~_umask())
         try:
             adata.obs = adata.obs.copy()
             for c in adata.obs.columns:  # h5ad cannot hold object columns of mixed types
@@ -173,6 +176,18 @@ class DatasetStore:
             raise
         created = publish_directory(tmp, final)
         return self.get(h), created
+
+    def _remove_stale_temps(self) -> None:
+        """Remove temporary import directories left by killed processes of this host."""
+        import shutil
+
+        host = socket.gethostname()
+        for p in self.root.glob(".*"):
+            parts = p.name[1:].split(".")
+            if len(parts) < 4 or parts[1] != host or not parts[2].isdigit() or not p.is_dir():
+                continue
+            if not _pid_alive(int(parts[2])):
+                shutil.rmtree(p, ignore_errors=True)
 
     def _record_reimport(self, h: str, result: AdapterResult, adapter: str) -> StoredDataset:
         """Equal content imported again: the data stay as they are, but a new
@@ -319,6 +334,22 @@ class ArtifactStore:
             raise ArtifactNotFoundError(f"{run_id!r} is not a run id", field="run",
                                         fix="run ids look like 20260101-120000_abcdef1_model_1234abc")
         return self.runs_dir / run_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

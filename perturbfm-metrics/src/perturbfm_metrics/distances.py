@@ -306,3 +306,123 @@ def warn_not_converged(n_groups: int) -> None:
     """Emit the warning that accompanies groups whose Sinkhorn did not converge."""
     warnings.warn(f"Sinkhorn did not converge for {n_groups} group(s); see the metric's extra",
                   RuntimeWarning, stacklevel=2)
+
+
+# ------------------------------------------------------------------ parity with peers
+def _peer_version(dist: str, module: str) -> str | None:
+    import importlib
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - not importable = not installed
+            return None
+        return "unknown version"
+
+
+def _parity_sets(adata: Any, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(group id, group cells, control cells of its context) for every perturbation group,
+    both sides seeded subsamples of at most 60 cells (keeps the peers' runtime small)."""
+    import scipy.sparse as sp
+    from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ensure_group_column
+
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    X = np.asarray(X, dtype=np.float64)
+    gid = ensure_group_column(adata).astype(str).to_numpy()
+    is_ctrl = adata.obs[CONTROL_COL].to_numpy(dtype=bool)
+    ctx = adata.obs[CONTEXT_COL].astype(str).to_numpy()
+    rng = np.random.default_rng([seed, 11])
+    out = []
+    for g in sorted(set(gid[~is_ctrl])):
+        rows = np.flatnonzero(gid == g)
+        crow = np.flatnonzero(is_ctrl & (ctx == ctx[rows[0]]))
+        rows = np.sort(rng.choice(rows, min(60, rows.size), replace=False))
+        crow = np.sort(rng.choice(crow, min(60, crow.size), replace=False))
+        out.append((g, X[rows], X[crow]))
+    return out
+
+
+def parity_rows(adata: Any, seed: int = 0, tol: float | None = None) -> list[Any]:
+    """Parity of the distribution metrics with their peers on ``adata`` (group cells vs
+    the context's control cells, every perturbation group).
+
+    * ``edistance_squared``: :func:`edistance` (``squared=True``, ``within="distinct"``) vs
+      ``scperturb.edist(dist="sqeuclidean", sample_correct=True)``;
+    * ``wasserstein``: :func:`sinkhorn` (eps = EPS_REL x mean cost, tol 1e-9) vs POT
+      ``ot.sinkhorn2`` with the same eps on ``ot.dist`` (squared Euclidean).
+
+    Returns :class:`perturbfm_metrics.parity.ParityRow` rows (``not installed`` where a
+    peer is missing, ``error`` where it raised).
+    """
+    import os
+
+    from perturbfm_metrics.parity import ERROR, MISMATCH, NOT_INSTALLED, PASS, REL_TOL, ParityRow
+
+    tol = REL_TOL if tol is None else tol
+    sets = _parity_sets(adata, seed)
+    rows: list[Any] = []
+
+    def row(metric: str, ours: dict[str, float], peer: dict[str, float], pkg: str, note: str) -> Any:
+        a = np.array([ours[k] for k in sorted(ours)])
+        b = np.array([peer[k] for k in sorted(ours)])
+        diff = np.abs(a - b)
+        scale = np.maximum(np.abs(a), np.abs(b))
+        rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0)
+        ok = bool(np.all(rel <= tol))
+        return ParityRow(metric, float(a.mean()), float(b.mean()), pkg, float(diff.max()), float(rel.max()),
+                         tol, PASS if ok else MISMATCH, f"{len(a)} groups vs control cells; {note}")
+
+    # E-distance (squared, scperturb convention)
+    ver = _peer_version("scperturb", "scperturb")
+    metric = "distances.edistance_squared"
+    if ver is None:
+        rows.append(ParityRow(metric, None, None, "scperturb", None, None, tol, NOT_INSTALLED))
+    else:
+        try:
+            import anndata as ad
+            import pandas as pd
+            import scperturb
+
+            ours, peer = {}, {}
+            for g, x, y in sets:
+                ours[g] = edistance(x, y, squared=True, within="distinct")
+                obs = pd.DataFrame({"g": ["x"] * len(x) + ["y"] * len(y)},
+                                   index=[str(i) for i in range(len(x) + len(y))])
+                a = ad.AnnData(np.zeros((len(obs), 1)), obs=obs)
+                a.obsm["cells"] = np.vstack([x, y])
+                est = scperturb.edist(a, obs_key="g", obsm_key="cells", dist="sqeuclidean",
+                                      sample_correct=True, n_jobs=1, verbose=False)
+                peer[g] = float(est.loc["x", "y"])
+            rows.append(row(metric, ours, peer, f"scperturb {ver}", "sqeuclidean, sample_correct=True"))
+        except Exception as exc:  # noqa: BLE001 - the peer failing is reported, not hidden
+            rows.append(ParityRow(metric, None, None, f"scperturb {ver}", None, None, tol, ERROR,
+                                  f"{type(exc).__name__}: {exc}"))
+    # entropic OT (POT sinkhorn2 at the same eps)
+    ver = _peer_version("POT", "ot")
+    metric = "distances.wasserstein"
+    if ver is None:
+        rows.append(ParityRow(metric, None, None, "POT", None, None, tol, NOT_INSTALLED))
+    else:
+        try:
+            for k in ("POT_BACKEND_DISABLE_PYTORCH", "POT_BACKEND_DISABLE_JAX", "POT_BACKEND_DISABLE_TENSORFLOW",
+                      "POT_BACKEND_DISABLE_CUPY"):
+                os.environ.setdefault(k, "1")
+            import ot
+
+            ours, peer = {}, {}
+            for g, x, y in sets:
+                res = sinkhorn(x, y, tol=1e-12, max_iter=100_000).check()
+                ours[g] = res.cost
+                C = ot.dist(x, y)
+                a, b = np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y))
+                peer[g] = float(ot.sinkhorn2(a, b, C, res.eps, method="sinkhorn_log", numItermax=100_000,
+                                             stopThr=1e-12))
+            rows.append(row(metric, ours, peer, f"POT {ver}",
+                            f"eps = {EPS_REL} x mean cost, sinkhorn_log, stopThr 1e-12"))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(ParityRow(metric, None, None, f"POT {ver}", None, None, tol, ERROR,
+                                  f"{type(exc).__name__}: {exc}"))
+    return rows

@@ -33,7 +33,6 @@ import numpy as np
 from perturbfm.dataset import dense_rows, ensure_group_column
 from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue, NotApplicable
 from scipy.special import ndtr
-from scipy.stats import false_discovery_control, rankdata
 
 if TYPE_CHECKING:
     from perturbfm.evaluation import EvalData
@@ -41,6 +40,8 @@ if TYPE_CHECKING:
 FDR_THRESHOLD = 0.05
 #: genes ranked per block in the Mann-Whitney test (bounds memory).
 GENE_BLOCK = 2048
+#: cells x genes values per batch of groups in the Mann-Whitney tests (bounds memory).
+BATCH_VALUES = 8_000_000
 
 
 # ----------------------------------------------------------------------------- DE
@@ -59,6 +60,90 @@ def _tie_term(sorted_cols: np.ndarray) -> np.ndarray:
     return np.bincount(col_of_run, weights=t**3 - t, minlength=g)
 
 
+class MWReference:
+    """Reference (control) cells of a Mann-Whitney test, sorted once per gene.
+
+    Every group of a context is tested against the same control cells: sorting them
+    once makes each group's test a search of the group's distinct values in the
+    sorted controls (no joint ranking per group).
+    """
+
+    def __init__(self, y: np.ndarray) -> None:
+        y = np.asarray(y, dtype=np.float64)
+        srt = np.sort(y, axis=0)
+        self.n = y.shape[0]
+        self.n_genes = y.shape[1]
+        self.sorted = np.ascontiguousarray(srt.T)  # [G, n2]
+        self.tie = _tie_term(srt)  # sum(t^3 - t) over the controls' own tie groups
+        self.mean = y.mean(axis=0) if self.n else np.full(self.n_genes, np.nan)
+
+
+def mannwhitney_batch(blocks: list[np.ndarray], ref: MWReference) -> np.ndarray:
+    """Two-sided Mann-Whitney U p-values of each block of cells vs the reference, per gene.
+
+    Exactly the statistic of :func:`scipy.stats.mannwhitneyu` (``method="asymptotic"``,
+    tie and continuity corrections): with the reference sorted per gene,
+    ``U1 = sum_i #(ref < x_i) + #(ref == x_i) / 2`` and the joint tie term is the
+    reference's own plus, for every distinct value ``v`` of the block,
+    ``(c_x + c_y)^3 - (c_x + c_y) - (c_y^3 - c_y)``. Only the block's distinct values
+    (per gene) are searched in the reference, so zero-inflated data costs little.
+
+    Returns:
+        ``[len(blocks), G]`` p-values (1 where all values are identical or a side is empty).
+    """
+    G, n2 = ref.n_genes, ref.n
+    B = len(blocks)
+    out = np.ones((B, G))
+    sizes = np.array([b.shape[0] for b in blocks], dtype=np.int64)
+    if B == 0 or n2 == 0 or G == 0:
+        return out
+    N = int(sizes.sum())
+    if N == 0:
+        return out
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    XT = np.empty((G, N))
+    for k, b in enumerate(blocks):
+        if sizes[k]:
+            XT[:, offs[k]:offs[k + 1]] = np.asarray(b, dtype=np.float64).T
+            XT[:, offs[k]:offs[k + 1]].sort(axis=1)
+    flat = XT.ravel()
+    start = np.empty(flat.size, dtype=bool)
+    start[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=start[1:])
+    blk_start = (np.arange(G)[:, None] * N + offs[:-1][sizes > 0][None, :]).ravel()
+    start[blk_start] = True
+    pos = np.flatnonzero(start)
+    del start
+    vals = flat[pos]
+    cx = np.diff(np.append(pos, flat.size)).astype(np.float64)
+    gene = pos // N
+    block_of_cell = np.repeat(np.arange(B), sizes)
+    owner = gene * B + block_of_cell[pos % N]
+    del pos
+    lo = np.empty(vals.size, dtype=np.float64)
+    hi = np.empty(vals.size, dtype=np.float64)
+    bounds = np.searchsorted(gene, np.arange(G + 1))
+    for g in range(G):
+        a, e = bounds[g], bounds[g + 1]
+        cs = ref.sorted[g]
+        lo[a:e] = np.searchsorted(cs, vals[a:e], side="left")
+        hi[a:e] = np.searchsorted(cs, vals[a:e], side="right")
+    cy = hi - lo
+    u1 = np.bincount(owner, weights=cx * (lo + 0.5 * cy), minlength=G * B).reshape(G, B).T
+    t = cx + cy
+    tie = np.bincount(owner, weights=(t**3 - t) - (cy**3 - cy), minlength=G * B).reshape(G, B).T + ref.tie[None, :]
+    n1 = sizes[:, None].astype(np.float64)
+    n = n1 + n2
+    mu = n1 * n2 / 2.0
+    u = np.maximum(u1, n1 * n2 - u1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s2 = n1 * n2 / 12.0 * ((n + 1.0) - tie / (n * (n - 1.0)))
+        zst = (u - mu - 0.5) / np.sqrt(s2)
+        p = np.clip(2.0 * ndtr(-zst), 0.0, 1.0)
+    out = np.where((s2 > 0) & (n1 > 0), p, 1.0)
+    return out
+
+
 def mannwhitney_pvalues(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Two-sided Mann-Whitney U p-value of every column of ``x`` vs ``y``.
 
@@ -70,25 +155,21 @@ def mannwhitney_pvalues(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         x: ``[n1, G]`` cells of the group.
         y: ``[n2, G]`` reference (control) cells.
     """
-    n1, n2 = x.shape[0], y.shape[0]
-    G = x.shape[1]
-    out = np.ones(G)
-    if n1 == 0 or n2 == 0:
-        return out
-    n = n1 + n2
-    mu = n1 * n2 / 2.0
-    for s in range(0, G, GENE_BLOCK):
-        z_all = np.vstack([x[:, s:s + GENE_BLOCK], y[:, s:s + GENE_BLOCK]])
-        ranks = rankdata(z_all, axis=0, method="average")
-        r1 = ranks[:n1].sum(axis=0)
-        u1 = r1 - n1 * (n1 + 1) / 2.0
-        u = np.maximum(u1, n1 * n2 - u1)
-        tie = _tie_term(np.sort(z_all, axis=0))
-        s2 = n1 * n2 / 12.0 * ((n + 1.0) - tie / (n * (n - 1.0)))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zst = (u - mu - 0.5) / np.sqrt(s2)
-            p = np.clip(2.0 * ndtr(-zst), 0.0, 1.0)
-        out[s:s + GENE_BLOCK] = np.where(s2 > 0, p, 1.0)
+    x = np.asarray(x, dtype=np.float64)
+    return mannwhitney_batch([x], MWReference(y))[0]
+
+
+def bh_fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values of every row (``scipy.stats.false_discovery_control``)."""
+    p = np.atleast_2d(np.asarray(p, dtype=np.float64))
+    m = p.shape[1]
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, axis=1)
+    ps = np.take_along_axis(p, order, axis=1) * (m / np.arange(1, m + 1))[None, :]
+    ps = np.minimum.accumulate(ps[:, ::-1], axis=1)[:, ::-1]
+    out = np.empty_like(ps)
+    np.put_along_axis(out, order, np.clip(ps, 0.0, 1.0), axis=1)
     return out
 
 
@@ -103,12 +184,23 @@ def log2_fold_change(mean_g: np.ndarray, mean_c: np.ndarray) -> np.ndarray:
 def de_genes(cells: np.ndarray, ctrl: np.ndarray, fdr_threshold: float = FDR_THRESHOLD) -> np.ndarray:
     """Indices of the DE genes of ``cells`` vs ``ctrl`` (BH-FDR < threshold), sorted by
     ``|log2FC|`` descending, ties by gene index."""
-    p = mannwhitney_pvalues(cells, ctrl)
-    fdr = false_discovery_control(p, method="bh") if p.size else p
-    lfc = np.abs(log2_fold_change(cells.mean(axis=0), ctrl.mean(axis=0)))
-    sig = np.flatnonzero(fdr < fdr_threshold)
-    order = np.argsort(-lfc[sig], kind="stable")
-    return sig[order]
+    ref = MWReference(ctrl)
+    return de_genes_batch([np.asarray(cells, dtype=np.float64)], ref, fdr_threshold)[0]
+
+
+def de_genes_batch(blocks: list[np.ndarray], ref: MWReference,
+                   fdr_threshold: float = FDR_THRESHOLD) -> list[np.ndarray]:
+    """:func:`de_genes` of every block of cells against the same reference cells."""
+    p = mannwhitney_batch(blocks, ref)
+    fdr = bh_fdr(p)
+    out = []
+    for k, b in enumerate(blocks):
+        mean_b = b.mean(axis=0) if b.shape[0] else np.full(ref.n_genes, np.nan)
+        lfc = np.abs(log2_fold_change(mean_b, ref.mean))
+        sig = np.flatnonzero(fdr[k] < fdr_threshold)
+        order = np.argsort(-lfc[sig], kind="stable")
+        out.append(sig[order])
+    return out
 
 
 def overlap_at_n(true_de: np.ndarray, pred_de: np.ndarray) -> float | None:
@@ -221,24 +313,49 @@ class VccPanel(MetricPanel):
     def _overlap(data: "EvalData") -> tuple[np.ndarray, list[str], dict[str, int], dict[str, int]]:
         if data.adata is None:
             raise ValueError("overlap_at_N needs the true cells (EvalData.adata is None)")
-        labels = ensure_group_column(data.adata).astype(str).to_numpy()
         out = np.empty(len(data.groups))
         no_true: list[str] = []
         n_true_de: dict[str, int] = {}
         n_pred_de: dict[str, int] = {}
-        for i, g in enumerate(data.groups):
-            ctrl = data.control_cells(g.context)
-            true_cells = dense_rows(data.adata, labels == g.group_id)
-            if data.pred_cells_given is not None:
-                pred_cells = np.asarray(data.pred_cells_given[g.group_id], dtype=np.float64)
-            else:
-                pred_cells = ctrl + data.pred_delta[i]
-            t = de_genes(true_cells, ctrl)
-            p = de_genes(pred_cells, ctrl)
-            n_true_de[g.group_id], n_pred_de[g.group_id] = int(t.size), int(p.size)
-            v = overlap_at_n(t, p)
-            if v is None:
-                no_true.append(g.group_id)
-                v = 0.0
-            out[i] = v
-        return out, no_true, n_true_de, n_pred_de
+        for ctx, idx in data.context_indices().items():
+            ctrl = data.control_cells(ctx)
+            ref = MWReference(ctrl)
+            # groups in batches of about BATCH_VALUES values (bounded memory, few numpy calls)
+            batch: list[int] = []
+            size = 0
+            for pos, i in enumerate(idx):
+                batch.append(int(i))
+                size += data.groups[i].n_cells
+                if size * len(data.genes) < BATCH_VALUES and pos + 1 < len(idx):
+                    continue
+                trues = [data.all_true_cells(i) for i in batch] if hasattr(data, "all_true_cells") else [
+                    _true_cells(data, i) for i in batch]
+                preds = []
+                for i in batch:
+                    g = data.groups[i]
+                    if data.pred_cells_given is not None:
+                        preds.append(np.asarray(data.pred_cells_given[g.group_id], dtype=np.float64))
+                    else:
+                        preds.append(ctrl + data.pred_delta[i])
+                t_de = de_genes_batch(trues, ref)
+                p_de = de_genes_batch(preds, ref)
+                del trues, preds
+                for i, t, p in zip(batch, t_de, p_de):
+                    gid = data.groups[i].group_id
+                    n_true_de[gid], n_pred_de[gid] = int(t.size), int(p.size)
+                    v = overlap_at_n(t, p)
+                    if v is None:
+                        no_true.append(gid)
+                        v = 0.0
+                    out[i] = v
+                batch, size = [], 0
+        order = {gid: k for k, gid in enumerate(data.group_ids)}
+        no_true.sort(key=order.__getitem__)
+        ids = data.group_ids
+        return out, no_true, {g: n_true_de[g] for g in ids}, {g: n_pred_de[g] for g in ids}
+
+
+def _true_cells(data: "EvalData", i: int) -> np.ndarray:
+    """All true cells of group ``i`` (no subsampling)."""
+    labels = ensure_group_column(data.adata).astype(str).to_numpy()
+    return dense_rows(data.adata, labels == data.groups[i].group_id)

@@ -168,6 +168,10 @@ def _check(cond: bool, name: str, message: str, fix: str) -> None:
         raise DatasetValidationError(f"synthetic option {name!r}: {message}", field=name, fix=fix)
 
 
+MAX_GENES = 5000
+MAX_VALUES = 500_000_000
+
+
 def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and type the adapter's options (strings from the CLI allowed)."""
     known = set(_INT_OPTIONS) | set(_FLOAT_OPTIONS)
@@ -198,6 +202,15 @@ def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     _check(0 <= p["rank"] <= p["n_genes"], "rank", f"must be between 0 and n_genes, got {p['rank']}", "use e.g. 4")
     _check(0.0 <= p["interaction_fraction"] <= 1.0, "interaction_fraction",
            f"must be in [0, 1], got {p['interaction_fraction']}", "use e.g. 0.3")
+    # the simulator holds a dense gene x gene operator and dense per-group cell blocks: refuse sizes
+    # that cannot fit in memory instead of letting the machine run out of it
+    _check(p["n_genes"] <= MAX_GENES, "n_genes", f"must be <= {MAX_GENES}, got {p['n_genes']}",
+           "simulate fewer genes; import a real dataset for larger gene panels")
+    _check(p["n_contexts"] <= 100, "n_contexts", f"must be <= 100, got {p['n_contexts']}", "use e.g. 3")
+    n_cells = p["n_contexts"] * (p["n_control"] + (p["n_singles"] + p["n_doubles"]) * p["cells_per_group"])
+    _check(n_cells * p["n_genes"] <= MAX_VALUES, "cells_per_group",
+           f"{n_cells} cells x {p['n_genes']} genes exceeds the simulator's limit of {MAX_VALUES:.0e} values",
+           "lower cells_per_group, n_control, n_contexts or n_genes")
     return p
 
 

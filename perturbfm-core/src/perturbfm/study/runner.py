@@ -109,6 +109,10 @@ def run_study(
     starts when the pending runs exceed ``max_runs`` and no ``chunk`` is given."""
     registry = registry or get_registry()
     spec = load_study(study_file)
+    if spec.requires:  # pinned plugins: refuse before anything runs
+        from perturbfm.plugins import check_requirements
+
+        check_requirements(registry, spec.requires)
     st = ArtifactStore(store)
     max_runs = default_max_runs() if max_runs is None else max_runs
     if chunk is not None and (chunk < 1 or chunk > max_runs):

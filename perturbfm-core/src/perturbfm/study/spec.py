@@ -20,7 +20,7 @@ import yaml
 from perturbfm.errors import ConfigError
 
 SHARED_ENV = "PFM_SHARED_DATA"
-TOP_KEYS = {"name", "description", "datasets", "splits", "models", "seeds", "panels", "run", "claims"}
+TOP_KEYS = {"name", "description", "datasets", "splits", "models", "seeds", "panels", "run", "claims", "requires"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -72,6 +72,8 @@ class StudySpec:
     claims: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    #: distribution -> version specifier the study needs (``requires: {perturbfm-models: ">=0.1"}``)
+    requires: dict[str, str] = field(default_factory=dict)
 
 
 def default_shared_data(start: Path) -> Path:
@@ -202,7 +204,16 @@ def parse_study(data: dict[str, Any], path: Path) -> StudySpec:
           path, "claims", "give each claim `id: c1`")
     return StudySpec(name=name, path=path, datasets=datasets, splits=splits, variants=_variants(data.get("models"), path),
                      seeds=[int(x) for x in seeds], panels=[str(p) for p in panels], run=run, claims=claims,
-                     description=str(data.get("description") or ""), raw=data)
+                     description=str(data.get("description") or ""), raw=data,
+                     requires=_requires(data.get("requires"), path))
+
+
+def _requires(value: Any, path: Path) -> dict[str, str]:
+    if value is None:
+        return {}
+    _need(isinstance(value, dict) and all(isinstance(k, str) for k in value), "requires must map distribution "
+          "names to version specifiers", path, "requires", 'write `requires: {perturbfm-models: ">=0.1"}`')
+    return {k: "" if v is None else str(v) for k, v in value.items()}
 
 
 def load_study(path: str | Path) -> StudySpec:

@@ -19,6 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "gating": True,
     "context_conditioning": True,
     "additive_prior": True,
+    "residual": True,
+    "cv_folds": 3,
+    "shrinkage": True,
     "go_table": None,
     "go_k": 20,
     "go_min_jaccard": 0.1,
@@ -73,6 +76,9 @@ class CGIOConfig:
     gating: bool
     context_conditioning: bool
     additive_prior: bool
+    residual: bool
+    cv_folds: int
+    shrinkage: bool
     go_table: str | None
     go_k: int
     go_min_jaccard: float
@@ -120,6 +126,8 @@ class CGIOConfig:
             graphs=_graphs(config), use_graphs=_bool(config, "use_graphs"), gating=_bool(config, "gating"),
             context_conditioning=_bool(config, "context_conditioning"),
             additive_prior=_bool(config, "additive_prior"),
+            residual=_bool(config, "residual"), cv_folds=num("cv_folds", True, 0),
+            shrinkage=_bool(config, "shrinkage"),
             go_table=config.get("go_table", None), go_k=num("go_k", True, 1),
             go_min_jaccard=num("go_min_jaccard", minimum=0.0), go_hops=num("go_hops", True, 0),
             max_nodes=num("max_nodes", True, 1), coexpr_k=num("coexpr_k", True, 1),

@@ -15,6 +15,7 @@ from perturbfm.training import TrainingData
 from perturbfm_models.baselines._common import join_notes, require_fitted
 
 from . import graphs as G
+from . import residual as R
 from .config import CGIOConfig
 
 try:  # torch is the optional ``cgio`` extra: registration works without it, fit() says how to get it
@@ -118,15 +119,24 @@ class CGIOModel(Model):
                 g.src = np.concatenate([g.src, [pos[n] for n in names]]).astype(np.int64)
                 g.dst = np.concatenate([g.dst, [pos[universe[j]] for j in d]]).astype(np.int64)
                 g.weight = np.concatenate([g.weight, w]).astype(np.float32)
-        state = net.state_dict()
-        state["node_emb"] = torch.cat([state["node_emb"], torch.zeros(len(new), state["node_emb"].shape[1])])
+        states = []
+        for member in self._nets:
+            state = member.state_dict()
+            emb = state["node_emb"]
+            state["node_emb"] = torch.cat([emb, torch.zeros(len(new), emb.shape[1], device=emb.device)])
+            states.append(state)
         self._universe = universe
         self._spec.n_nodes = len(universe)
         self._adjs = self._adjacency(universe)
         self._hops = G.hops_to_measured(self._adjs, self._spec.measured_idx, len(universe))
-        self._net = CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device)
-        self._net.load_state_dict(state)
-        self._net.eval()
+        self._nets = []
+        for state in states:
+            member = CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device).to(
+                self._device)
+            member.load_state_dict(state)
+            member.eval()
+            self._nets.append(member)
+        self._net = self._nets[0]
         self._extended += new
 
     # ------------------------------------------------------------------ data
@@ -175,15 +185,22 @@ class CGIOModel(Model):
         self._ctx = {c: i for i, c in enumerate(sorted({g.context for g in fit_groups}))}
         times = [abs(g.time) for g in fit_groups if g.time is not None]
         self._time_scale = max(times) if times and max(times) > 0 else 1.0
-        # low-rank basis initialised from the training deltas' principal directions
-        centred = deltas - deltas.mean(axis=0)
+        # residual design: the network learns a correction to a closed-form base (residual.py)
+        n_genes = len(self._genes)
+        self._index = R.BaseIndex(fit_groups, deltas, use_additive=cfg.additive_prior)
+        base_fit, kinds_fit = self._index.bases(fit_groups, n_genes)
+        if not cfg.residual:
+            base_fit = np.zeros_like(deltas)
+        target = deltas - base_fit
+        # low-rank basis initialised from the targets' principal directions
+        centred = target - target.mean(axis=0)
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
         r = cfg.rank
         basis = np.zeros((len(self._genes), r))
         k = min(r, vt.shape[0])
-        basis[:, :k] = vt[:k].T * (s[:k] / np.sqrt(max(len(deltas), 1)))
-        self._basis, self._bias = basis, deltas.mean(axis=0)
-        self._logvar = _inv_softplus(deltas.var(axis=0) + 1e-4)
+        basis[:, :k] = vt[:k].T * (s[:k] / np.sqrt(max(len(target), 1)))
+        self._basis, self._bias = basis, target.mean(axis=0)
+        self._logvar = _inv_softplus(target.var(axis=0) + 1e-4)
         self._spec = NetSpec(n_nodes=len(self._universe), measured_idx=measured, n_contexts=len(self._ctx),
                              n_graphs=len(self._graphs), hidden=cfg.hidden, rank=r, steps=cfg.steps,
                              use_graphs=cfg.use_graphs and bool(self._graphs), gating=cfg.gating,
@@ -193,9 +210,48 @@ class CGIOModel(Model):
             return CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device).to(
                 self._device)
 
-        full = self._batch(fit_groups, deltas, make())
+        full = self._batch(fit_groups, target, make())
         n_tr = len(train.groups)
-        if val is not None and val.groups:
+        kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
+                  context_dropout=cfg.context_dropout, unknown_ctx=len(self._ctx), seed=cfg.seed)
+        n_fit = len(fit_groups)
+        self._shrink = {k: {"s": 1.0, "lambda": 1.0, "n": 0} for k in R.KINDS}
+        refit: Curve | None = None
+        if cfg.cv_folds >= 2 and n_fit >= 2 * cfg.cv_folds:
+            # K-fold cross-fitting: each member early-stops on its held-out fold; the members'
+            # out-of-fold corrections (bases from that fold's training groups only) fit the
+            # per-kind gate s and shrinkage λ; the prediction averages the members
+            perm = np.random.default_rng(cfg.seed).permutation(n_fit)
+            folds = [np.sort(f) for f in np.array_split(perm, cfg.cv_folds)]
+            nets, curves = [], []
+            oof_base, oof_corr, oof_truth, oof_kind = [], [], [], []
+            for fi, va_idx in enumerate(folds):
+                tr_idx = np.setdiff1d(np.arange(n_fit), va_idx)
+                net_k, curve_k = train_net(make, full.subset(tr_idx), full.subset(va_idx), epochs=cfg.epochs,
+                                           **{**kw, "seed": cfg.seed + fi})
+                nets.append(net_k)
+                curves.append(curve_k)
+                sub = R.BaseIndex([fit_groups[i] for i in tr_idx], deltas[tr_idx], use_additive=cfg.additive_prior)
+                b, kinds = sub.bases([fit_groups[i] for i in va_idx], n_genes)
+                if not cfg.residual:
+                    b = np.zeros_like(b)
+                with torch.no_grad():
+                    sv = full.subset(va_idx)
+                    c = net_k(sv.x, sv.ctx, sv.cov, sv.sig)[0].cpu().numpy().astype(np.float64)
+                oof_base.append(b), oof_corr.append(c), oof_truth.append(deltas[va_idx])
+                oof_kind += kinds
+            if cfg.shrinkage:
+                self._shrink = R.fit_shrinkage(np.vstack(oof_base), np.vstack(oof_corr), np.vstack(oof_truth),
+                                               oof_kind)
+            self._nets = nets
+            self._net = nets[0]
+            curve = curves[0]
+            how = f"{cfg.cv_folds}-fold cross-fitting over the training groups (members averaged)"
+        else:
+            self._nets = []
+        if self._nets:
+            pass
+        elif val is not None and val.groups:
             tr_idx, va_idx, how = np.arange(n_tr), np.arange(n_tr, len(fit_groups)), "given val set"
         elif n_tr >= 5 and cfg.val_fraction > 0:
             perm = np.random.default_rng(cfg.seed).permutation(n_tr)
@@ -203,14 +259,13 @@ class CGIOModel(Model):
             tr_idx, va_idx, how = np.sort(perm[n_va:]), np.sort(perm[:n_va]), "held-out slice of training groups"
         else:
             tr_idx, va_idx, how = np.arange(n_tr), np.zeros(0, np.int64), "none (too few groups)"
-        kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
-                  context_dropout=cfg.context_dropout, unknown_ctx=len(self._ctx), seed=cfg.seed)
-        net, curve = train_net(make, full.subset(tr_idx), full.subset(va_idx) if va_idx.size else None,
-                               epochs=cfg.epochs, **kw)
-        refit: Curve | None = None
-        if va_idx.size and cfg.refit_full:
-            net, refit = train_net(make, full, None, epochs=max(curve.best_epoch, 1), **kw)
-        self._net = net
+        if not self._nets:
+            net, curve = train_net(make, full.subset(tr_idx), full.subset(va_idx) if va_idx.size else None,
+                                   epochs=cfg.epochs, **kw)
+            if va_idx.size and cfg.refit_full:
+                net, refit = train_net(make, full, None, epochs=max(curve.best_epoch, 1), **kw)
+            self._net = net
+            self._nets = [net]
         self._fit_groups = fit_groups
         self._singles = {(g.genes[0], g.context, g.covariates): d
                          for g, d in zip(fit_groups, deltas) if len(g.genes) == 1}
@@ -220,7 +275,11 @@ class CGIOModel(Model):
                               "go_hops": cfg.go_hops if "go" in cfg.graphs else None, "max_nodes": cfg.max_nodes},
             "graphs": [dict(name=g.name, **g.provenance) for g in self._graphs],
             "switches": {"use_graphs": cfg.use_graphs, "graphs": cfg.graphs, "gating": cfg.gating,
-                         "context_conditioning": cfg.context_conditioning, "additive_prior": cfg.additive_prior},
+                         "context_conditioning": cfg.context_conditioning, "additive_prior": cfg.additive_prior,
+                         "residual": cfg.residual, "cv_folds": cfg.cv_folds, "shrinkage": cfg.shrinkage},
+            "base_kinds_in_training": {k: kinds_fit.count(k) for k in R.KINDS},
+            "shrinkage": self._shrink,
+            "ensemble_members": len(self._nets),
             "early_stopping": how,
             "training_curve": curve.summary(),
             "refit_on_all_groups": refit.summary() if refit else None,
@@ -276,8 +335,21 @@ class CGIOModel(Model):
         unreachable = {self._universe[i] for i in np.flatnonzero(~np.isfinite(self._hops))}
         self._silent = {g for g in unreachable if g not in self._trained_genes}
         batch = self._batch(queries, None)
+        means, vars_, gams = [], [], []
         with torch.no_grad():
-            mean, var, gam = (t.cpu().numpy().astype(np.float64) for t in net(batch.x, batch.ctx, batch.cov, batch.sig))
+            for member in self._nets:
+                m_, v_, g_ = (t.cpu().numpy().astype(np.float64)
+                              for t in member(batch.x, batch.ctx, batch.cov, batch.sig))
+                means.append(m_), vars_.append(v_), gams.append(g_)
+        mean = np.mean(means, axis=0)
+        var = np.mean(vars_, axis=0) + (np.var(means, axis=0) if len(means) > 1 else 0.0)
+        gam = np.mean(gams, axis=0)
+        base, kinds = self._index.bases(queries, len(self._genes))
+        if cfg.residual:
+            for i, k in enumerate(kinds):
+                sh = self._shrink[k]
+                mean[i] = sh["lambda"] * (base[i] + sh["s"] * mean[i])
+                var[i] = sh["lambda"] ** 2 * sh["s"] ** 2 * var[i] + 1e-6
         notes: dict[str, str] = {}
         n_add = 0
         for i, q in enumerate(queries):
@@ -286,7 +358,9 @@ class CGIOModel(Model):
                 parts.append(f"context {q.context!r} has no training groups: used the learned 'unknown' context "
                              "embedding (trained by context dropout)")
             singles = [self._singles.get((g, q.context, q.covariates)) for g in q.genes]
-            if cfg.additive_prior and len(q.genes) > 1 and all(s is not None for s in singles):
+            if cfg.residual and cfg.additive_prior and kinds[i] == "additive":
+                n_add += 1
+            elif cfg.additive_prior and len(q.genes) > 1 and all(s is not None for s in singles):
                 sq = [q.__class__(q.group_id, g, q.context, q.covariates, q.n_cells, q.dose, q.time)
                       for g in q.genes]
                 sb = self._batch(sq, None)
@@ -309,6 +383,8 @@ class CGIOModel(Model):
                                "single deltas + network correction f(combo) − Σ f(single)") if cfg.additive_prior
             else "off",
             "n_groups_with_additive_prior": n_add,
+            "residual_base": ({k: kinds.count(k) for k in R.KINDS} if cfg.residual else "off"),
+            "shrinkage": self._shrink,
             "unseen_context_policy": "learned 'unknown' context embedding (noted per group)",
             "unreachable_policy": "a perturbed gene with no path to any measured gene is noted per group; "
                                   "if it was also never perturbed in training it contributes nothing",
