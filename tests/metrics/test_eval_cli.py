@@ -100,3 +100,16 @@ def test_incomplete_panel_exits_1_without_metrics(tmp_path, capsys, monkeypatch)
     rc, out = _eval(tmp_path, pred, truth)
     assert rc == 1 and not out.exists()
     assert "NOT written" in capsys.readouterr().err
+
+
+def test_backed_eval_matches_in_memory(tmp_path):
+    pred, truth = _user_files(tmp_path)
+    rc, out = _eval(tmp_path, pred, truth, "--panels", "basic,vcc,perturbench,scperturbench")
+    rc_b, out_b = _eval(tmp_path / "b", pred, truth, "--panels", "basic,vcc,perturbench,scperturbench", "--backed")
+    assert rc == 0 and rc_b == 0
+    m, mb = json.loads(out.read_text()), json.loads(out_b.read_text())
+    assert mb["conventions"]["backed"] is True
+    for pname, panel in m["panels"].items():
+        for key, e in panel["metrics"].items():
+            eb = mb["panels"][pname]["metrics"][key]
+            assert eb["global"] == pytest.approx(e["global"], rel=1e-9, abs=1e-12), (pname, key)

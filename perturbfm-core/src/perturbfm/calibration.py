@@ -10,7 +10,8 @@ Conventions (written into ``calibration.json``):
   variance, else 1); the interval at level L is μ ± q·σ with q the
   ⌈(n+1)L⌉-th smallest of the n scores. When ⌈(n+1)L⌉ > n the finite-sample
   guarantee needs an infinite interval, and the interval *is* infinite (the
-  report says how many calibration groups that level needs). The Mondrian
+  report says how many calibration groups that level needs; ``median_quantile``
+  is null there, see ``levels_with_infinite_intervals``). The Mondrian
   variant calibrates each context on its own calibration groups.
 """
 
@@ -79,7 +80,7 @@ class ConformalResult:
         return {
             "n_calibration_groups": self.n_calibration,
             "median_quantile": {
-                scope: {str(lv): float(np.median(q)) if np.isfinite(q).any() else math.inf for lv, q in qs.items()}
+                scope: {str(lv): float(np.median(q)) if np.isfinite(q).all() else None for lv, q in qs.items()}
                 for scope, qs in self.quantiles.items()
             },
             "levels_with_infinite_intervals": {k: v for k, v in self.infinite_levels.items() if v},

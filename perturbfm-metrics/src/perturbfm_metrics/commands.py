@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +111,23 @@ def _align_genes(X: Any, pred_genes: list[str], truth_genes: list[str], pred_fil
 
 def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbation", control: str = "control",
                    context_keys: Sequence[str] = (), panels: Sequence[str] = ("basic", "vcc"), seed: int = 0,
-                   expression: str = "log1p", max_cells: int = DEFAULT_MAX_CELLS) -> dict[str, Any]:
+                   expression: str = "log1p", max_cells: int = DEFAULT_MAX_CELLS,
+                   backed: bool = False) -> dict[str, Any]:
     """Score ``pred`` against ``truth``; returns the content of ``metrics.json``.
+
+    With ``backed=True`` both files are opened with anndata ``backed="r"`` and never
+    read whole: group and control moments are computed in row chunks, and the panels
+    that need cells (scperturbench's distribution keys, vcc ``overlap_at_N``) read one
+    group (or one bounded batch of groups) at a time from the files. ``X`` must
+    already be log1p (``expression="log1p"``).
 
     Raises:
         PerturbFMError subclasses for bad input; PanelIncompleteError when a panel is incomplete.
     """
+    if backed:
+        return _evaluate_backed(pred, truth, perturbation_key=perturbation_key, control=control,
+                                context_keys=context_keys, panels=panels, seed=seed, expression=expression,
+                                max_cells=max_cells)
     from perturbfm.plugins import get_registry
     from perturbfm_bench_adapters.anndata_adapter import AnnDataAdapter
 
@@ -144,14 +155,22 @@ def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbati
                               file=pred_file, field=perturbation_key,
                               fix="predict only the truth's groups (same labels, control label and context keys)")
     ctrl = control_stats(tad)
-    cells: dict[str, np.ndarray] = {}
-    for g in groups:
-        rows = X[np.flatnonzero(gids == g.group_id)]
-        cells[g.group_id] = rows.toarray() if sp.issparse(rows) else np.asarray(rows, dtype=np.float64)
+    ids = [g.group_id for g in groups]
+    rows_of = _rows_by_label(gids.astype(str))
+    rows_of = {g: rows_of[g] for g in ids}
+    # predicted cells stay in the (sparse) prediction matrix: dense rows are made per group on access
+    cells = _LazyCells(X, rows_of, None)
+    pos = {g: k for k, g in enumerate(ids)}
+    code = np.array([pos.get(g, -1) for g in gids.astype(str)], dtype=np.int64)
+    keep = np.flatnonzero(code >= 0)
+    ind = sp.csr_matrix((np.ones(keep.size), (code[keep], keep)), shape=(len(ids), X.shape[0]))
+    sums = ind @ X
+    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
+    n_pred = np.array([rows_of[g].size for g in ids], dtype=np.float64)
     prediction = Prediction(
-        group_ids=[g.group_id for g in groups],
-        mean_delta=np.stack([cells[g.group_id].mean(axis=0) - ctrl.mean(g.context) for g in groups]),
-        cells=cells,
+        group_ids=ids,
+        mean_delta=sums / n_pred[:, None] - np.stack([ctrl.mean(g.context) for g in groups]),
+        cells=cells,  # type: ignore[arg-type]
     )
     data = build_eval_data(tad, groups, ctrl, prediction, seed=seed, max_cells=max_cells)
     panels_out = evaluate_panels(panel_objs, data)
@@ -173,7 +192,140 @@ def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbati
             "cell_subsampling": {"max_cells_per_group": max_cells, "seed": seed},
         },
         "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells,
-                    "n_pred_cells": int(cells[g.group_id].shape[0])} for g in data.groups],
+                    "n_pred_cells": int(rows_of[g.group_id].size)} for g in data.groups],
+        "panels": panels_out,
+    }
+
+
+class _LazyCells(Mapping):
+    """Group id -> that group's predicted cells (dense float64, truth's gene order), read on
+    access from a (sparse, or backed) matrix; nothing is cached."""
+
+    def __init__(self, X: Any, rows: dict[str, np.ndarray], col_order: list[int] | None) -> None:
+        self._X, self._rows, self._cols = X, rows, col_order
+
+    def __getitem__(self, gid: str) -> np.ndarray:
+        idx = self._rows[gid]
+        M = self._X[idx]
+        M = M.toarray() if hasattr(M, "toarray") else np.asarray(M)
+        M = np.asarray(M, dtype=np.float64)
+        return M if self._cols is None else M[:, self._cols]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def _rows_by_label(labels: np.ndarray) -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    codes, uniq = pd.factorize(labels)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(uniq)))])
+    return {str(u): order[bounds[k]:bounds[k + 1]] for k, u in enumerate(uniq)}
+
+
+def _open_backed(path: str, role: str, perturbation_key: str, control: str, context_keys: list[str]
+                 ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Open ``path`` backed; return (adata, canonical perturbation, is_control, context, file)."""
+    import anndata as ad
+    from perturbfm_bench_adapters._obs_parsing import canonical_labels, context_labels
+
+    file = str(Path(path).resolve())
+    if not Path(file).is_file():
+        raise DatasetValidationError(f"{role} file does not exist", file=file, field=f"--{role}",
+                                     fix="check the path of the .h5ad file")
+    try:
+        src = ad.read_h5ad(file, backed="r")
+    except Exception as exc:  # anndata/h5py raise many types for corrupt files
+        raise DatasetValidationError(f"cannot read the file as AnnData (.h5ad): {type(exc).__name__}: {exc}",
+                                     file=file, field=f"--{role}", fix="pass an .h5ad written by anndata") from exc
+    for key, opt in [(perturbation_key, "--perturbation-key")] + [(k, "--context-key") for k in context_keys]:
+        if key not in src.obs.columns:
+            raise DatasetValidationError(f"obs has no column {key!r} (given as {opt})", file=file, field=key,
+                                         fix=f"pass {opt} naming one of: {_head(list(src.obs.columns), 30)}")
+    pert, is_ctrl = canonical_labels(src.obs[perturbation_key], control, "+", file, perturbation_key)
+    ctx = context_labels(src.obs, context_keys, file)
+    return src, np.asarray(pert, dtype=object), np.asarray(is_ctrl, dtype=bool), np.asarray(ctx, dtype=object), file
+
+
+def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: str, context_keys: Sequence[str],
+                     panels: Sequence[str], seed: int, expression: str, max_cells: int) -> dict[str, Any]:
+    """:func:`evaluate_files` on backed files (see there)."""
+    import pandas as pd
+    from perturbfm.dataset import (CONTEXT_COL, CONTROL_COL, COVARIATES_COL, PERT_COL, grouped_moments)
+    from perturbfm.plugins import get_registry
+
+    if expression != "log1p":
+        raise DatasetValidationError("backed mode reads X as stored and needs log1p values", field="--counts",
+                                     fix="drop --backed, or store log1p-normalised X")
+    registry = get_registry()
+    panel_objs = [registry.create("metric_panel", p) for p in panels]
+    keys = list(context_keys)
+    tad, tpert, tctrl, tctx, tfile = _open_backed(truth, "truth", perturbation_key, control, keys)
+    pad, ppert, pctrl, pctx, pred_file = _open_backed(pred, "pred", perturbation_key, control, keys)
+    try:
+        obs = pd.DataFrame(index=tad.obs_names)
+        obs[PERT_COL], obs[CONTROL_COL], obs[CONTEXT_COL], obs[COVARIATES_COL] = tpert, tctrl, tctx, ""
+        tad.obs = obs  # canonical columns, in memory (the file is not written)
+        truth_genes = [str(g) for g in tad.var_names]
+        pred_genes = [str(g) for g in pad.var_names]
+        cols: list[int] | None = None
+        if pred_genes != truth_genes:
+            _align_genes(np.zeros((0, len(pred_genes))), pred_genes, truth_genes, pred_file)  # refuses differing sets
+            pos = {g: j for j, g in enumerate(pred_genes)}
+            cols = [pos[g] for g in truth_genes]
+        gids = np.array(["" if c else group_id(p, x) for p, c, x in zip(ppert, pctrl, pctx)], dtype=object)
+        groups = [g for g in group_table(tad).values() if not g.is_control]
+        want, have = {g.group_id for g in groups}, set(gids[~pctrl])
+        if want - have:
+            missing = sorted(want - have)
+            raise PredictionError(f"{len(missing)} group(s) of the truth have no predicted cells: {_head(missing)}",
+                                  file=pred_file, field=perturbation_key,
+                                  fix="predict cells for every perturbation (and context) of the truth")
+        if have - want:
+            extra = sorted(have - want)
+            raise PredictionError(f"{len(extra)} predicted group(s) are not in the truth: {_head(extra)}",
+                                  file=pred_file, field=perturbation_key,
+                                  fix="predict only the truth's groups (same labels, control label and context keys)")
+        ctrl = control_stats(tad)
+        ids = [g.group_id for g in groups]
+        pmean, _, pcount = grouped_moments(pad, gids.astype(str), ids)  # chunked, bounded memory
+        if cols is not None:
+            pmean = pmean[:, cols]
+        rows = _rows_by_label(gids.astype(str))
+        cells = _LazyCells(pad.X, {g: rows[g] for g in ids}, cols)
+        prediction = Prediction(group_ids=ids, mean_delta=pmean - np.stack([ctrl.mean(g.context) for g in groups]),
+                                cells=cells)  # type: ignore[arg-type]
+        data = build_eval_data(tad, groups, ctrl, prediction, seed=seed, max_cells=max_cells)
+        panels_out = evaluate_panels(panel_objs, data)
+    finally:
+        for a in (tad, pad):
+            if getattr(a, "file", None) is not None:
+                a.file.close()
+    return {
+        "schema": 1,
+        "kind": "eval",
+        "prediction": {"path": pred_file, "sha256": sha256_file(pred_file)},
+        "truth": {"path": tfile, "sha256": sha256_file(tfile), "expression_space": "log1p (as stored, backed mode)",
+                  "processing": ["read in backed mode (anndata backed='r'); moments in row chunks; cells read "
+                                 "per group from the file"]},
+        "n_groups": len(groups),
+        "n_true_cells": int(data.n_true.sum()),
+        "conventions": {
+            **CONVENTIONS,
+            "predicted_cells": "the prediction file's cells, grouped by (perturbation, context), read per group "
+            f"from the backed file; its control cells ({int(pctrl.sum())}) are ignored",
+            "predicted_delta": "mean of the predicted cells - the true control mean of the context",
+            "gene_order": "prediction columns reordered by name to the truth's order" if cols is not None
+            else "same genes in the same order",
+            "cell_subsampling": {"max_cells_per_group": max_cells, "seed": seed},
+            "backed": True,
+        },
+        "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells,
+                    "n_pred_cells": int(n)} for g, n in zip(data.groups, pcount)],
         "panels": panels_out,
     }
 
@@ -202,9 +354,13 @@ def _print_incomplete(err: PanelIncompleteError) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Cell-subsampling seed.")
 @click.option("--max-cells", type=int, default=DEFAULT_MAX_CELLS, show_default=True)
 @click.option("--counts", is_flag=True, help="X holds raw counts (normalised to 1e4 and log1p'd); default log1p.")
+@click.option("--backed", is_flag=True,
+              help="Read both files backed (anndata backed='r'): chunked moments, cells read per group "
+              "(bounded memory for large files; X must be log1p).")
 @click.pass_context
 def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, control: str,
-             context_keys: tuple[str, ...], panels: str, out: str, seed: int, max_cells: int, counts: bool) -> None:
+             context_keys: tuple[str, ...], panels: str, out: str, seed: int, max_cells: int, counts: bool,
+             backed: bool) -> None:
     """Score a prediction .h5ad against a truth .h5ad and write metrics.json."""
     from perturbfm.cli import EXIT_RUN_FAILED, err_console
 
@@ -212,7 +368,8 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
     try:
         metrics = evaluate_files(pred, truth, perturbation_key=perturbation_key, control=control,
                                  context_keys=context_keys, panels=names, seed=seed,
-                                 expression="counts" if counts else "log1p", max_cells=max_cells)
+                                 expression="counts" if counts else "log1p", max_cells=max_cells,
+                                 backed=backed)
     except PanelIncompleteError as err:
         _print_incomplete(err)
         ctx.exit(EXIT_RUN_FAILED)
