@@ -15,7 +15,8 @@ Each side runs in a fresh Python subprocess, reading the same files:
 * cell-eval: ``MetricsEvaluator(...).compute(profile="full")`` (its default profile:
   pdex DE of both sides + every anndata and DE metric).
 
-Peak memory is the peak RSS of each subprocess (``resource.getrusage(RUSAGE_SELF)
+CPU time (user + sys of the subprocess, all threads) is printed too: on a shared,
+loaded machine it is the steadier measure. Peak memory is the peak RSS of each subprocess (``resource.getrusage(RUSAGE_SELF)
 .ru_maxrss`` read at its end: it counts numpy/polars/numba native allocations, which
 tracemalloc does not). Times are the wall time of the evaluation call (imports and
 file reading included for both: each side starts from the files). Nothing is
@@ -156,7 +157,9 @@ def main() -> None:
 
         rep = (side_ours(args.truth, args.pred, args.outdir) if args.side == "ours"
                else side_celleval(args.truth, args.pred, args.outdir, args.threads))
-        rep["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        rep["peak_rss_mb"] = ru.ru_maxrss / 1024  # KiB on Linux
+        rep["cpu_s"] = ru.ru_utime + ru.ru_stime  # all threads; robust to a loaded machine
         print(json.dumps(rep))
         return
 
@@ -175,14 +178,16 @@ def main() -> None:
             if args.only and side != args.only:
                 continue
             reps[side] = run_side(side, truth, pred, d, args.threads)
-            print(f"{side:>9}: eval {reps[side]['wall_s']:8.1f} s (process {reps[side]['process_s']:.1f} s), "
+            print(f"{side:>9}: eval {reps[side]['wall_s']:8.1f} s (process {reps[side]['process_s']:.1f} s, "
+                  f"CPU {reps[side]['cpu_s']:.1f} s), "
                   f"peak RSS {reps[side]['peak_rss_mb']:8.0f} MB; load after: {_load()}", flush=True)
         if "ours" in reps:
             for k, v in reps["ours"]["keys"].items():
                 print(f"    {k:<45} {v if isinstance(v, str) else f'{v:.4f}'}")
         if len(reps) == 2:
             o, c = reps["ours"], reps["celleval"]
-            print(f"ratio ours/cell-eval: time {o['wall_s'] / c['wall_s']:.3f} (goal <= 0.2), "
+            print(f"ratio ours/cell-eval: time {o['wall_s'] / c['wall_s']:.3f} (goal <= 0.2), CPU time "
+                  f"{o['cpu_s'] / c['cpu_s']:.3f}, "
                   f"peak RSS {o['peak_rss_mb'] / c['peak_rss_mb']:.3f} (goal <= 1); cell-eval computed "
                   f"{c['n_metrics']} metric columns x {c['n_rows']} perturbations; cores: {os.cpu_count()}")
 

@@ -167,7 +167,14 @@ def main() -> None:
         print(f"{len(splits)} splits imported in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         jobs = [(task, sid, g, m) for task, sid, g in splits for m in models]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            outs = list(pool.map(lambda j: run_one(store, j[3], j[1], j[2], args.set), jobs))
+            def one(j: tuple) -> dict:
+                o = run_one(store, j[3], j[1], j[2], args.set)
+                if args.json:  # progress, one line per finished run
+                    with open(args.json + ".partial.jsonl", "a") as fh:
+                        fh.write(json.dumps({"task": j[0], "model": j[3], **o}) + "\n")
+                return o
+
+            outs = list(pool.map(one, jobs))
     res: dict[str, dict[str, dict]] = {}
     fit: dict[str, float] = {}
     for (task, _sid, _g, m), o in zip(jobs, outs):

@@ -146,3 +146,46 @@ def test_bad_config_is_rejected() -> None:
     for bad in ({"graphs": ["kegg"]}, {"gating": "maybe"}, {"rank": 0}, {"not_a_key": 1}):
         with pytest.raises(ConfigError):
             CGIOModel().fit(train, None, {**FAST, **bad})
+
+
+def test_gene_sets_of_any_size_give_correct_shapes(tmp_path: Path) -> None:
+    model, _ = _fit(tmp_path)
+    queries = [GroupInfo(f"{'+'.join(gs)}@ctxA", "+".join(gs), "ctxA", "", 10)
+               for gs in (["G2"], ["G2", "G3"], ["G2", "G3", "G4"], ["G0", "G1", "G2", "G3", "G4"])]
+    pred = model.predict(queries)
+    n_genes = len(model._genes)
+    assert pred.mean_delta.shape == (4, n_genes) and pred.var_delta.shape == (4, n_genes)
+    assert pred.group_ids == [q.group_id for q in queries]
+    assert np.isfinite(pred.mean_delta).all() and (pred.var_delta > 0).all()
+
+
+def test_deterministic_for_a_seed(tmp_path: Path) -> None:
+    a, queries = _fit(tmp_path, seed=3)
+    b, _ = _fit(tmp_path, seed=3)
+    np.testing.assert_array_equal(a.predict(queries).mean_delta, b.predict(queries).mean_delta)
+    assert a.diagnostics()["shrinkage"] == b.diagnostics()["shrinkage"]
+
+
+def test_residual_base_and_shrinkage_are_reported(tmp_path: Path) -> None:
+    model, queries = _fit(tmp_path)
+    diag = model.diagnostics()
+    assert diag["ensemble_members"] == 3 and set(diag["shrinkage"]) >= {"additive", "context_mean"}
+    assert diag["shrinkage"]["additive"]["lambda"] == 1.0
+    for k in diag["shrinkage"].values():
+        assert 0.0 <= k["s"] <= 1.0 and 0.05 <= k["lambda"] <= 1.0
+    info = model.predict(queries).info
+    assert info["residual_base"]["additive"] == 1  # G0+G1@ctxA: its singles are trained
+
+
+def test_residual_base_rules() -> None:
+    from perturbfm_models.cgio.residual import BaseIndex
+
+    gs = [GroupInfo("A@c1", "A", "c1", "", 5), GroupInfo("B@c1", "B", "c1", "", 5),
+          GroupInfo("A+B@c2", "A+B", "c2", "", 5), GroupInfo("C@c2", "C", "c2", "", 5)]
+    d = np.array([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0], [1.0, 1.0]])
+    idx = BaseIndex(gs, d)
+    base, kinds = idx.bases([GroupInfo("A+B@c1", "A+B", "c1", "", 5), GroupInfo("C@c1", "C", "c1", "", 5),
+                             GroupInfo("D@c1", "D", "c1", "", 5), GroupInfo("D@c9", "D", "c9", "", 5),
+                             gs[0]], 2)
+    assert kinds == ["additive", "transfer", "context_mean", "global_mean", "context_mean"]
+    np.testing.assert_allclose(base, [[1, 2], [1, 1], [0.5, 1], [7 / 4, 2], [0, 2]])  # last: leave-self-out

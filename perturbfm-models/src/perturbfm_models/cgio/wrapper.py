@@ -49,7 +49,15 @@ class CGIOModel(Model):
     and a variance of the pseudobulk delta (Gaussian NLL). Combinations whose
     singles were all measured in the query's context and covariates are predicted
     as the sum of those single deltas plus the network's own non-additive
-    correction ``f(AB) − f(A) − f(B)`` (``additive_prior``).
+    correction ``f(AB) − f(A) − f(B)`` (``additive_prior``, with ``residual`` off).
+
+    With ``residual`` (default) the network learns only a correction to a closed-form
+    base (:mod:`.residual`: the sum of measured singles for such combinations, else the
+    perturbation's mean delta in other contexts, else the context's mean training
+    delta); ``cv_folds`` members are cross-fitted on the training groups and averaged,
+    and their out-of-fold predictions fit, per base kind, a gate ``s`` on the
+    correction and (``shrinkage``) a factor ``λ`` shrinking the delta toward zero:
+    ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base).
     """
 
     name = "cgio"
