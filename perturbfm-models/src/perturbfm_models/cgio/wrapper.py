@@ -18,16 +18,27 @@ from . import graphs as G
 from . import residual as R
 from .config import CGIOConfig
 
-try:  # torch is the optional ``cgio`` extra: registration works without it, fit() says how to get it
-    import torch
+# torch is the optional ``cgio`` extra and slow to import: it is loaded on first fit/predict, so
+# registering the plugin (every `pfm-bench` call) neither needs nor pays for it
+torch: Any = None
+_TORCH_ERROR: ImportError | None = None
 
-    from .model import CGIONet, NetSpec
-    from .train import Batch, Curve, seed_everything, train_net
-except ImportError as _exc:  # pragma: no cover - exercised only without torch
-    torch = None  # type: ignore[assignment]
-    _TORCH_ERROR: ImportError | None = _exc
-else:
-    _TORCH_ERROR = None
+
+def _ensure_torch() -> None:
+    """Import torch and the torch-backed modules into this module's globals, once."""
+    global torch, CGIONet, NetSpec, Batch, Curve, seed_everything, train_net, _TORCH_ERROR
+    if torch is not None or _TORCH_ERROR is not None:
+        return
+    try:
+        import torch as _torch
+
+        from .model import CGIONet, NetSpec
+        from .train import Batch, Curve, seed_everything, train_net
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        _TORCH_ERROR = exc
+        return
+    torch = _torch
+
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
@@ -169,6 +180,7 @@ class CGIOModel(Model):
     # ------------------------------------------------------------------ fit
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Build graphs from training data only, then train (early stopping, optional refit)."""
+        _ensure_torch()
         if _TORCH_ERROR is not None:
             raise ConfigError(f"model 'cgio' needs torch, which is not importable ({_TORCH_ERROR})",
                               field="model", fix="pip install 'perturbfm-models[cgio]' (torch==2.13.0)")
@@ -333,6 +345,7 @@ class CGIOModel(Model):
 
     def predict(self, queries: list["GroupInfo"]) -> Prediction:
         """Mean and variance of each query's delta, with notes for every fallback."""
+        _ensure_torch()
         net: CGIONet = require_fitted(self, "_net", self.name)
         cfg = self._cfg
         assert cfg is not None
