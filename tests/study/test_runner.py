@@ -38,7 +38,6 @@ def test_budget_refuses_before_any_run(tmp_path: Path, store: Path) -> None:
     assert proc.returncode == 2 and "budget of 10" in " ".join(proc.stderr.split())
 
 
-@pytest.mark.skipif(os.environ.get("PFM_STUDY_SLOW") != "1", reason="200 runs: set PFM_STUDY_SLOW=1 (minutes)")
 def test_chunks_complete_a_200_run_grid(tmp_path: Path, store: Path) -> None:
     study = _grid200(tmp_path)
     invocations = 0
