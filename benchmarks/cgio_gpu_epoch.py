@@ -23,7 +23,6 @@ import time
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 from perturbfm_models.cgio import graphs as G
 from perturbfm_models.cgio.config import DEFAULTS
 from perturbfm_models.cgio.model import CGIONet, NetSpec

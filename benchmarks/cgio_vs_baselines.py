@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from perturbfm.dataset import control_stats, group_table, grouped_moments, ensure_group_column
+from perturbfm.dataset import control_stats, ensure_group_column, group_table, grouped_moments
 from perturbfm.training import TrainingData
 from perturbfm_bench_adapters.anndata_adapter import AnnDataAdapter
 from perturbfm_models.baselines import AdditiveModel, ControlMeanModel, LinearModel, TrainMeanModel

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from perturbfm.calibration import (
     LEVELS,
     bootstrap_groups,

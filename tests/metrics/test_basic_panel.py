@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from perturbfm.evaluation import evaluate_panels
 from perturbfm.testing import make_canonical_adata
 from perturbfm_metrics.basic import BasicPanel
+from scipy import stats
 
 KEYS = {"mse", "mse_top100_deg", "pcc_delta", "rmse_average"}
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy import stats
-
 from perturbfm.testing import make_canonical_adata
 from perturbfm_metrics.deg import deg_ranking, deg_scores, top_k_degs, welch_t
+from scipy import stats
 
 
 def _reference_ranking(t: np.ndarray) -> np.ndarray:

@@ -7,9 +7,6 @@ import os
 
 import numpy as np
 import pytest
-from scipy.special import logsumexp
-from scipy.spatial.distance import cdist
-
 from perturbfm_metrics.distances import (
     SinkhornConvergenceError,
     edistance,
@@ -19,6 +16,8 @@ from perturbfm_metrics.distances import (
     pairwise_sq_euclidean,
     sinkhorn,
 )
+from scipy.spatial.distance import cdist
+from scipy.special import logsumexp
 
 HAS_POT = importlib.util.find_spec("ot") is not None
 HAS_SCPERTURB = importlib.util.find_spec("scperturb") is not None

@@ -8,7 +8,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-
 from perturbfm.cli import main
 from perturbfm.testing import make_canonical_adata
 from perturbfm_metrics.vcc import VccPanel

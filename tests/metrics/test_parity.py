@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-
 from perturbfm.cli import main
 from perturbfm_metrics import parity
 from perturbfm_metrics.parity import MISMATCH, NOT_INSTALLED, PASS, ParityRow, failed

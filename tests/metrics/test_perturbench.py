@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from perturbfm.evaluation import evaluate_panels
 from perturbfm.interfaces import NotApplicable
 from perturbfm.testing import make_canonical_adata
@@ -37,7 +36,7 @@ def _direct(data) -> dict[str, dict[str, float]]:
     pm, tm, cm = data.ctrl_mean + data.pred_delta, data.true_mean, data.ctrl_mean
     for i, g in enumerate(data.groups):
         out["cosine_logfc"][g.group_id] = _cos(_lfc(pm[i], cm[i]), _lfc(tm[i], cm[i]))
-    for ctx, idx in data.context_indices().items():
+    for idx in data.context_indices().values():
         n = len(idx)
         rmse = {(q, p): float(np.sqrt(np.mean((pm[q] - tm[p]) ** 2))) for q in idx for p in idx}
         cos = {(q, p): _cos(_lfc(pm[q], cm[q]), _lfc(tm[p], cm[p])) for q in idx for p in idx}

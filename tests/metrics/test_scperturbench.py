@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from perturbfm.evaluation import evaluate_panels
 from perturbfm.testing import make_canonical_adata
 from perturbfm_metrics import scperturbench as scp
 from perturbfm_metrics.basic import BasicPanel
 from perturbfm_metrics.scperturbench import ScPerturBenchPanel, welch_t_cells
+from scipy import stats
 
 KEYS = {"mse", "mse_top100_deg", "pcc_delta", "edistance", "wasserstein", "kl", "common_degs"}
 

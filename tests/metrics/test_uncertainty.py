@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from perturbfm.dataset import control_stats, group_table
 from perturbfm.evaluation import build_eval_data, evaluate_panels
 from perturbfm.interfaces import NotApplicable, Prediction
 from perturbfm_metrics.uncertainty import NO_OOD, NO_UNCERTAINTY, UncertaintyPanel, auroc, risk_coverage
+from scipy import stats
 
 LEVELS = (50, 80, 90, 95)
 

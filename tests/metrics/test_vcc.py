@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from perturbfm.evaluation import evaluate_panels
 from perturbfm.testing import make_canonical_adata
 from perturbfm_metrics.vcc import VccPanel, discrimination_l1, mannwhitney_pvalues
+from scipy import stats
 
 
 def _noisy(seed: int):

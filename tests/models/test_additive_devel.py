@@ -14,7 +14,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-
 from perturbfm.testing.data import training_and_queries
 from perturbfm_models.baselines import AdditiveModel
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
-
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.testing.data import make_canonical_adata, training_and_queries

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from perturbfm.study.claims import evaluate_claim
 
 GROUPS = [f"G{i}@ctx0" for i in range(12)]

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from study_helpers import summary_metrics, tiny_study
-
 from perturbfm.errors import PluginError
 from perturbfm.plugins import get_registry
+from study_helpers import summary_metrics, tiny_study
 
 
 def square(x: int) -> dict[str, int]:

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from perturbfm.report import render_run_report_from_dir, verification_state
 
 CHROMIUM = "/usr/bin/chromium"

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from study_helpers import BIN, pfm, succeeded_runs, summary_metrics, tiny_study
-
 from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue
+from study_helpers import BIN, pfm, succeeded_runs, summary_metrics, tiny_study
 
 
 def _grid200(tmp_path: Path) -> Path:
@@ -42,7 +41,7 @@ def test_chunks_complete_a_200_run_grid(tmp_path: Path, store: Path) -> None:
     study = _grid200(tmp_path)
     invocations = 0
     while True:
-        proc = pfm(["study", "run", str(study), "--chunk", "64"], store=store, timeout=900)
+        pfm(["study", "run", str(study), "--chunk", "64"], store=store, timeout=900)
         invocations += 1
         st = json.loads((store / "studies" / "big" / "study_status.json").read_text())
         if st["phase"] == "complete":

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from perturbfm.errors import ConfigError
 from perturbfm.study.spec import load_study
-
 from study_helpers import tiny_study
 
 
@@ -60,7 +58,6 @@ def test_bad_study_files_are_refused(tmp_path: Path, mutate, needle: str) -> Non
 
 def test_pinned_plugins_are_checked_before_any_run(tmp_path) -> None:
     import yaml
-
     from perturbfm.errors import PluginError
     from perturbfm.study.runner import run_study
 

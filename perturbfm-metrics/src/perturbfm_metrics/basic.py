@@ -112,7 +112,7 @@ class BasicPanel(MetricPanel):
         ),
     }
 
-    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+    def compute(self, data: EvalData) -> dict[str, MetricValue | NotApplicable]:
         """Compute every key of the panel for the evaluated groups."""
         ids = data.group_ids
         pred_delta = np.asarray(data.pred_delta, dtype=np.float64)

@@ -18,7 +18,6 @@ from typing import Any
 import click
 import numpy as np
 import scipy.sparse as sp
-
 from perturbfm.dataset import control_stats, group_id, group_table
 from perturbfm.errors import DatasetValidationError, PanelIncompleteError, PredictionError
 from perturbfm.evaluation import CONVENTIONS, DEFAULT_MAX_CELLS, build_eval_data, evaluate_panels
@@ -255,7 +254,7 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
                      panels: Sequence[str], seed: int, expression: str, max_cells: int) -> dict[str, Any]:
     """:func:`evaluate_files` on backed files (see there)."""
     import pandas as pd
-    from perturbfm.dataset import (CONTEXT_COL, CONTROL_COL, COVARIATES_COL, PERT_COL, grouped_moments)
+    from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, COVARIATES_COL, PERT_COL, grouped_moments
     from perturbfm.plugins import get_registry
 
     if expression != "log1p":
@@ -331,9 +330,8 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
 
 
 def _print_incomplete(err: PanelIncompleteError) -> None:
-    from rich.table import Table
-
     from perturbfm.cli import err_console
+    from rich.table import Table
 
     t = Table(title="incomplete metric panels: metrics.json was NOT written")
     for col in ("panel", "key", "problem"):
@@ -390,9 +388,9 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
 @click.pass_context
 def validate_metrics(ctx: click.Context, as_json: bool, seed: int, require_peers: bool | None) -> None:
     """Compare PerturbFM's metrics with installed peers on one synthetic input."""
+    from perturbfm.cli import EXIT_RUN_FAILED, console
     from rich.table import Table
 
-    from perturbfm.cli import EXIT_RUN_FAILED, console
     from perturbfm_metrics.parity import failed, run_parity
 
     rows = run_parity(seed)

@@ -112,7 +112,7 @@ def rank_by_score(score: np.ndarray, k: int) -> np.ndarray:
     return order[:, :k]
 
 
-def deg_scores(data: "EvalData") -> tuple[np.ndarray, dict[str, str]]:
+def deg_scores(data: EvalData) -> tuple[np.ndarray, dict[str, str]]:
     """Ranking score of every (group, gene): ``|t|``, or ``|mean_g - mean_c|`` for
     fallback groups.
 
@@ -147,7 +147,7 @@ def deg_scores(data: "EvalData") -> tuple[np.ndarray, dict[str, str]]:
     return score, fallback
 
 
-def deg_ranking(data: "EvalData", k: int = DEFAULT_K) -> DegResult:
+def deg_ranking(data: EvalData, k: int = DEFAULT_K) -> DegResult:
     """Top-``k`` DEGs of every evaluated group (truth only) with the fallback report.
 
     Args:
@@ -164,7 +164,7 @@ def deg_ranking(data: "EvalData", k: int = DEFAULT_K) -> DegResult:
     return DegResult(indices=rank_by_score(score, k), k=k, fallback_groups=fallback)
 
 
-def top_k_degs(data: "EvalData", k: int = DEFAULT_K) -> np.ndarray:
+def top_k_degs(data: EvalData, k: int = DEFAULT_K) -> np.ndarray:
     """Gene indices ``[n_groups, min(k, n_genes)]`` of each group's top-k DEGs.
 
     See :func:`deg_ranking` for the groups that used the mean-difference fallback.

@@ -172,7 +172,7 @@ class SinkhornResult:
     marginal_error: float
     eps: float
 
-    def check(self) -> "SinkhornResult":
+    def check(self) -> SinkhornResult:
         """Return self, or raise :class:`SinkhornConvergenceError` if not converged."""
         if not self.converged:
             raise SinkhornConvergenceError(

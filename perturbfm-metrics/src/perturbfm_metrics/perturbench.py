@@ -153,7 +153,7 @@ class PerturBenchPanel(MetricPanel):
             higher_is_better=False),
     }
 
-    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+    def compute(self, data: EvalData) -> dict[str, MetricValue | NotApplicable]:
         """Compute every key of the panel for the evaluated groups."""
         ids = data.group_ids
         out: dict[str, MetricValue | NotApplicable] = {"rmse_average": BasicPanel().compute(data)["rmse_average"]}

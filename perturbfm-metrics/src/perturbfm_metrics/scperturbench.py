@@ -123,7 +123,7 @@ class ScPerturBenchPanel(MetricPanel):
         ),
     }
 
-    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+    def compute(self, data: EvalData) -> dict[str, MetricValue | NotApplicable]:
         """Compute every key of the panel for the evaluated groups."""
         basic = BasicPanel().compute(data)
         out: dict[str, MetricValue | NotApplicable] = {k: basic[k] for k in ("mse", "mse_top100_deg",

@@ -127,7 +127,7 @@ class UncertaintyPanel(MetricPanel):
         ),
     }
 
-    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+    def compute(self, data: EvalData) -> dict[str, MetricValue | NotApplicable]:
         """Compute every key of the panel."""
         intervals: dict[int, Any] = {int(k): v for k, v in (data.extra.get("intervals") or {}).items()}
         var = None if data.pred_var is None else np.maximum(np.asarray(data.pred_var, np.float64), VAR_FLOOR)
@@ -170,7 +170,7 @@ class UncertaintyPanel(MetricPanel):
         return out
 
     @staticmethod
-    def _aurc(data: "EvalData", score: np.ndarray, mse: np.ndarray, src: str) -> MetricValue:
+    def _aurc(data: EvalData, score: np.ndarray, mse: np.ndarray, src: str) -> MetricValue:
         per_ctx: dict[str, float] = {}
         curves: dict[str, list[list[float]]] = {}
         rand: dict[str, float] = {}
@@ -185,7 +185,7 @@ class UncertaintyPanel(MetricPanel):
                                                        "oracle_reference": oracle, "uncertainty_score": src})
 
     @staticmethod
-    def _ood(data: "EvalData", score: np.ndarray) -> MetricValue | NotApplicable:
+    def _ood(data: EvalData, score: np.ndarray) -> MetricValue | NotApplicable:
         if data.ood is None:
             return NotApplicable(NO_OOD)
         ids = data.group_ids

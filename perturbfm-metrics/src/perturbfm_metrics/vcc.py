@@ -277,7 +277,7 @@ class VccPanel(MetricPanel):
         ),
     }
 
-    def compute(self, data: "EvalData") -> dict[str, MetricValue | NotApplicable]:
+    def compute(self, data: EvalData) -> dict[str, MetricValue | NotApplicable]:
         """Compute every key of the panel."""
         ids = data.group_ids
         pred_delta = np.asarray(data.pred_delta, dtype=np.float64)
@@ -310,7 +310,7 @@ class VccPanel(MetricPanel):
         }
 
     @staticmethod
-    def _overlap(data: "EvalData") -> tuple[np.ndarray, list[str], dict[str, int], dict[str, int]]:
+    def _overlap(data: EvalData) -> tuple[np.ndarray, list[str], dict[str, int], dict[str, int]]:
         if data.adata is None:
             raise ValueError("overlap_at_N needs the true cells (EvalData.adata is None)")
         out = np.empty(len(data.groups))
@@ -355,7 +355,7 @@ class VccPanel(MetricPanel):
         return out, no_true, {g: n_true_de[g] for g in ids}, {g: n_pred_de[g] for g in ids}
 
 
-def _true_cells(data: "EvalData", i: int) -> np.ndarray:
+def _true_cells(data: EvalData, i: int) -> np.ndarray:
     """All true cells of group ``i`` (no subsampling)."""
     labels = ensure_group_column(data.adata).astype(str).to_numpy()
     return dense_rows(data.adata, labels == data.groups[i].group_id)

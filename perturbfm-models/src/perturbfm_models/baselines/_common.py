@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 from perturbfm.errors import ConfigError
 from perturbfm.training import TrainingData
 

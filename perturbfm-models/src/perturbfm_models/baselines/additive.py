@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
 
@@ -60,7 +59,7 @@ class AdditiveModel(Model):
             return np.zeros(self._summary.n_genes), None
         return self._summary.mean_for(context)
 
-    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+    def predict(self, queries: list[GroupInfo]) -> Prediction:
         """Sum of single deltas per query, with notes for every missing single."""
         summary: DeltaSummary = require_fitted(self, "_summary", self.name)
         out = np.zeros((len(queries), summary.n_genes), dtype=np.float64)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from perturbfm.errors import ConfigError
 
 FIELD = "pert_embedding_file"

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
@@ -157,7 +156,7 @@ class LinearModel(Model):
         }
 
     # ------------------------------------------------------------------ predict
-    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+    def predict(self, queries: list[GroupInfo]) -> Prediction:
         """``b + G W p`` per query, ``p`` the summed embedding of its genes; ``b`` where none has one."""
         s: DeltaSummary = require_fitted(self, "_summary", self.name)
         out = np.zeros((len(queries), s.n_genes), dtype=np.float64)

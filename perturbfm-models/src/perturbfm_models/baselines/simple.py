@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
 
@@ -34,7 +33,7 @@ class ControlMeanModel(Model):
         """Only records the number of genes."""
         self._n_genes = len(train.genes)
 
-    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+    def predict(self, queries: list[GroupInfo]) -> Prediction:
         """Zeros ``[n_queries, n_genes]``."""
         n_genes = require_fitted(self, "_n_genes", self.name)
         return Prediction(
@@ -65,7 +64,7 @@ class TrainMeanModel(Model):
         """Compute the per-context and global mean training deltas."""
         self._summary = DeltaSummary(train)
 
-    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+    def predict(self, queries: list[GroupInfo]) -> Prediction:
         """The context's mean training delta for every query."""
         summary: DeltaSummary = require_fitted(self, "_summary", self.name)
         out = np.zeros((len(queries), summary.n_genes), dtype=np.float64)

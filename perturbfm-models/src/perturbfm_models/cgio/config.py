@@ -103,7 +103,7 @@ class CGIOConfig:
     device: str
 
     @classmethod
-    def parse(cls, config: Mapping[str, Any]) -> "CGIOConfig":
+    def parse(cls, config: Mapping[str, Any]) -> CGIOConfig:
         """Validate ``config`` (merged over :data:`DEFAULTS`).
 
         Raises:

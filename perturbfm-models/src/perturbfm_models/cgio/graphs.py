@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse.csgraph import dijkstra
-
 from perturbfm.errors import ConfigError
 from perturbfm.hashing import sha256_file
 from perturbfm.training import TrainingData
+from scipy.sparse.csgraph import dijkstra
 
 GO_RELATIVE = Path("go_human") / "gene2go_human.tsv.gz"
-_GO_CACHE: dict[tuple[str, float], "GoTable"] = {}
+_GO_CACHE: dict[tuple[str, float], GoTable] = {}
 
 
 def default_go_table() -> Path:

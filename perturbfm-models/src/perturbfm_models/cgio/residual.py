@@ -33,7 +33,7 @@ KINDS = ("additive", "transfer", "context_mean", "global_mean")
 class BaseIndex:
     """The training deltas indexed for :meth:`base` (single genes, perturbations, contexts)."""
 
-    def __init__(self, groups: Sequence["GroupInfo"], deltas: np.ndarray, use_additive: bool = True,
+    def __init__(self, groups: Sequence[GroupInfo], deltas: np.ndarray, use_additive: bool = True,
                  transfer_interaction: bool = False) -> None:
         self.use_additive = use_additive
         self.transfer_interaction = transfer_interaction
@@ -54,7 +54,7 @@ class BaseIndex:
         hit = self.by_key.get((gene, ctx, cov))
         return hit[1] if hit is not None and hit[0] != self_id else None
 
-    def base(self, q: "GroupInfo", n_genes: int) -> tuple[np.ndarray, str]:
+    def base(self, q: GroupInfo, n_genes: int) -> tuple[np.ndarray, str]:
         """``(base delta, kind)`` for ``q`` from every indexed group except ``q`` itself."""
         genes = q.genes
         if self.use_additive and len(genes) > 1:
@@ -85,7 +85,7 @@ class BaseIndex:
             return (self.all_sum - (own_d if own_d is not None else 0.0)) / n, "global_mean"
         return np.zeros(n_genes), "global_mean"
 
-    def bases(self, queries: Sequence["GroupInfo"], n_genes: int) -> tuple[np.ndarray, list[str]]:
+    def bases(self, queries: Sequence[GroupInfo], n_genes: int) -> tuple[np.ndarray, list[str]]:
         out = [self.base(q, n_genes) for q in queries]
         if not out:
             return np.zeros((0, n_genes)), []

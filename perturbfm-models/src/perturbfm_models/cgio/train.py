@@ -25,7 +25,7 @@ class Batch:
     y: torch.Tensor
     sig: torch.Tensor  # propagated signals [B, n_g, K+1, N] (CGIONet.signals)
 
-    def subset(self, idx: np.ndarray) -> "Batch":
+    def subset(self, idx: np.ndarray) -> Batch:
         i = torch.as_tensor(idx, dtype=torch.long, device=self.x.device)
         return Batch(self.x[i], self.ctx[i], self.cov[i], self.y[i], self.sig[i])
 

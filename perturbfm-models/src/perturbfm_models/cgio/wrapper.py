@@ -124,7 +124,7 @@ class CGIOModel(Model):
         assert cfg is not None and net is not None
         old = list(self._universe)
         universe = old + new
-        for i, g in enumerate(self._graphs):
+        for g in self._graphs:
             if g.name == "go" and self._go is not None:
                 sim = G.jaccard(self._go, new, universe)
                 for r in range(len(new)):
@@ -159,7 +159,7 @@ class CGIOModel(Model):
         self._extended += new
 
     # ------------------------------------------------------------------ data
-    def _batch(self, groups: Sequence["GroupInfo"], deltas: np.ndarray | None, net: CGIONet | None = None) -> Batch:
+    def _batch(self, groups: Sequence[GroupInfo], deltas: np.ndarray | None, net: CGIONet | None = None) -> Batch:
         pos = {g: i for i, g in enumerate(self._universe)}
         x = np.zeros((len(groups), len(self._universe)), dtype=np.float32)
         for b, g in enumerate(groups):
@@ -323,7 +323,7 @@ class CGIOModel(Model):
         return out
 
     # ------------------------------------------------------------------ predict
-    def _gene_notes(self, q: "GroupInfo") -> list[str]:
+    def _gene_notes(self, q: GroupInfo) -> list[str]:
         """Notes on the query's genes: outside the universe, unreachable, beyond K steps."""
         pos = {g: i for i, g in enumerate(self._universe)}
         steps = self._spec.steps if self._spec.use_graphs else 0
@@ -343,7 +343,7 @@ class CGIOModel(Model):
                              f"the {steps} propagation steps: it acts only through its smoothed embedding")
         return notes
 
-    def predict(self, queries: list["GroupInfo"]) -> Prediction:
+    def predict(self, queries: list[GroupInfo]) -> Prediction:
         """Mean and variance of each query's delta, with notes for every fallback."""
         _ensure_torch()
         net: CGIONet = require_fitted(self, "_net", self.name)
