@@ -71,13 +71,15 @@ def _per_group_plot(metrics: dict[str, Any], synthetic: bool) -> str:
     if not keys:
         return ""
     keys = keys[:4]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 0.25 * max(
-        len(keys[0][2]["per_group"]), 8) + 1.2), squeeze=False)
+    # one shared group axis (ordered by the first metric), labelled once on the left
+    order = [g for g, _ in sorted(keys[0][2]["per_group"].items(), key=lambda kv: kv[1])]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 2.0, 0.22 * max(len(order), 8) + 1.2),
+                             squeeze=False, sharey=True)
     for ax, (pname, key, entry) in zip(axes[0], keys):
-        items = sorted(entry["per_group"].items(), key=lambda kv: kv[1])
-        ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+        ax.barh(order, [entry["per_group"][g] for g in order], color="#4c72b0")
         ax.set_title(f"{pname}: {key}", fontsize=9)
         ax.tick_params(labelsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     if synthetic:
         fig.suptitle("SYNTHETIC DATA", color="#b00020", fontsize=10)
     return _png(fig)
