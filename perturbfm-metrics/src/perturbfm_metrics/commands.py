@@ -28,6 +28,20 @@ from perturbfm.interfaces import Prediction
 DEFAULT_PANELS = "basic,vcc"
 
 
+def _check_group_coverage(want: set[str], have: set[str], pred_file: str, perturbation_key: str) -> None:
+    """Refuse predictions that miss groups of the truth or add groups it lacks."""
+    if want - have:
+        missing = sorted(want - have)
+        raise PredictionError(f"{len(missing)} group(s) of the truth have no predicted cells: {_head(missing)}",
+                              file=pred_file, field=perturbation_key,
+                              fix="predict cells for every perturbation (and context) of the truth")
+    if have - want:
+        extra = sorted(have - want)
+        raise PredictionError(f"{len(extra)} predicted group(s) are not in the truth: {_head(extra)}",
+                              file=pred_file, field=perturbation_key,
+                              fix="predict only the truth's groups (same labels, control label and context keys)")
+
+
 def _head(items: Sequence[Any], n: int = 10) -> str:
     items = [str(i) for i in items]
     return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
@@ -143,16 +157,7 @@ def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbati
     X, reordered = _align_genes(X, pred_genes, truth_genes, pred_file)
     groups = [g for g in group_table(tad).values() if not g.is_control]
     want, have = {g.group_id for g in groups}, set(gids[~is_ctrl])
-    if want - have:
-        missing = sorted(want - have)
-        raise PredictionError(f"{len(missing)} group(s) of the truth have no predicted cells: {_head(missing)}",
-                              file=pred_file, field=perturbation_key,
-                              fix="predict cells for every perturbation (and context) of the truth")
-    if have - want:
-        extra = sorted(have - want)
-        raise PredictionError(f"{len(extra)} predicted group(s) are not in the truth: {_head(extra)}",
-                              file=pred_file, field=perturbation_key,
-                              fix="predict only the truth's groups (same labels, control label and context keys)")
+    _check_group_coverage(want, have, pred_file, perturbation_key)
     ctrl = control_stats(tad)
     ids = [g.group_id for g in groups]
     rows_of = _rows_by_label(gids.astype(str))
@@ -279,16 +284,7 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
         gids = np.array(["" if c else group_id(p, x) for p, c, x in zip(ppert, pctrl, pctx)], dtype=object)
         groups = [g for g in group_table(tad).values() if not g.is_control]
         want, have = {g.group_id for g in groups}, set(gids[~pctrl])
-        if want - have:
-            missing = sorted(want - have)
-            raise PredictionError(f"{len(missing)} group(s) of the truth have no predicted cells: {_head(missing)}",
-                                  file=pred_file, field=perturbation_key,
-                                  fix="predict cells for every perturbation (and context) of the truth")
-        if have - want:
-            extra = sorted(have - want)
-            raise PredictionError(f"{len(extra)} predicted group(s) are not in the truth: {_head(extra)}",
-                                  file=pred_file, field=perturbation_key,
-                                  fix="predict only the truth's groups (same labels, control label and context keys)")
+        _check_group_coverage(want, have, pred_file, perturbation_key)
         ctrl = control_stats(tad)
         ids = [g.group_id for g in groups]
         pmean, _, pcount = grouped_moments(pad, gids.astype(str), ids)  # chunked, bounded memory
