@@ -258,7 +258,7 @@ def _print_run_result(result: Any) -> None:
 # ----------------------------------------------------------------------------- demo
 @cli.command("demo")
 @click.option("--seed", type=int, default=0, show_default=True, help="Simulator and split seed.")
-@click.option("--models", default="control-mean,train-mean,additive,linear", show_default=True)
+@click.option("--models", default="control-mean,train-mean,additive,linear,cgio", show_default=True)
 @click.pass_context
 def demo(ctx: click.Context, seed: int, models: str) -> None:
     """The main job: a benchmark on the embedded SYNTHETIC dataset, end to end.
