@@ -83,12 +83,17 @@ def test_combo_subgroups():
     assert any(lab in ("combo_seen0", "combo_seen1") for lab in res.labels.values())
 
 
-def test_covariate_transfer():
+def _dose_groups(perts=("A", "B")):
     groups = {}
-    for p in ("A", "B"):
+    for p in perts:
         for d in (1.0, 10.0, 100.0):
             gid = group_id(p, "K", f"dose={d}")
             groups[gid] = GroupInfo(gid, p, "K", f"dose={d}", 5, dose=d)
+    return groups
+
+
+def test_covariate_transfer():
+    groups = _dose_groups()
     res = CovariateTransfer().generate(groups, {"covariate": "dose", "value": "100"}, 0)
     assert {g for g, r in res.assignments.items() if r == "test"} == {"A@K@dose=100.0", "B@K@dose=100.0"}
     assert res.ood == {"A@K@dose=100.0": True, "B@K@dose=100.0": True}
@@ -104,15 +109,14 @@ def test_calibration_fold_on_every_generator(cls):
     assert "calibration_fraction" in cls.options
     params = {"explicit": {"test": "A@K"}, "random-groups": {}, "context-ood": {"context": "U"},
               "loco": {"fold": 0}, "perturbation-ood": {}, "combo": {},
-              "covariate-transfer": None}[cls.name]
-    if params is None:
-        pytest.skip("needs dose groups; covered through with_calibration below")
-    base = cls().generate(GROUPS, params, 5)
-    cal = cls().generate(GROUPS, {**params, "calibration_fraction": 0.2}, 5)
+              "covariate-transfer": {"covariate": "dose", "value": 100}}[cls.name]
+    groups = _dose_groups(tuple("ABCDEFGH")) if cls.name == "covariate-transfer" else GROUPS
+    base = cls().generate(groups, params, 5)
+    cal = cls().generate(groups, {**params, "calibration_fraction": 0.2}, 5)
     moved = {g for g, r in cal.assignments.items() if r == "calibration"}
     assert moved and all(base.assignments[g] == "train" for g in moved)
     assert all(cal.assignments[g] == r for g, r in base.assignments.items() if g not in moved)
-    assert cal.assignments == cls().generate(GROUPS, {**params, "calibration_fraction": 0.2}, 5).assignments
+    assert cal.assignments == cls().generate(groups, {**params, "calibration_fraction": 0.2}, 5).assignments
 
 
 def test_create_family_cli(tmp_path, write_h5ad, capsys):

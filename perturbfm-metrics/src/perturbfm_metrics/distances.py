@@ -359,21 +359,14 @@ def parity_rows(adata: Any, seed: int = 0, tol: float | None = None) -> list[Any
     """
     import os
 
-    from perturbfm_metrics.parity import ERROR, MISMATCH, NOT_INSTALLED, PASS, REL_TOL, ParityRow
+    from perturbfm_metrics.parity import ERROR, NOT_INSTALLED, REL_TOL, ParityRow, _compare
 
     tol = REL_TOL if tol is None else tol
     sets = _parity_sets(adata, seed)
     rows: list[Any] = []
 
     def row(metric: str, ours: dict[str, float], peer: dict[str, float], pkg: str, note: str) -> Any:
-        a = np.array([ours[k] for k in sorted(ours)])
-        b = np.array([peer[k] for k in sorted(ours)])
-        diff = np.abs(a - b)
-        scale = np.maximum(np.abs(a), np.abs(b))
-        rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0)
-        ok = bool(np.all(rel <= tol))
-        return ParityRow(metric, float(a.mean()), float(b.mean()), pkg, float(diff.max()), float(rel.max()),
-                         tol, PASS if ok else MISMATCH, f"{len(a)} groups vs control cells; {note}")
+        return _compare(metric, ours, peer, pkg, tol, f"vs control cells; {note}")
 
     # E-distance (squared, scperturb convention)
     ver = _peer_version("scperturb", "scperturb")

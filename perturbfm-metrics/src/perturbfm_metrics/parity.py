@@ -151,7 +151,8 @@ def cell_eval_values(inputs: ParityInputs, control_label: str = "non-targeting")
     return out
 
 
-def _compare(metric: str, a: dict[str, float], b: dict[str, float], pkg: str, tol: float) -> ParityRow:
+def _compare(metric: str, a: dict[str, float], b: dict[str, float], pkg: str, tol: float,
+             note: str = "") -> ParityRow:
     if set(a) != set(b):
         return ParityRow(metric, None, None, pkg, None, None, tol, ERROR,
                          f"group sets differ: ours {sorted(a)} vs peer {sorted(b)}")
@@ -162,7 +163,7 @@ def _compare(metric: str, a: dict[str, float], b: dict[str, float], pkg: str, to
     rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0)
     ok = bool(np.all(rel <= tol))
     return ParityRow(metric, float(ga.mean()), float(gb.mean()), pkg, float(diff.max()), float(rel.max()),
-                     tol, PASS if ok else MISMATCH, f"{len(ga)} groups")
+                     tol, PASS if ok else MISMATCH, f"{len(ga)} groups" + (f"; {note}" if note else ""))
 
 
 def cell_eval_rows(inputs: ParityInputs, tol: float = REL_TOL) -> list[ParityRow]:
