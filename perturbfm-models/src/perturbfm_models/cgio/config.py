@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "context_conditioning": True,
     "additive_prior": True,
     "residual": True,
+    "stacking": True,
     "cv_folds": 3,
     "shrinkage": True,
     "go_table": None,
@@ -77,6 +78,7 @@ class CGIOConfig:
     context_conditioning: bool
     additive_prior: bool
     residual: bool
+    stacking: bool
     cv_folds: int
     shrinkage: bool
     go_table: str | None
@@ -126,7 +128,8 @@ class CGIOConfig:
             graphs=_graphs(config), use_graphs=_bool(config, "use_graphs"), gating=_bool(config, "gating"),
             context_conditioning=_bool(config, "context_conditioning"),
             additive_prior=_bool(config, "additive_prior"),
-            residual=_bool(config, "residual"), cv_folds=num("cv_folds", True, 0),
+            residual=_bool(config, "residual"), stacking=_bool(config, "stacking"),
+            cv_folds=num("cv_folds", True, 0),
             shrinkage=_bool(config, "shrinkage"),
             go_table=config.get("go_table", None), go_k=num("go_k", True, 1),
             go_min_jaccard=num("go_min_jaccard", minimum=0.0), go_hops=num("go_hops", True, 0),

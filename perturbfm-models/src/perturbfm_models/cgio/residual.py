@@ -1,89 +1,138 @@
 """CGIO's residual-over-baseline design: the closed-form base each prediction starts from,
-and the shrinkage fitted on out-of-fold predictions of the training groups.
+and the gate and shrinkage fitted on out-of-fold predictions of the training groups.
 
-The network only learns a *correction* to a base that needs no training:
+The network only learns a *correction* to a base that needs no training. The base is a
+stacked combination of the closed-form predictors available for the query:
 
-* ``additive``: a combination whose singles were all measured in the query's context
+* ``A`` (additive): a combination whose singles were all measured in the query's context
   and covariates: the sum of those single deltas (exactly the ``additive`` baseline);
-  with ``transfer_interaction``, plus the combination's mean measured interaction
-  (delta − Σ its singles) in other contexts where it was measured with its singles
-  (off by default: on the embedded simulator, whose groups carry different doses and
-  times, it made held-out doubles worse than the plain sum);
-* ``transfer``: a perturbation measured in other contexts: the mean of its deltas there;
-* ``context_mean``: otherwise, the mean training delta of the query's context;
-* ``global_mean``: the context has no training groups: the mean of all training deltas.
+* ``T`` (transfer): a perturbation measured in other contexts: the mean of its deltas there
+  (for a combination this carries its measured non-additive part to the new context);
+* ``M`` (mean): the mean training delta of the query's context, or of all training groups
+  when the context has none.
 
-A query's own group is never part of its base (leave-self-out), so the bases of the
-training groups are the ones the same rules give a held-out group.
+Which of ``A`` and ``T`` exist decides the query's *kind* (``additive+transfer``,
+``additive``, ``transfer``, ``context_mean``, ``global_mean``). Per kind, non-negative
+weights ``base = w_A A + w_T T + w_M M`` are fitted by least squares over the training
+groups of that kind, each with its own group left out of its predictors (so a training
+group's base is built by exactly the rules a held-out group's is). A kind with fewer than
+``min_n`` training groups keeps the rule-based default: ``A`` alone, else ``T`` alone, else
+``M`` alone. ``weights`` records what was fitted and from how many groups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.optimize import lsq_linear
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
 
-KINDS = ("additive", "transfer", "context_mean", "global_mean")
+KINDS = ("additive+transfer", "additive", "transfer", "context_mean", "global_mean")
+SLOTS = ("A", "T", "M")
+MAX_WEIGHT = 1.5  # upper bound of a stacking weight (a combination may act beyond its parts)
+
+
+def _default_weights(kind: str) -> dict[str, float]:
+    if kind.startswith("additive"):
+        return {"A": 1.0, "T": 0.0, "M": 0.0}
+    if kind == "transfer":
+        return {"A": 0.0, "T": 1.0, "M": 0.0}
+    return {"A": 0.0, "T": 0.0, "M": 1.0}
 
 
 class BaseIndex:
-    """The training deltas indexed for :meth:`base` (single genes, perturbations, contexts)."""
+    """The training deltas indexed for :meth:`base` (single genes, perturbations, contexts),
+    with per-kind stacking weights fitted on the indexed groups themselves (leave-self-out)."""
 
     def __init__(self, groups: Sequence[GroupInfo], deltas: np.ndarray, use_additive: bool = True,
-                 transfer_interaction: bool = False) -> None:
+                 stack: bool = True, min_n: int = 3) -> None:
         self.use_additive = use_additive
-        self.transfer_interaction = transfer_interaction
         self.by_key: dict[tuple[str, str, str], tuple[str, np.ndarray]] = {}
         self.by_pert: dict[str, list[tuple[str, str, np.ndarray]]] = {}
         self.ctx_sum: dict[str, np.ndarray] = {}
         self.ctx_n: dict[str, int] = {}
+        deltas = np.asarray(deltas, dtype=np.float64)
         for g, d in zip(groups, deltas):
-            d = np.asarray(d, dtype=np.float64)
             self.by_key[(g.perturbation, g.context, g.covariates)] = (g.group_id, d)
             self.by_pert.setdefault(g.perturbation, []).append((g.group_id, g.context, d))
             self.ctx_sum[g.context] = self.ctx_sum.get(g.context, 0.0) + d
             self.ctx_n[g.context] = self.ctx_n.get(g.context, 0) + 1
         self.all_sum = np.sum(deltas, axis=0) if len(deltas) else None
         self.all_n = len(deltas)
+        self.n_genes = deltas.shape[1] if deltas.ndim == 2 else 0
+        self.weights: dict[str, dict[str, Any]] = {
+            k: {**_default_weights(k), "n": 0, "fitted": False} for k in KINDS}
+        if stack and len(groups):
+            self._fit_weights(groups, deltas, min_n)
 
+    # ------------------------------------------------------------------ predictors
     def _single(self, gene: str, ctx: str, cov: str, self_id: str) -> np.ndarray | None:
         hit = self.by_key.get((gene, ctx, cov))
         return hit[1] if hit is not None and hit[0] != self_id else None
 
-    def base(self, q: GroupInfo, n_genes: int) -> tuple[np.ndarray, str]:
-        """``(base delta, kind)`` for ``q`` from every indexed group except ``q`` itself."""
+    def features(self, q: GroupInfo, n_genes: int) -> tuple[dict[str, np.ndarray], str]:
+        """The predictors ``{"A"?, "T"?, "M"}`` available for ``q`` (never using ``q``'s own
+        group) and its kind."""
+        out: dict[str, np.ndarray] = {}
         genes = q.genes
         if self.use_additive and len(genes) > 1:
             singles = [self._single(x, q.context, q.covariates, q.group_id) for x in genes]
             if all(s is not None for s in singles):
-                out = np.sum(singles, axis=0)
-                inter = []
-                for gid, ctx, d in self.by_pert.get(q.perturbation, []):
-                    if gid == q.group_id or ctx == q.context:
-                        continue
-                    other = [self._single(x, ctx, q.covariates, q.group_id) for x in genes]
-                    if all(s is not None for s in other):
-                        inter.append(d - np.sum(other, axis=0))
-                if inter and self.transfer_interaction:
-                    out = out + np.mean(inter, axis=0)
-                return out, "additive"
+                out["A"] = np.sum(singles, axis=0)
         same = [d for gid, ctx, d in self.by_pert.get(q.perturbation, []) if gid != q.group_id and ctx != q.context]
         if same:
-            return np.mean(same, axis=0), "transfer"
+            out["T"] = np.mean(same, axis=0)
         own = self.by_key.get((q.perturbation, q.context, q.covariates))
         own_d = own[1] if own is not None and own[0] == q.group_id else None
         n = self.ctx_n.get(q.context, 0) - (own_d is not None)
         if n > 0:
-            s = self.ctx_sum[q.context] - (own_d if own_d is not None else 0.0)
-            return s / n, "context_mean"
-        n = self.all_n - (own_d is not None)
-        if n > 0 and self.all_sum is not None:
-            return (self.all_sum - (own_d if own_d is not None else 0.0)) / n, "global_mean"
-        return np.zeros(n_genes), "global_mean"
+            out["M"] = (self.ctx_sum[q.context] - (own_d if own_d is not None else 0.0)) / n
+            mean_kind = "context_mean"
+        else:
+            n = self.all_n - (own_d is not None)
+            mean_kind = "global_mean"
+            out["M"] = ((self.all_sum - (own_d if own_d is not None else 0.0)) / n
+                        if n > 0 and self.all_sum is not None else np.zeros(n_genes))
+        if "A" in out:
+            kind = "additive+transfer" if "T" in out else "additive"
+        else:
+            kind = "transfer" if "T" in out else mean_kind
+        return out, kind
+
+    def _fit_weights(self, groups: Sequence[GroupInfo], deltas: np.ndarray, min_n: int) -> None:
+        """Per kind, non-negative least squares of the training deltas on their predictors."""
+        rows: dict[str, list[tuple[dict[str, np.ndarray], np.ndarray]]] = {}
+        for g, d in zip(groups, deltas):
+            f, kind = self.features(g, self.n_genes)
+            rows.setdefault(kind, []).append((f, d))
+        for kind, items in rows.items():
+            self.weights[kind]["n"] = len(items)
+            if len(items) < min_n:
+                continue
+            slots = [s for s in SLOTS if s in items[0][0]]
+            x = np.vstack([np.stack([f[s] for s in slots], axis=1) for f, _ in items])
+            y = np.concatenate([d for _, d in items])
+            if not np.isfinite(x).all() or float((x * x).sum()) < 1e-12:
+                continue
+            w = lsq_linear(x, y, bounds=(0.0, MAX_WEIGHT)).x
+            self.weights[kind].update({s: 0.0 for s in SLOTS})
+            self.weights[kind].update({s: round(float(v), 6) for s, v in zip(slots, w)})
+            self.weights[kind]["fitted"] = True
+
+    # ------------------------------------------------------------------ bases
+    def base(self, q: GroupInfo, n_genes: int) -> tuple[np.ndarray, str]:
+        """``(base delta, kind)`` for ``q`` from every indexed group except ``q`` itself."""
+        f, kind = self.features(q, n_genes)
+        w = self.weights[kind]
+        out = np.zeros(n_genes)
+        for s, v in f.items():
+            if w[s]:
+                out = out + w[s] * v
+        return out, kind
 
     def bases(self, queries: Sequence[GroupInfo], n_genes: int) -> tuple[np.ndarray, list[str]]:
         out = [self.base(q, n_genes) for q in queries]
@@ -104,24 +153,21 @@ def fit_shrinkage(base: np.ndarray, corr: np.ndarray, truth: np.ndarray, kinds: 
     shrinkage ``λ`` of the whole delta toward zero (``truth ≈ λ (base + s·corr)``, in
     [``lam_min``, 1]), both least squares over out-of-fold predictions.
 
-    A kind with fewer than ``min_n`` out-of-fold groups uses the pooled ``s`` and ``λ``;
-    ``λ`` is always 1 for ``additive`` (the sum of measured singles is not shrunk).
+    A kind with fewer than ``min_n`` out-of-fold groups has no evidence that the network's
+    correction helps it: ``s = 0`` and ``λ = 1`` (the base alone). ``λ`` is always 1 for the
+    kinds with an additive predictor (the sum of measured singles is not shrunk).
     """
     kinds_a = np.asarray(kinds)
     out: dict[str, dict[str, float]] = {}
-    if len(kinds_a) == 0:
-        return {k: {"s": 1.0, "lambda": 1.0, "n": 0} for k in KINDS}
-    s_all = _ls_scale(corr, truth - base, 0.0, 1.0)
-    lam_all = _ls_scale(base + s_all * corr, truth, lam_min, 1.0)
     for k in KINDS:
-        sel = kinds_a == k
+        sel = kinds_a == k if len(kinds_a) else np.zeros(0, bool)
         n = int(sel.sum())
         if n >= min_n:
             s = _ls_scale(corr[sel], truth[sel] - base[sel], 0.0, 1.0)
             lam = _ls_scale(base[sel] + s * corr[sel], truth[sel], lam_min, 1.0)
         else:
-            s, lam = s_all, lam_all
-        if k == "additive":
+            s, lam = 0.0, 1.0
+        if k.startswith("additive"):
             lam = 1.0  # the sum of measured singles is never shrunk toward zero
         out[k] = {"s": s, "lambda": lam, "n": n}
     return out

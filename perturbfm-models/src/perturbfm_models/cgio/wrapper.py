@@ -63,9 +63,10 @@ class CGIOModel(Model):
     correction ``f(AB) − f(A) − f(B)`` (``additive_prior``, with ``residual`` off).
 
     With ``residual`` (default) the network learns only a correction to a closed-form
-    base (:mod:`.residual`: the sum of measured singles for such combinations, else the
-    perturbation's mean delta in other contexts, else the context's mean training
-    delta); ``cv_folds`` members are cross-fitted on the training groups and averaged,
+    base (:mod:`.residual`): a non-negative least-squares stack (``stacking``, weights per
+    base kind fitted leave-self-out on the training groups) of the sum of measured singles
+    (combinations whose singles were measured in the query's context), the perturbation's
+    mean delta in other contexts, and the context's mean training delta; ``cv_folds`` members are cross-fitted on the training groups and averaged,
     and their out-of-fold predictions fit, per base kind, a gate ``s`` on the
     correction and (``shrinkage``) a factor ``λ`` shrinking the delta toward zero:
     ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base).
@@ -207,7 +208,7 @@ class CGIOModel(Model):
         self._time_scale = max(times) if times and max(times) > 0 else 1.0
         # residual design: the network learns a correction to a closed-form base (residual.py)
         n_genes = len(self._genes)
-        self._index = R.BaseIndex(fit_groups, deltas, use_additive=cfg.additive_prior)
+        self._index = R.BaseIndex(fit_groups, deltas, use_additive=cfg.additive_prior, stack=cfg.stacking)
         base_fit, kinds_fit = self._index.bases(fit_groups, n_genes)
         if not cfg.residual:
             base_fit = np.zeros_like(deltas)
@@ -251,7 +252,8 @@ class CGIOModel(Model):
                                            **{**kw, "seed": cfg.seed + fi})
                 nets.append(net_k)
                 curves.append(curve_k)
-                sub = R.BaseIndex([fit_groups[i] for i in tr_idx], deltas[tr_idx], use_additive=cfg.additive_prior)
+                sub = R.BaseIndex([fit_groups[i] for i in tr_idx], deltas[tr_idx], use_additive=cfg.additive_prior,
+                                  stack=cfg.stacking)
                 b, kinds = sub.bases([fit_groups[i] for i in va_idx], n_genes)
                 if not cfg.residual:
                     b = np.zeros_like(b)
@@ -296,8 +298,10 @@ class CGIOModel(Model):
             "graphs": [dict(name=g.name, **g.provenance) for g in self._graphs],
             "switches": {"use_graphs": cfg.use_graphs, "graphs": cfg.graphs, "gating": cfg.gating,
                          "context_conditioning": cfg.context_conditioning, "additive_prior": cfg.additive_prior,
-                         "residual": cfg.residual, "cv_folds": cfg.cv_folds, "shrinkage": cfg.shrinkage},
+                         "residual": cfg.residual, "stacking": cfg.stacking, "cv_folds": cfg.cv_folds,
+                         "shrinkage": cfg.shrinkage},
             "base_kinds_in_training": {k: kinds_fit.count(k) for k in R.KINDS},
+            "base_weights": self._index.weights,
             "shrinkage": self._shrink,
             "ensemble_members": len(self._nets),
             "early_stopping": how,
@@ -379,7 +383,7 @@ class CGIOModel(Model):
                 parts.append(f"context {q.context!r} has no training groups: used the learned 'unknown' context "
                              "embedding (trained by context dropout)")
             singles = [self._singles.get((g, q.context, q.covariates)) for g in q.genes]
-            if cfg.residual and cfg.additive_prior and kinds[i] == "additive":
+            if cfg.residual and cfg.additive_prior and kinds[i].startswith("additive"):
                 n_add += 1
             elif cfg.additive_prior and len(q.genes) > 1 and all(s is not None for s in singles):
                 sq = [q.__class__(q.group_id, g, q.context, q.covariates, q.n_cells, q.dose, q.time)
@@ -405,6 +409,7 @@ class CGIOModel(Model):
             else "off",
             "n_groups_with_additive_prior": n_add,
             "residual_base": ({k: kinds.count(k) for k in R.KINDS} if cfg.residual else "off"),
+            "base_weights": self._index.weights if cfg.residual else "off",
             "shrinkage": self._shrink,
             "unseen_context_policy": "learned 'unknown' context embedding (noted per group)",
             "unreachable_policy": "a perturbed gene with no path to any measured gene is noted per group; "
