@@ -250,3 +250,24 @@ def test_cgio_beats_additive_on_synthetic_non_additive_doubles() -> None:
                                   np.mean(np.linalg.norm(pred - truth, axis=1)))
         assert scores["cgio"][0] > scores["additive"][0] + 0.05, (seed, scores)
         assert scores["cgio"][1] < scores["additive"][1], (seed, scores)
+
+
+def test_new_context_weights_are_fitted_leave_context_out() -> None:
+    """Responses that do not carry over between contexts: for a query from a context without
+    training groups the fitted weights (each training group's whole context left out of its
+    predictors) shrink the transferred delta toward zero, instead of copying it."""
+    from perturbfm_models.cgio.residual import BaseIndex
+
+    rng = np.random.default_rng(1)
+    gs, d = [], []
+    for c in ("c1", "c2", "c3"):
+        for p in "ABCDEF":
+            gs.append(GroupInfo(f"{p}@{c}", p, c, "", 5)), d.append(rng.normal(size=8))
+    idx = BaseIndex(gs, np.array(d))
+    w = idx.weights["transfer_new_context"]
+    assert w["fitted"] and w["n"] == 18 and w["T"] < 0.5
+    q = GroupInfo("A@c9", "A", "c9", "", 5)
+    f, kind = idx.features(q, 8)
+    assert kind == "transfer_new_context"
+    np.testing.assert_allclose(f["T"], np.mean([d[0], d[6], d[12]], axis=0))
+    assert np.linalg.norm(idx.base(q, 8)[0]) < 0.5 * np.linalg.norm(f["T"])

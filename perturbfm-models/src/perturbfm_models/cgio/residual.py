@@ -11,11 +11,13 @@ stacked combination of the closed-form predictors available for the query:
 * ``M`` (mean): the mean training delta of the query's context, or of all training groups
   when the context has none.
 
-Which of ``A`` and ``T`` exist decides the query's *kind* (``additive+transfer``,
-``additive``, ``transfer``, ``context_mean``, ``global_mean``). Per kind, non-negative
-weights ``base = w_A A + w_T T + w_M M`` are fitted by least squares over the training
-groups of that kind, each with its own group left out of its predictors (so a training
-group's base is built by exactly the rules a held-out group's is). A kind with fewer than
+Which of ``A`` and ``T`` exist, and whether the query's context has training groups, decide
+its *kind* (``additive+transfer``, ``additive``, ``transfer``, ``context_mean``; in a
+context without training groups ``transfer_new_context`` or ``global_mean``). Per kind,
+non-negative weights ``base = w_A A + w_T T + w_M M`` are fitted by least squares over the
+training groups, each with its predictors built exactly as a held-out query's of that kind
+would be: its own group left out, and for the two new-context kinds its whole context left
+out (``M`` = the mean of the other contexts' groups). A kind with fewer than
 ``min_n`` training groups keeps the rule-based default: ``A`` alone, else ``T`` alone, else
 ``M`` alone. ``weights`` records what was fitted and from how many groups.
 """
@@ -31,7 +33,7 @@ from scipy.optimize import lsq_linear
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
 
-KINDS = ("additive+transfer", "additive", "transfer", "context_mean", "global_mean")
+KINDS = ("additive+transfer", "additive", "transfer", "context_mean", "transfer_new_context", "global_mean")
 SLOTS = ("A", "T", "M")
 MAX_WEIGHT = 1.5  # upper bound of a stacking weight (a combination may act beyond its parts)
 
@@ -39,7 +41,7 @@ MAX_WEIGHT = 1.5  # upper bound of a stacking weight (a combination may act beyo
 def _default_weights(kind: str) -> dict[str, float]:
     if kind.startswith("additive"):
         return {"A": 1.0, "T": 0.0, "M": 0.0}
-    if kind == "transfer":
+    if kind.startswith("transfer"):
         return {"A": 0.0, "T": 1.0, "M": 0.0}
     return {"A": 0.0, "T": 0.0, "M": 1.0}
 
@@ -74,11 +76,23 @@ class BaseIndex:
         hit = self.by_key.get((gene, ctx, cov))
         return hit[1] if hit is not None and hit[0] != self_id else None
 
-    def features(self, q: GroupInfo, n_genes: int) -> tuple[dict[str, np.ndarray], str]:
+    def features(self, q: GroupInfo, n_genes: int, drop_context: bool = False,
+                 ) -> tuple[dict[str, np.ndarray], str]:
         """The predictors ``{"A"?, "T"?, "M"}`` available for ``q`` (never using ``q``'s own
-        group) and its kind."""
+        group) and its kind; ``drop_context`` builds them as if ``q``'s context had no
+        training groups (how the new-context kinds' weights are fitted)."""
         out: dict[str, np.ndarray] = {}
         genes = q.genes
+        if drop_context:
+            same = [d for _, ctx, d in self.by_pert.get(q.perturbation, []) if ctx != q.context]
+            if same:
+                out["T"] = np.mean(same, axis=0)
+            n = self.all_n - self.ctx_n.get(q.context, 0)
+            if n <= 0 or self.all_sum is None:
+                out["M"] = np.zeros(n_genes)
+            else:
+                out["M"] = (self.all_sum - self.ctx_sum.get(q.context, 0.0)) / n
+            return out, "transfer_new_context" if "T" in out else "global_mean"
         if self.use_additive and len(genes) > 1:
             singles = [self._single(x, q.context, q.covariates, q.group_id) for x in genes]
             if all(s is not None for s in singles):
@@ -91,24 +105,28 @@ class BaseIndex:
         n = self.ctx_n.get(q.context, 0) - (own_d is not None)
         if n > 0:
             out["M"] = (self.ctx_sum[q.context] - (own_d if own_d is not None else 0.0)) / n
-            mean_kind = "context_mean"
         else:
             n = self.all_n - (own_d is not None)
-            mean_kind = "global_mean"
             out["M"] = ((self.all_sum - (own_d if own_d is not None else 0.0)) / n
                         if n > 0 and self.all_sum is not None else np.zeros(n_genes))
+            return out, "transfer_new_context" if "T" in out else "global_mean"
         if "A" in out:
             kind = "additive+transfer" if "T" in out else "additive"
         else:
-            kind = "transfer" if "T" in out else mean_kind
+            kind = "transfer" if "T" in out else "context_mean"
         return out, kind
 
     def _fit_weights(self, groups: Sequence[GroupInfo], deltas: np.ndarray, min_n: int) -> None:
         """Per kind, non-negative least squares of the training deltas on their predictors."""
         rows: dict[str, list[tuple[dict[str, np.ndarray], np.ndarray]]] = {}
+        several = len(self.ctx_n) > 1
         for g, d in zip(groups, deltas):
             f, kind = self.features(g, self.n_genes)
-            rows.setdefault(kind, []).append((f, d))
+            if kind in ("context_mean", "transfer", "additive", "additive+transfer"):
+                rows.setdefault(kind, []).append((f, d))
+            if several:  # the same group as a query from a context without training groups
+                f, kind = self.features(g, self.n_genes, drop_context=True)
+                rows.setdefault(kind, []).append((f, d))
         for kind, items in rows.items():
             self.weights[kind]["n"] = len(items)
             if len(items) < min_n:
