@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("PFM_VENV", REPO / ".venv"))
 PACKAGES = ["perturbfm-core", "perturbfm-metrics", "perturbfm-bench-adapters", "perturbfm-models"]
+# optional plugins installed editable too, so their tests run (they pin their own deps, torch==2.13.0 included)
+PLUGINS = ["plugins/perturbfm-gears"]
 # torch is pinned: on these machines 2.13.0 resolves to a local CPU wheel.
 TOOLS = ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "setuptools>=68", "wheel"]
 # peers the parity tests compare against (never vendored; MIT-licensed packages)
@@ -36,7 +38,7 @@ def _bin(name: str) -> str:
 
 def _stamp() -> str:
     h = hashlib.sha256()
-    for p in [Path(__file__), *(REPO / pkg / "pyproject.toml" for pkg in PACKAGES)]:
+    for p in [Path(__file__), *(REPO / pkg / "pyproject.toml" for pkg in PACKAGES + PLUGINS)]:
         h.update(p.read_bytes())
     h.update(" ".join(TOOLS + PEERS + EXTRAS).encode())
     return h.hexdigest()
@@ -75,7 +77,7 @@ def ensure_venv() -> None:
     run(pip + TOOLS)
     run(pip + PEERS + EXTRAS)
     editable: list[str] = []
-    for pkg in PACKAGES:
+    for pkg in PACKAGES + PLUGINS:
         editable += ["-e", str(REPO / pkg)]
     run(pip + editable)
     stamp_file.write_text(_stamp())
