@@ -4,7 +4,8 @@ Each task is a set of stored splits; every (split, model) is one subprocess call
 ``.venv/bin/pfm-bench --store <tmp> run``; the per-group figures are read back from
 the run's ``metrics.json``:
 
-* Pearson delta = ``panels.basic.metrics.pcc_delta.per_group``;
+* Pearson delta = ``panels.basic.metrics.pcc_delta.per_group``, missing (–) for the groups the
+  panel lists in ``extra.undefined_r_groups`` (a constant delta, e.g. "no change");
 * L2 = ``sqrt(G · mse)`` with ``mse = panels.basic.metrics.mse.per_group`` (the mean
   squared error of the predicted vs true group mean over all ``G`` genes), i.e.
   ``‖pred − true‖₂`` over all genes, the figure of ``shared/data/README.md``.
@@ -111,7 +112,10 @@ def run_one(store: Path, model: str, sid: str, n_genes: int, sets: list[str]) ->
     m = json.loads((run_dir / "metrics.json").read_text())
     basic = m["panels"]["basic"]["metrics"]
     pcc, mse = basic["pcc_delta"]["per_group"], basic["mse"]["per_group"]
-    rows = {g: (pcc.get(g), float(np.sqrt(n_genes * mse[g]))) for g in mse}
+    # r is undefined where a delta is constant (e.g. a "no change" prediction): the panel stores
+    # 0.0 and lists the group; here it is missing (–), so it never counts as a Pearson of 0
+    undefined = basic["pcc_delta"].get("extra", {}).get("undefined_r_groups", {})
+    rows = {g: (None if g in undefined else pcc.get(g), float(np.sqrt(n_genes * mse[g]))) for g in mse}
     return {"rows": rows, "fit_s": m["timing_seconds"].get("fit", float("nan"))}
 
 
@@ -133,7 +137,8 @@ def table(res: dict[str, dict[str, dict]], fit: dict[str, float]) -> str:
             p = np.array([_f(rows[g][0]) for g in ids]); l2 = np.array([rows[g][1] for g in ids])
             ref = README.get(task, {}).get(name)
             refs = "" if ref is None else f"{'–' if ref[0] is None else f'{ref[0]:.3f}'} / {ref[1]:.3f}"
-            ps = "–" if np.isnan(p).all() else f"{np.nanmean(p):.3f}"
+            n_undef = int(np.isnan(p).sum())
+            ps = "–" if np.isnan(p).all() else f"{np.nanmean(p):.3f}" + (f" ({n_undef} r undefined)" if n_undef else "")
             extra = f" (fit {fit.get(task, float('nan')):.1f} s)" if name == "cgio" else ""
             lines.append(f"| {task} (n={len(ids)}) | {name}{extra} | {ps} | {l2.mean():.3f} | {refs} |")
         if "cgio" not in models:
