@@ -20,11 +20,13 @@ Tasks (data from ``$PFM_SHARED_DATA``, default ``../shared/data``):
 * ``synthetic``: the embedded simulator; its non-additive doubles in ``ctx0`` held
   out (their singles, and the same doubles in other contexts, train).
 
-The table gives means over held-out groups, CGIO's fit time per task (sum of
-``timing_seconds.fit``), and for CGIO − the best baseline a paired bootstrap 95% CI
-over held-out groups.
+The table gives means over held-out groups, CGIO's (and optional models') fit time per
+task (sum of ``timing_seconds.fit``), and for CGIO − the best other model a paired
+bootstrap 95% CI over held-out groups. ``--extra-models gears`` adds the optional GEARS
+plugin (``plugins/perturbfm-gears``) on ``--extra-tasks`` (default: the devel doubles).
 
 Usage: .venv/bin/python benchmarks/model_accuracy.py [--models ...] [--set cgio-key=value ...]
+       [--extra-models gears [--set gears:epochs=20]]
 """
 
 from __future__ import annotations
@@ -105,9 +107,10 @@ def tasks(store: Path) -> list[tuple[str, str, int]]:
 
 def run_one(store: Path, model: str, sid: str, n_genes: int, sets: list[str]) -> dict:
     args = ["run", "--model", model, "--split", sid]
-    if model == "cgio":
-        for kv in sets:
-            args += ["--set", f"model.{kv}"]
+    for kv in sets:
+        target, _, rest = kv.partition(":") if ":" in kv.split("=", 1)[0] else ("cgio", "", kv)
+        if target == model:
+            args += ["--set", f"model.{rest}"]
     run_dir = Path(pfm(store, *args))
     m = json.loads((run_dir / "metrics.json").read_text())
     basic = m["panels"]["basic"]["metrics"]
@@ -129,7 +132,7 @@ def _f(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
 
-def table(res: dict[str, dict[str, dict]], fit: dict[str, float]) -> str:
+def table(res: dict[str, dict[str, dict]], fit: dict[tuple[str, str], float]) -> str:
     lines = ["| task | model | Pearson delta | L2 | README (Pearson / L2) |", "|---|---|---|---|---|"]
     for task, models in res.items():
         ids = sorted(next(iter(models.values())))
@@ -139,7 +142,7 @@ def table(res: dict[str, dict[str, dict]], fit: dict[str, float]) -> str:
             refs = "" if ref is None else f"{'–' if ref[0] is None else f'{ref[0]:.3f}'} / {ref[1]:.3f}"
             n_undef = int(np.isnan(p).sum())
             ps = "–" if np.isnan(p).all() else f"{np.nanmean(p):.3f}" + (f" ({n_undef} r undefined)" if n_undef else "")
-            extra = f" (fit {fit.get(task, float('nan')):.1f} s)" if name == "cgio" else ""
+            extra = f" (fit {fit[(task, name)]:.1f} s)" if (task, name) in fit else ""
             lines.append(f"| {task} (n={len(ids)}) | {name}{extra} | {ps} | {l2.mean():.3f} | {refs} |")
         if "cgio" not in models:
             continue
@@ -159,7 +162,13 @@ def table(res: dict[str, dict[str, dict]], fit: dict[str, float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--set", action="append", default=[], help="cgio config key=value")
+    ap.add_argument("--set", action="append", default=[],
+                    help="model config: key=value (cgio) or MODEL:key=value (e.g. gears:epochs=5)")
+    ap.add_argument("--extra-models", default="",
+                    help="comma-separated optional plugin models (e.g. gears), run only on --extra-tasks")
+    ap.add_argument("--extra-tasks", default="devel-doubles",
+                    help="tasks for --extra-models (GEARS: its GO graph has no node for the synthetic genes, "
+                         "and it fits no model for a held-out context)")
     ap.add_argument("--jobs", type=int, default=2, help="pfm-bench runs in parallel")
     ap.add_argument("--only", default="", help="comma-separated task names")
     ap.add_argument("--json", default="", help="write per-group results here")
@@ -170,7 +179,9 @@ def main() -> None:
         store = Path(tmp) / "store"
         splits = [t for t in tasks(store) if not args.only or t[0] in args.only.split(",")]
         print(f"{len(splits)} splits imported in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        extra = [m for m in args.extra_models.split(",") if m]
         jobs = [(task, sid, g, m) for task, sid, g in splits for m in models]
+        jobs += [(task, sid, g, m) for task, sid, g in splits for m in extra if task in args.extra_tasks.split(",")]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             def one(j: tuple) -> dict:
                 o = run_one(store, j[3], j[1], j[2], args.set)
@@ -181,15 +192,16 @@ def main() -> None:
 
             outs = list(pool.map(one, jobs))
     res: dict[str, dict[str, dict]] = {}
-    fit: dict[str, float] = {}
+    fit: dict[tuple[str, str], float] = {}
     for (task, _sid, _g, m), o in zip(jobs, outs):
         res.setdefault(task, {}).setdefault(m, {}).update(o["rows"])
-        if m == "cgio":
-            fit[task] = fit.get(task, 0.0) + o["fit_s"]
+        if m not in MODELS[:4]:  # fit time of CGIO and the optional models, summed over a task's splits
+            fit[(task, m)] = fit.get((task, m), 0.0) + o["fit_s"]
     print(table(res, fit))
     print(f"total {time.perf_counter() - t0:.0f} s; L2 = sqrt(G * basic.mse) per group")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": res, "cgio_fit_s": fit}, indent=1))
+        Path(args.json).write_text(json.dumps({"results": res, "fit_s": {f"{t}/{m}": v for (t, m), v in fit.items()}},
+                                              indent=1))
 
 
 if __name__ == "__main__":
