@@ -271,3 +271,22 @@ def test_new_context_weights_are_fitted_leave_context_out() -> None:
     assert kind == "transfer_new_context"
     np.testing.assert_allclose(f["T"], np.mean([d[0], d[6], d[12]], axis=0))
     assert np.linalg.norm(idx.base(q, 8)[0]) < 0.5 * np.linalg.norm(f["T"])
+
+
+def test_variance_is_calibrated_to_out_of_fold_error(tmp_path: Path) -> None:
+    """Each kind's variance factor is fitted on the out-of-fold squared error, so a kind whose
+    correction gate is 0 (the base alone) still gets a variance of the size of its error."""
+    from perturbfm_models.cgio.residual import fit_variance_scale
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(12, 5)) * np.array([1, 2, 3, 4, 5])
+    pred = np.zeros_like(truth)
+    net_var = np.full_like(truth, 0.01)
+    kinds = ["context_mean"] * 10 + ["additive"] * 2
+    a = fit_variance_scale(pred, net_var, truth, kinds)
+    np.testing.assert_allclose(a["context_mean"] * 0.01, (truth[:10] ** 2).mean(axis=0))
+    np.testing.assert_allclose(a["additive"] * 0.01, (truth ** 2).mean(axis=0))  # < 3 groups: pooled
+    model, queries = _fit(tmp_path)
+    pred = model.predict(queries)
+    assert model.diagnostics()["variance_calibration"] and "out-of-fold" in pred.info["variance"]
+    assert (pred.var_delta > 1e-5).all()

@@ -189,3 +189,26 @@ def fit_shrinkage(base: np.ndarray, corr: np.ndarray, truth: np.ndarray, kinds: 
             lam = 1.0  # the sum of measured singles is never shrunk toward zero
         out[k] = {"s": s, "lambda": lam, "n": n}
     return out
+
+
+def fit_variance_scale(pred: np.ndarray, net_var: np.ndarray, truth: np.ndarray, kinds: Sequence[str], *,
+                       min_n: int = 3, floor: float = 1e-6) -> dict[str, np.ndarray]:
+    """Per base kind and gene, the factor ``a`` that calibrates the network's variance head
+    to the out-of-fold squared error of the final prediction: ``a = mean (truth − pred)² /
+    mean net_var`` over that kind's out-of-fold groups (pooled over all kinds where a kind
+    has fewer than ``min_n``). The predicted variance is then ``a · net_var``: on average it
+    matches the error actually made, whatever the base and the gate ``s`` did, and it keeps
+    the head's group-to-group differences.
+    """
+    kinds_a = np.asarray(kinds)
+    err = (truth - pred) ** 2
+    nv = np.maximum(net_var, floor)
+    pooled = np.maximum(err.mean(axis=0), floor) / nv.mean(axis=0) if len(kinds_a) else None
+    out: dict[str, np.ndarray] = {}
+    for k in KINDS:
+        sel = kinds_a == k if len(kinds_a) else np.zeros(0, bool)
+        if int(sel.sum()) >= min_n:
+            out[k] = np.maximum(err[sel].mean(axis=0), floor) / nv[sel].mean(axis=0)
+        elif pooled is not None:
+            out[k] = pooled
+    return out

@@ -237,6 +237,7 @@ class CGIOModel(Model):
                   context_dropout=cfg.context_dropout, unknown_ctx=len(self._ctx), seed=cfg.seed)
         n_fit = len(fit_groups)
         self._shrink = {k: {"s": 1.0, "lambda": 1.0, "n": 0} for k in R.KINDS}
+        self._var_scale: dict[str, np.ndarray] = {}
         refit: Curve | None = None
         if cfg.cv_folds >= 2 and n_fit >= 2 * cfg.cv_folds:
             # K-fold cross-fitting: each member early-stops on its held-out fold; the members'
@@ -245,7 +246,7 @@ class CGIOModel(Model):
             perm = np.random.default_rng(cfg.seed).permutation(n_fit)
             folds = [np.sort(f) for f in np.array_split(perm, cfg.cv_folds)]
             nets, curves = [], []
-            oof_base, oof_corr, oof_truth, oof_kind = [], [], [], []
+            oof_base, oof_corr, oof_var, oof_truth, oof_kind = [], [], [], [], []
             for fi, va_idx in enumerate(folds):
                 tr_idx = np.setdiff1d(np.arange(n_fit), va_idx)
                 net_k, curve_k = train_net(make, full.subset(tr_idx), full.subset(va_idx), epochs=cfg.epochs,
@@ -259,12 +260,18 @@ class CGIOModel(Model):
                     b = np.zeros_like(b)
                 with torch.no_grad():
                     sv = full.subset(va_idx)
-                    c = net_k(sv.x, sv.ctx, sv.cov, sv.sig)[0].cpu().numpy().astype(np.float64)
-                oof_base.append(b), oof_corr.append(c), oof_truth.append(deltas[va_idx])
+                    c, cv_, _ = (t.cpu().numpy().astype(np.float64) for t in net_k(sv.x, sv.ctx, sv.cov, sv.sig))
+                oof_base.append(b), oof_corr.append(c), oof_var.append(cv_), oof_truth.append(deltas[va_idx])
                 oof_kind += kinds
             if cfg.shrinkage:
                 self._shrink = R.fit_shrinkage(np.vstack(oof_base), np.vstack(oof_corr), np.vstack(oof_truth),
                                                oof_kind)
+            if cfg.residual:  # variance calibrated on the out-of-fold error of the final prediction
+                sh = [self._shrink[k] for k in oof_kind]
+                lam = np.array([x["lambda"] for x in sh])[:, None]
+                s_ = np.array([x["s"] for x in sh])[:, None]
+                oof_pred = lam * (np.vstack(oof_base) + s_ * np.vstack(oof_corr))
+                self._var_scale = R.fit_variance_scale(oof_pred, np.vstack(oof_var), np.vstack(oof_truth), oof_kind)
             self._nets = nets
             self._net = nets[0]
             curve = curves[0]
@@ -303,6 +310,8 @@ class CGIOModel(Model):
             "base_kinds_in_training": {k: kinds_fit.count(k) for k in R.KINDS},
             "base_weights": self._index.weights,
             "shrinkage": self._shrink,
+            "variance_calibration": {k: {"median_scale": float(np.median(v)), "min": float(v.min()),
+                                         "max": float(v.max())} for k, v in self._var_scale.items()},
             "ensemble_members": len(self._nets),
             "early_stopping": how,
             "training_curve": curve.summary(),
@@ -367,14 +376,19 @@ class CGIOModel(Model):
                               for t in member(batch.x, batch.ctx, batch.cov, batch.sig))
                 means.append(m_), vars_.append(v_), gams.append(g_)
         mean = np.mean(means, axis=0)
-        var = np.mean(vars_, axis=0) + (np.var(means, axis=0) if len(means) > 1 else 0.0)
+        head_var = np.mean(vars_, axis=0)
+        spread = np.var(means, axis=0) if len(means) > 1 else np.zeros_like(head_var)
+        var = head_var + spread
         gam = np.mean(gams, axis=0)
         base, kinds = self._index.bases(queries, len(self._genes))
         if cfg.residual:
             for i, k in enumerate(kinds):
                 sh = self._shrink[k]
                 mean[i] = sh["lambda"] * (base[i] + sh["s"] * mean[i])
-                var[i] = sh["lambda"] ** 2 * sh["s"] ** 2 * var[i] + 1e-6
+                if k in self._var_scale:  # calibrated to the out-of-fold error of this kind
+                    var[i] = self._var_scale[k] * head_var[i] + sh["lambda"] ** 2 * sh["s"] ** 2 * spread[i] + 1e-6
+                else:
+                    var[i] = sh["lambda"] ** 2 * sh["s"] ** 2 * var[i] + 1e-6
         notes: dict[str, str] = {}
         n_add = 0
         for i, q in enumerate(queries):
@@ -404,6 +418,9 @@ class CGIOModel(Model):
                 notes[q.group_id] = note
         info = {
             "prediction": "CGIO network mean and variance of the pseudobulk delta (Gaussian NLL)",
+            "variance": ("variance head × a per-kind, per-gene factor matching the out-of-fold squared error "
+                         "of the final prediction, + the spread of the cross-fitted members"
+                         if self._var_scale else "variance head (+ member spread), scaled by the gate"),
             "additive_prior": ("combos with all singles measured in the same context/covariates: sum of those "
                                "single deltas + network correction f(combo) − Σ f(single)") if cfg.additive_prior
             else "off",
