@@ -126,7 +126,7 @@ def test_ablation_switches_change_the_model(tmp_path: Path) -> None:
     base, queries = _fit(tmp_path, shrinkage=False)
     ref = base.predict(queries).mean_delta
     for switch in ({"context_conditioning": False}, {"use_graphs": False}, {"additive_prior": False},
-                   {"residual": False}, {"stacking": False}):
+                   {"residual": False}, {"stacking": False}, {"denoise": False}):
         model, _ = _fit(tmp_path, shrinkage=False, **switch)
         assert not np.allclose(model.predict(queries).mean_delta, ref), switch
     assert _fit(tmp_path, use_graphs=False)[0].diagnostics()["graphs"] == []
@@ -290,3 +290,89 @@ def test_variance_is_calibrated_to_out_of_fold_error(tmp_path: Path) -> None:
     pred = model.predict(queries)
     assert model.diagnostics()["variance_calibration"] and "out-of-fold" in pred.info["variance"]
     assert (pred.var_delta > 1e-5).all()
+
+
+def test_training_data_mean_se2_is_cell_variance_over_count() -> None:
+    adata = make_canonical_adata()
+    train, _ = training_and_queries(adata, HELD_OUT)
+    se2 = train.mean_se2()
+    assert se2.shape == (len(train.groups), len(train.genes))
+    g = train.groups[0]
+    cells = train.cells(g.group_id)
+    np.testing.assert_allclose(se2[0], cells.var(axis=0, ddof=1) / len(cells), rtol=1e-10, atol=1e-14)
+
+
+def test_eb_shrink_removes_noise_and_keeps_strong_effects() -> None:
+    """Sparse true effects + known sampling noise: the posterior means are closer to the truth
+    than the measured deltas, noise-only genes go to ~0, strong-effect genes barely move."""
+    from perturbfm_models.cgio.residual import eb_shrink
+
+    rng = np.random.default_rng(0)
+    n_groups, n_genes = 40, 60
+    theta = np.zeros((n_groups, n_genes))
+    theta[:, :10] = rng.normal(0, 2.0, size=(n_groups, 10))  # strong-effect genes
+    se2 = np.full((n_groups, n_genes), 0.05)
+    d = theta + rng.normal(size=theta.shape) * np.sqrt(se2)
+    ctx = ["c1"] * 20 + ["c2"] * 20
+    shrunk, factors = eb_shrink(d, se2, ctx)
+    assert np.mean((shrunk - theta) ** 2) < 0.5 * np.mean((d - theta) ** 2)
+    ratio = shrunk[:, :10] / d[:, :10]
+    assert ratio.min() > 0.9
+    assert np.abs(shrunk[:, 10:]).mean() < 0.3 * np.abs(d[:, 10:]).mean()
+    assert set(factors) == {"c1", "c2"} and all(0 < f < 1 for f in factors.values())
+    # no noise → nothing moves; a shape mismatch is refused
+    np.testing.assert_allclose(eb_shrink(d, np.zeros_like(d), ctx)[0], d)
+    with pytest.raises(ValueError, match="shape"):
+        eb_shrink(d, se2[:, :5], ctx)
+
+
+def test_denoised_additive_base_is_the_sum_of_shrunk_singles(tmp_path: Path) -> None:
+    from perturbfm_models.cgio.residual import BaseIndex, eb_shrink
+
+    adata = make_canonical_adata()
+    train, queries = training_and_queries(adata, HELD_OUT)
+    d, se2 = train.deltas(), train.mean_se2()
+    idx = BaseIndex(train.groups, d, se2=se2)
+    shrunk, _ = eb_shrink(d, se2, [g.context for g in train.groups])
+    pos = {g.group_id: i for i, g in enumerate(train.groups)}
+    q = next(q for q in queries if q.group_id == "G0+G1@ctxA")
+    base, kind = idx.base(q, d.shape[1])
+    w = idx.weights[kind]
+    assert kind.startswith("additive") and not w["fitted"] and (w["A"], w["T"], w["M"]) == (1.0, 0.0, 0.0)
+    np.testing.assert_allclose(base, shrunk[pos["G0@ctxA"]] + shrunk[pos["G1@ctxA"]])
+    assert not np.allclose(base, d[pos["G0@ctxA"]] + d[pos["G1@ctxA"]])
+    model, _ = _fit(tmp_path)
+    assert set(model.diagnostics()["denoise_mean_factor_per_context"]) == {g.context for g in train.groups}
+
+
+def test_self_effect_is_fitted_out_of_fold_and_added_at_the_target_gene() -> None:
+    """Every perturbation raises its own (measured) gene by 2 on top of the usual effects. In
+    one context a held-out single has a context-mean base, which lacks that rise: the fitted κ
+    recovers it and the prediction at the target gene is up; switched off, it is not. A
+    double whose singles are measured carries the rise in its additive base: no κ added."""
+    adata = make_canonical_adata(contexts=("ctxA",))
+    X = adata.X.toarray()
+    pert = adata.obs["pfm_perturbation"].astype(str).to_numpy()
+    genes = list(adata.var_names)
+    for i, p in enumerate(pert):
+        for g in p.split("+"):
+            if g in genes:
+                X[i, genes.index(g)] += 2.0
+    adata.X = X
+    train, queries = training_and_queries(adata, ["G5@ctxA", "G0+G1@ctxA"])
+    ctrl = adata.obs["pfm_is_control"].to_numpy(bool)
+    truth = X[pert == "G5", 5].mean() - X[ctrl, 5].mean()
+    out, add = {}, {}
+    for on in (True, False):
+        model = CGIOModel()
+        model.fit(train, None, {**model.default_config(), **FAST, "self_effect": on})
+        pred = model.predict(queries)
+        by_id = dict(zip(pred.group_ids, pred.mean_delta))
+        out[on], add[on] = by_id["G5@ctxA"][5], by_id["G0+G1@ctxA"]
+        eff = model.diagnostics()["self_effect_per_context"]
+        if on:
+            assert set(eff) == {"ctxA"} and 1.2 < eff["ctxA"]["kappa"] < 2.8 and eff["ctxA"]["n"] >= 3
+        else:
+            assert eff == {}
+    assert abs(out[True] - truth) < 0.6 < abs(out[False] - truth)
+    np.testing.assert_allclose(add[True], add[False])

@@ -80,6 +80,19 @@ class TrainingData:
         """Group mean minus its context's control mean ``[n_groups, n_genes]``."""
         return self.group_means() - self.control_means()
 
+    def mean_se2(self) -> np.ndarray:
+        """Squared standard error of each group's mean expression per gene ``[n_groups,
+        n_genes]``: unbiased cell variance / number of cells (0 for a group of one cell).
+
+        This is the sampling noise of :meth:`deltas` that is particular to each group; the
+        control mean each delta subtracts is shared by every group of a context (and by the
+        held-out truth it is evaluated against), so its noise is a common offset, not part of
+        this figure."""
+        if not self.groups:
+            return np.zeros((0, len(self.genes)))
+        _, var, n = self._moments
+        return np.where(n[:, None] >= 2, np.nan_to_num(var) / np.maximum(n, 1)[:, None], 0.0)
+
     def cells(self, group_id: str) -> np.ndarray:
         """The cells of one group of this role (dense ``[n, n_genes]``)."""
         if group_id not in self._allowed:

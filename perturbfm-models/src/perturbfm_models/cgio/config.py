@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "additive_prior": True,
     "residual": True,
     "stacking": True,
+    "denoise": True,
+    "self_effect": True,
     "cv_folds": 3,
     "shrinkage": True,
     "go_table": None,
@@ -79,6 +81,8 @@ class CGIOConfig:
     additive_prior: bool
     residual: bool
     stacking: bool
+    denoise: bool
+    self_effect: bool
     cv_folds: int
     shrinkage: bool
     go_table: str | None
@@ -129,6 +133,7 @@ class CGIOConfig:
             context_conditioning=_bool(config, "context_conditioning"),
             additive_prior=_bool(config, "additive_prior"),
             residual=_bool(config, "residual"), stacking=_bool(config, "stacking"),
+            denoise=_bool(config, "denoise"), self_effect=_bool(config, "self_effect"),
             cv_folds=num("cv_folds", True, 0),
             shrinkage=_bool(config, "shrinkage"),
             go_table=config.get("go_table", None), go_k=num("go_k", True, 1),

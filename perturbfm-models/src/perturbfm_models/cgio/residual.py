@@ -20,6 +20,12 @@ would be: its own group left out, and for the two new-context kinds its whole co
 out (``M`` = the mean of the other contexts' groups). A kind with fewer than
 ``min_n`` training groups keeps the rule-based default: ``A`` alone, else ``T`` alone, else
 ``M`` alone. ``weights`` records what was fitted and from how many groups.
+
+With ``denoise`` the singles summed by ``A`` are empirical-Bayes estimates of their deltas
+(:func:`eb_shrink`) rather than the raw pseudobulk deltas: each measured delta is a mean over
+a finite number of cells, and a sum of two noisy singles carries the noise of both, which on
+the devel K562 doubles is most of the additive baseline's error (``T`` and ``M`` average
+several groups and are left as measured).
 """
 
 from __future__ import annotations
@@ -46,20 +52,68 @@ def _default_weights(kind: str) -> dict[str, float]:
     return {"A": 0.0, "T": 0.0, "M": 1.0}
 
 
+def eb_shrink(deltas: np.ndarray, se2: np.ndarray, contexts: Sequence[str], *, min_groups: int = 3,
+              ) -> tuple[np.ndarray, dict[str, float]]:
+    """Posterior means of the true deltas under a per-gene normal prior, fitted per context.
+
+    Per context ``c`` and gene ``g``, the training deltas are ``d = θ + ε`` with sampling noise
+    ``ε ~ N(0, se²)`` (``se²`` of the group mean, :meth:`TrainingData.mean_se2`: the control
+    mean is shared by every delta of the context and by the held-out truth, so its noise is an
+    offset common to prediction and truth, not noise to remove) and true effects
+    ``θ ~ N(0, τ²_cg)``; ``τ²`` is the method-of-moments estimate ``max(mean d² − mean se², 0)``
+    over the context's groups (over all groups where a context has fewer than ``min_groups``).
+    The posterior mean is ``d · τ² / (τ² + se²)``: a gene whose effects across perturbations
+    are no larger than the noise is shrunk to 0, a gene with large effects is barely moved.
+    Nothing is tuned, and no held-out group is used.
+
+    Returns:
+        ``(shrunk deltas, mean shrink factor per context)``.
+    """
+    deltas = np.asarray(deltas, dtype=np.float64)
+    se2 = np.maximum(np.asarray(se2, dtype=np.float64), 0.0)
+    if deltas.shape != se2.shape:
+        raise ValueError(f"deltas {deltas.shape} and their squared standard errors {se2.shape} differ in shape")
+    ctx = np.asarray(contexts, dtype=object)
+    if not len(deltas):
+        return deltas.copy(), {}
+
+    def tau2(sel: np.ndarray) -> np.ndarray:
+        return np.maximum((deltas[sel] ** 2).mean(axis=0) - se2[sel].mean(axis=0), 0.0)
+
+    pooled = tau2(np.ones(len(deltas), bool))
+    out = np.empty_like(deltas)
+    factors: dict[str, float] = {}
+    for c in sorted(set(ctx)):
+        sel = ctx == c
+        t2 = tau2(sel) if int(sel.sum()) >= min_groups else pooled
+        den = t2[None, :] + se2[sel]
+        f = np.where(den > 0, t2[None, :] / np.where(den > 0, den, 1.0), 1.0)
+        out[sel] = deltas[sel] * f
+        factors[str(c)] = round(float(f.mean()), 6)
+    return out, factors
+
+
 class BaseIndex:
     """The training deltas indexed for :meth:`base` (single genes, perturbations, contexts),
     with per-kind stacking weights fitted on the indexed groups themselves (leave-self-out)."""
 
     def __init__(self, groups: Sequence[GroupInfo], deltas: np.ndarray, use_additive: bool = True,
-                 stack: bool = True, min_n: int = 3) -> None:
+                 stack: bool = True, min_n: int = 3, se2: np.ndarray | None = None) -> None:
+        """``se2`` (the deltas' squared standard errors) turns on :func:`eb_shrink` for the
+        singles summed by ``A``; ``T`` and ``M`` are means over several groups already, and the
+        stacking weights are fitted against the measured deltas."""
         self.use_additive = use_additive
-        self.by_key: dict[tuple[str, str, str], tuple[str, np.ndarray]] = {}
+        self.shrink_factors: dict[str, float] | None = None
+        deltas = np.asarray(deltas, dtype=np.float64)
+        shrunk = deltas
+        if se2 is not None:
+            shrunk, self.shrink_factors = eb_shrink(deltas, se2, [g.context for g in groups])
+        self.by_key: dict[tuple[str, str, str], tuple[str, np.ndarray, np.ndarray]] = {}
         self.by_pert: dict[str, list[tuple[str, str, np.ndarray]]] = {}
         self.ctx_sum: dict[str, np.ndarray] = {}
         self.ctx_n: dict[str, int] = {}
-        deltas = np.asarray(deltas, dtype=np.float64)
-        for g, d in zip(groups, deltas):
-            self.by_key[(g.perturbation, g.context, g.covariates)] = (g.group_id, d)
+        for g, d, ds in zip(groups, deltas, shrunk):
+            self.by_key[(g.perturbation, g.context, g.covariates)] = (g.group_id, d, ds)
             self.by_pert.setdefault(g.perturbation, []).append((g.group_id, g.context, d))
             self.ctx_sum[g.context] = self.ctx_sum.get(g.context, 0.0) + d
             self.ctx_n[g.context] = self.ctx_n.get(g.context, 0) + 1
@@ -74,7 +128,7 @@ class BaseIndex:
     # ------------------------------------------------------------------ predictors
     def _single(self, gene: str, ctx: str, cov: str, self_id: str) -> np.ndarray | None:
         hit = self.by_key.get((gene, ctx, cov))
-        return hit[1] if hit is not None and hit[0] != self_id else None
+        return hit[2] if hit is not None and hit[0] != self_id else None
 
     def features(self, q: GroupInfo, n_genes: int, drop_context: bool = False,
                  ) -> tuple[dict[str, np.ndarray], str]:
@@ -212,3 +266,32 @@ def fit_variance_scale(pred: np.ndarray, net_var: np.ndarray, truth: np.ndarray,
         elif pooled is not None:
             out[k] = pooled
     return out
+
+
+SELF_EFFECT_KINDS = ("context_mean", "global_mean")  # bases that carry no measurement of the perturbation
+
+
+def fit_self_effect(pred: np.ndarray, truth: np.ndarray, groups: Sequence[GroupInfo], kinds: Sequence[str],
+                    gene_pos: dict[str, int], *, min_n: int = 3) -> dict[str, dict[str, float]]:
+    """Per context, the mean out-of-fold error ``κ = mean (truth − pred)`` at the perturbed
+    genes themselves, over the groups of a base kind without a measurement of the
+    perturbation (:data:`SELF_EFFECT_KINDS`) whose perturbed genes are measured.
+
+    A knock-out or knock-down lowers its own target's transcript (CRISPRa raises it) by a
+    roughly constant amount in log expression. The sum of measured singles and the
+    perturbation's delta elsewhere carry that change; a context-mean base (other
+    perturbations' deltas at that gene) and the low-rank operator do not. ``κ`` is added to
+    such a query's prediction at each of its measured perturbed genes. A context with fewer
+    than ``min_n`` such (group, gene) pairs gets none; nothing is pooled across contexts,
+    whose perturbation modality (and so the sign) may differ.
+    """
+    per: dict[str, list[float]] = {}
+    for p, t, g, k in zip(pred, truth, groups, kinds):
+        if k not in SELF_EFFECT_KINDS:
+            continue
+        for x in g.genes:
+            j = gene_pos.get(x)
+            if j is not None:
+                per.setdefault(g.context, []).append(float(t[j] - p[j]))
+    return {c: {"kappa": round(float(np.mean(v)), 6), "n": len(v)} for c, v in sorted(per.items())
+            if len(v) >= min_n}

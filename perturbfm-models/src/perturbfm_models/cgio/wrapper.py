@@ -66,7 +66,9 @@ class CGIOModel(Model):
     base (:mod:`.residual`): a non-negative least-squares stack (``stacking``, weights per
     base kind fitted leave-self-out on the training groups) of the sum of measured singles
     (combinations whose singles were measured in the query's context), the perturbation's
-    mean delta in other contexts, and the context's mean training delta; ``cv_folds`` members are cross-fitted on the training groups and averaged,
+    mean delta in other contexts, and the context's mean training delta; the singles of the
+    sum are empirical-Bayes estimates of their deltas (``denoise``: per-gene normal prior per
+    context, shrinking effects no larger than their sampling noise); ``cv_folds`` members are cross-fitted on the training groups and averaged,
     and their out-of-fold predictions fit, per base kind, a gate ``s`` on the
     correction and (``shrinkage``) a factor ``λ`` shrinking the delta toward zero:
     ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base).
@@ -208,7 +210,9 @@ class CGIOModel(Model):
         self._time_scale = max(times) if times and max(times) > 0 else 1.0
         # residual design: the network learns a correction to a closed-form base (residual.py)
         n_genes = len(self._genes)
-        self._index = R.BaseIndex(fit_groups, deltas, use_additive=cfg.additive_prior, stack=cfg.stacking)
+        se2 = (np.vstack([train.mean_se2()] + ([val.mean_se2()] if val is not None and val.groups else []))
+               if cfg.denoise else None)
+        self._index = R.BaseIndex(fit_groups, deltas, use_additive=cfg.additive_prior, stack=cfg.stacking, se2=se2)
         base_fit, kinds_fit = self._index.bases(fit_groups, n_genes)
         if not cfg.residual:
             base_fit = np.zeros_like(deltas)
@@ -238,6 +242,7 @@ class CGIOModel(Model):
         n_fit = len(fit_groups)
         self._shrink = {k: {"s": 1.0, "lambda": 1.0, "n": 0} for k in R.KINDS}
         self._var_scale: dict[str, np.ndarray] = {}
+        self._self_effect: dict[str, dict[str, float]] = {}
         refit: Curve | None = None
         if cfg.cv_folds >= 2 and n_fit >= 2 * cfg.cv_folds:
             # K-fold cross-fitting: each member early-stops on its held-out fold; the members'
@@ -254,7 +259,7 @@ class CGIOModel(Model):
                 nets.append(net_k)
                 curves.append(curve_k)
                 sub = R.BaseIndex([fit_groups[i] for i in tr_idx], deltas[tr_idx], use_additive=cfg.additive_prior,
-                                  stack=cfg.stacking)
+                                  stack=cfg.stacking, se2=None if se2 is None else se2[tr_idx])
                 b, kinds = sub.bases([fit_groups[i] for i in va_idx], n_genes)
                 if not cfg.residual:
                     b = np.zeros_like(b)
@@ -271,7 +276,13 @@ class CGIOModel(Model):
                 lam = np.array([x["lambda"] for x in sh])[:, None]
                 s_ = np.array([x["s"] for x in sh])[:, None]
                 oof_pred = lam * (np.vstack(oof_base) + s_ * np.vstack(oof_corr))
-                self._var_scale = R.fit_variance_scale(oof_pred, np.vstack(oof_var), np.vstack(oof_truth), oof_kind)
+                oof_truth_a = np.vstack(oof_truth)
+                if cfg.self_effect:  # the perturbed genes' own change, from the out-of-fold error there
+                    oof_groups = [fit_groups[i] for f in folds for i in f]
+                    gpos = {g: i for i, g in enumerate(self._genes)}
+                    self._self_effect = R.fit_self_effect(oof_pred, oof_truth_a, oof_groups, oof_kind, gpos)
+                    oof_pred = self._add_self_effect(oof_pred, oof_groups, oof_kind)
+                self._var_scale = R.fit_variance_scale(oof_pred, np.vstack(oof_var), oof_truth_a, oof_kind)
             self._nets = nets
             self._net = nets[0]
             curve = curves[0]
@@ -305,10 +316,14 @@ class CGIOModel(Model):
             "graphs": [dict(name=g.name, **g.provenance) for g in self._graphs],
             "switches": {"use_graphs": cfg.use_graphs, "graphs": cfg.graphs, "gating": cfg.gating,
                          "context_conditioning": cfg.context_conditioning, "additive_prior": cfg.additive_prior,
-                         "residual": cfg.residual, "stacking": cfg.stacking, "cv_folds": cfg.cv_folds,
+                         "residual": cfg.residual, "stacking": cfg.stacking, "denoise": cfg.denoise,
+                         "self_effect": cfg.self_effect,
+                         "cv_folds": cfg.cv_folds,
                          "shrinkage": cfg.shrinkage},
             "base_kinds_in_training": {k: kinds_fit.count(k) for k in R.KINDS},
             "base_weights": self._index.weights,
+            "denoise_mean_factor_per_context": self._index.shrink_factors,
+            "self_effect_per_context": self._self_effect,
             "shrinkage": self._shrink,
             "variance_calibration": {k: {"median_scale": float(np.median(v)), "min": float(v.min()),
                                          "max": float(v.max())} for k, v in self._var_scale.items()},
@@ -320,6 +335,20 @@ class CGIOModel(Model):
             "device": str(self._device),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
+
+    def _add_self_effect(self, pred: np.ndarray, groups: Sequence[GroupInfo], kinds: Sequence[str]) -> np.ndarray:
+        """``pred`` plus the context's ``κ`` at the measured perturbed genes of each group whose
+        base kind carries no measurement of its perturbation."""
+        out = np.array(pred, dtype=np.float64, copy=True)
+        gpos = {g: i for i, g in enumerate(self._genes)}
+        for i, (g, k) in enumerate(zip(groups, kinds)):
+            eff = self._self_effect.get(g.context)
+            if eff is None or k not in R.SELF_EFFECT_KINDS:
+                continue
+            for x in g.genes:
+                if x in gpos:
+                    out[i, gpos[x]] += eff["kappa"]
+        return out
 
     def _gate_summary(self, full: Batch) -> dict[str, dict[str, float]]:
         """Mean gate per graph over the training groups of each context."""
@@ -389,6 +418,8 @@ class CGIOModel(Model):
                     var[i] = self._var_scale[k] * head_var[i] + sh["lambda"] ** 2 * sh["s"] ** 2 * spread[i] + 1e-6
                 else:
                     var[i] = sh["lambda"] ** 2 * sh["s"] ** 2 * var[i] + 1e-6
+            if self._self_effect:
+                mean = self._add_self_effect(mean, queries, kinds)
         notes: dict[str, str] = {}
         n_add = 0
         for i, q in enumerate(queries):
@@ -428,6 +459,8 @@ class CGIOModel(Model):
             "residual_base": ({k: kinds.count(k) for k in R.KINDS} if cfg.residual else "off"),
             "base_weights": self._index.weights if cfg.residual else "off",
             "shrinkage": self._shrink,
+            "self_effect": (self._self_effect or "none fitted (needs >= 3 out-of-fold groups per context whose "
+                            "perturbed genes are measured)") if cfg.residual and cfg.self_effect else "off",
             "unseen_context_policy": "learned 'unknown' context embedding (noted per group)",
             "unreachable_policy": "a perturbed gene with no path to any measured gene is noted per group; "
                                   "if it was also never perturbed in training it contributes nothing",
