@@ -369,6 +369,8 @@ def test_self_effect_is_fitted_out_of_fold_and_added_at_the_target_gene() -> Non
         pred = model.predict(queries)
         by_id = dict(zip(pred.group_ids, pred.mean_delta))
         out[on], add[on] = by_id["G5@ctxA"][5], by_id["G0+G1@ctxA"]
+        assert ("self-effect" in pred.notes.get("G5@ctxA", "")) is on
+        assert "self-effect" not in pred.notes.get("G0+G1@ctxA", "")
         eff = model.diagnostics()["self_effect_per_context"]
         if on:
             assert set(eff) == {"ctxA"} and 1.2 < eff["ctxA"]["kappa"] < 2.8 and eff["ctxA"]["n"] >= 3

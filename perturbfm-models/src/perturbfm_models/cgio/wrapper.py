@@ -421,6 +421,7 @@ class CGIOModel(Model):
             if self._self_effect:
                 mean = self._add_self_effect(mean, queries, kinds)
         notes: dict[str, str] = {}
+        gpos = {g: i for i, g in enumerate(self._genes)}
         n_add = 0
         for i, q in enumerate(queries):
             parts: list[str | None] = self._gene_notes(q)
@@ -442,6 +443,11 @@ class CGIOModel(Model):
                 miss = [g for g, s in zip(q.genes, singles) if s is None]
                 parts.append(f"additive prior not applied: single(s) {', '.join(miss)} not measured in this "
                              "context/covariates; predicted by the network alone")
+            eff = self._self_effect.get(q.context) if cfg.residual else None
+            own = [g for g in q.genes if g in gpos]
+            if eff is not None and own and kinds[i] in R.SELF_EFFECT_KINDS:
+                parts.append(f"self-effect {eff['kappa']:+.3f} (median out-of-fold error at the perturbed genes "
+                             f"of context {q.context!r}, n = {eff['n']}) added at {', '.join(own)}")
             if not q.genes:
                 parts.append("query has no perturbed genes: network output for an empty mask")
             note = join_notes(parts)
