@@ -195,6 +195,7 @@ class CGIOModel(Model):
         fit_groups = list(train.groups) + (list(val.groups) if val is not None else [])
         deltas = np.vstack([train.deltas()] + ([val.deltas()] if val is not None and val.groups else []))
         self._genes = list(train.genes)
+        self._gene_pos = {g: i for i, g in enumerate(self._genes)}
         seeds = list(dict.fromkeys(self._genes + sorted({x for g in fit_groups for x in g.genes})))
         self._go = None
         self._universe, self._graphs = self._build_graphs(train, seeds)
@@ -279,8 +280,8 @@ class CGIOModel(Model):
                 oof_truth_a = np.vstack(oof_truth)
                 if cfg.self_effect:  # the perturbed genes' own change, from the out-of-fold error there
                     oof_groups = [fit_groups[i] for f in folds for i in f]
-                    gpos = {g: i for i, g in enumerate(self._genes)}
-                    self._self_effect = R.fit_self_effect(oof_pred, oof_truth_a, oof_groups, oof_kind, gpos)
+                    self._self_effect = R.fit_self_effect(oof_pred, oof_truth_a, oof_groups, oof_kind,
+                                                          self._gene_pos)
                     oof_pred = self._add_self_effect(oof_pred, oof_groups, oof_kind)
                 self._var_scale = R.fit_variance_scale(oof_pred, np.vstack(oof_var), oof_truth_a, oof_kind)
             self._nets = nets
@@ -336,18 +337,22 @@ class CGIOModel(Model):
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
 
+    def _self_effect_for(self, g: GroupInfo, kind: str) -> tuple[dict[str, float] | None, list[str]]:
+        """The context's fitted self-effect and the measured perturbed genes it applies to, for
+        a group whose base kind carries no measurement of its perturbation (else ``None``)."""
+        eff = self._self_effect.get(g.context)
+        own = [x for x in g.genes if x in self._gene_pos]
+        if eff is None or kind not in R.SELF_EFFECT_KINDS or not own:
+            return None, []
+        return eff, own
+
     def _add_self_effect(self, pred: np.ndarray, groups: Sequence[GroupInfo], kinds: Sequence[str]) -> np.ndarray:
-        """``pred`` plus the context's ``κ`` at the measured perturbed genes of each group whose
-        base kind carries no measurement of its perturbation."""
+        """``pred`` plus the context's ``κ`` at the genes :meth:`_self_effect_for` names."""
         out = np.array(pred, dtype=np.float64, copy=True)
-        gpos = {g: i for i, g in enumerate(self._genes)}
         for i, (g, k) in enumerate(zip(groups, kinds)):
-            eff = self._self_effect.get(g.context)
-            if eff is None or k not in R.SELF_EFFECT_KINDS:
-                continue
-            for x in g.genes:
-                if x in gpos:
-                    out[i, gpos[x]] += eff["kappa"]
+            eff, own = self._self_effect_for(g, k)
+            for x in own:
+                out[i, self._gene_pos[x]] += eff["kappa"]
         return out
 
     def _gate_summary(self, full: Batch) -> dict[str, dict[str, float]]:
@@ -421,7 +426,6 @@ class CGIOModel(Model):
             if self._self_effect:
                 mean = self._add_self_effect(mean, queries, kinds)
         notes: dict[str, str] = {}
-        gpos = {g: i for i, g in enumerate(self._genes)}
         n_add = 0
         for i, q in enumerate(queries):
             parts: list[str | None] = self._gene_notes(q)
@@ -443,9 +447,8 @@ class CGIOModel(Model):
                 miss = [g for g, s in zip(q.genes, singles) if s is None]
                 parts.append(f"additive prior not applied: single(s) {', '.join(miss)} not measured in this "
                              "context/covariates; predicted by the network alone")
-            eff = self._self_effect.get(q.context) if cfg.residual else None
-            own = [g for g in q.genes if g in gpos]
-            if eff is not None and own and kinds[i] in R.SELF_EFFECT_KINDS:
+            eff, own = self._self_effect_for(q, kinds[i]) if cfg.residual else (None, [])
+            if eff is not None:
                 parts.append(f"self-effect {eff['kappa']:+.3f} (median out-of-fold error at the perturbed genes "
                              f"of context {q.context!r}, n = {eff['n']}) added at {', '.join(own)}")
             if not q.genes:
