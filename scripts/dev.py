@@ -25,7 +25,7 @@ PLUGINS = ["plugins/perturbfm-gears"]
 # torch is pinned: on these machines 2.13.0 resolves to a local CPU wheel.
 TOOLS = ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "setuptools>=68", "wheel"]
 # peers the parity tests compare against (never vendored; MIT-licensed packages)
-PEERS = ["cell-eval==0.8.2", "scperturb==0.1.0", "pot==0.9.7.post1"]
+PEERS = ["cell-eval==0.8.2", "cell-eval2==0.20.0", "scperturb==0.1.0", "pot==0.9.7.post1"]
 # optional extras exercised by the tests (the Ray executor against a real local Ray instance)
 EXTRAS = ["ray==2.60.0", "mlflow-skinny==3.17.2"]
 # Debian packages the tests use: headless Chromium renders the HTML reports

@@ -4,6 +4,7 @@ with a ledger that records where every parameter's value came from."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from perturbfm.errors import ConfigError
 #: Run-level parameters and their defaults.
 RUN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "panels": ["basic"],
+    "panels": "standard",
+    "replicate_seeds": 5,
     "max_cells": 2000,
     "ensemble": 1,
     "ensemble_mode": "seeds",
@@ -49,8 +51,26 @@ def _parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _coerce_panels(param: str, value: Any, origin: str) -> Any:
+    """``run.panels``: ``standard`` (every installed standard panel) or a list of panel names."""
+    fix = f"set {param} to standard, or a list of panel names like [basic, vcc]"
+    if isinstance(value, str):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if names == ["standard"]:
+            return "standard"
+        value = names
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{param} must be 'standard' or a list of panel names, got {value!r}", field=param,
+                          file=origin, fix=fix)
+    if not value:
+        raise ConfigError(f"{param} names no panel", field=param, file=origin, fix=fix)
+    return [v.strip() for v in value]
+
+
 def _coerce(param: str, value: Any, default: Any, origin: str) -> Any:
     """Check ``value`` against the default's type (ints may stand for floats)."""
+    if param == "run.panels":
+        return _coerce_panels(param, value, origin)
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -65,6 +85,9 @@ def _coerce(param: str, value: Any, default: Any, origin: str) -> Any:
         if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{param} must be an integer, got {value!r}", field=param, file=origin,
                               fix=f"set {param} to an integer like {default!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{param} must be a finite number, got {value!r}", field=param, file=origin,
+                              fix=f"set {param} to a number like {default!r}")
         return type(default)(value)
     if isinstance(default, (list, tuple)):
         if isinstance(value, str):

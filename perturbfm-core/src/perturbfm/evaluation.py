@@ -277,7 +277,36 @@ def aggregate(value: MetricValue, groups: Sequence[GroupInfo]) -> dict[str, Any]
     return out
 
 
-def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, Any]:
+def check_metric_value(v: Any, wanted: set[str]) -> str:
+    """Why ``v`` is not a complete, finite metric value for the groups ``wanted`` ("" when it is)."""
+    if not isinstance(v, MetricValue):
+        return f"returned {type(v).__name__}, expected MetricValue or NotApplicable"
+    bad = v.non_finite()
+    if bad:
+        return f"non-finite for {', '.join(bad[:5])}"
+    declared = v.not_applicable_groups or {}
+    empty = sorted(k for k, r in declared.items() if not str(r).strip())
+    if empty:
+        return f"groups declared not applicable without a reason: {', '.join(empty[:5])}"
+    if v.per_group is not None:
+        both = sorted(set(v.per_group) & set(declared))
+        if both:
+            return f"groups both scored and declared not applicable: {', '.join(both[:5])}"
+        if set(v.per_group) | set(declared) != wanted:
+            lacking = sorted(wanted - set(v.per_group) - set(declared))
+            unknown = sorted(set(v.per_group) | set(declared) - wanted)
+            return (f"no value for groups {', '.join(lacking[:5])}" if lacking else
+                    f"values for groups that were not evaluated: {', '.join(unknown[:5])}")
+        return ""
+    if declared:
+        return "not_applicable_groups needs per_group values (a per-context metric declares contexts in NotApplicable)"
+    if not v.per_context:
+        return "no values"
+    return ""
+
+
+def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
+                    raw_out: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run every panel and check completeness.
 
     Returns the ``panels`` section of ``metrics.json``. Raises
@@ -290,6 +319,8 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, 
     for panel in panels:
         try:
             values = panel.compute(data)
+            if not isinstance(values, dict):
+                raise TypeError(f"compute returned {type(values).__name__}, expected a dict of metric values")
         except Exception as exc:  # recorded as a problem of this panel, never swallowed
             problems.append((panel.name, "*", f"panel raised {type(exc).__name__}: {exc}"))
             continue
@@ -300,6 +331,7 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, 
                 "definition": spec.definition,
                 "variant": spec.variant,
                 "higher_is_better": spec.higher_is_better,
+                **({"delta_based": True} if getattr(spec, "delta_based", False) else {}),
             }
             if v is None:
                 problems.append((panel.name, key, "missing"))
@@ -311,16 +343,18 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, 
                 entry["not_applicable"] = v.reason
                 section[key] = entry
                 continue
-            bad = v.non_finite()
-            if bad:
-                problems.append((panel.name, key, f"non-finite for {', '.join(bad[:5])}"))
+            problem = check_metric_value(v, wanted)
+            if problem:
+                problems.append((panel.name, key, problem))
                 continue
-            if v.per_group is not None and set(v.per_group) != wanted:
-                lacking = sorted(wanted - set(v.per_group))
-                problems.append((panel.name, key, f"no value for groups {', '.join(lacking[:5])}"))
-                continue
-            if v.per_group is None and not v.per_context:
-                problems.append((panel.name, key, "no values"))
+            declared = dict(sorted(v.not_applicable_groups.items()))
+            if declared:
+                entry["not_applicable_groups"] = declared
+                entry["n_not_applicable_groups"] = len(declared)
+            if v.per_group is not None and not v.per_group:
+                entry["not_applicable"] = (f"declared not applicable for every group ({len(declared)}); "
+                                           f"e.g. {next(iter(declared.values()))}")
+                section[key] = entry
                 continue
             agg = aggregate(v, data.groups)
             if not math.isfinite(agg["global"]):
@@ -332,6 +366,36 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, 
         for key in extra:
             problems.append((panel.name, key, "undeclared key (add it to the panel's metrics)"))
         out[panel.name] = {"version": panel.version, "description": panel.description, "metrics": section}
+        if raw_out is not None:
+            raw_out[panel.name] = values
     if problems:
         raise PanelIncompleteError(problems)
     return out
+
+
+def select_panels(registry: Any, requested: Any, *, gives_variance: bool) -> list[MetricPanel]:
+    """The panels a run or ``eval`` computes: every installed standard panel (and the
+    variance panels when the model gives a variance) for ``"standard"``, else the
+    named ones. Raises :class:`perturbfm.errors.PerturbFMError` naming the fix."""
+    from perturbfm.errors import PerturbFMError
+
+    if requested in (None, "standard"):
+        names = []
+        for n in registry.names("metric_panel"):
+            cls = registry.get("metric_panel", n).cls
+            if getattr(cls, "standard", False) or (gives_variance and getattr(cls, "needs_variance", False)):
+                names.append(n)
+        order = {n: k for k, n in enumerate(STANDARD_ORDER)}
+        names.sort(key=lambda n: (order.get(n, len(order)), n))
+        if not names:
+            raise PerturbFMError("no standard metric panel is installed", field="run.panels",
+                                 fix="pip install perturbfm-metrics, or name the panels with --set run.panels=[...]")
+        return [registry.create("metric_panel", n) for n in names]
+    if not isinstance(requested, (list, tuple)) or not requested or not all(isinstance(n, str) for n in requested):
+        raise PerturbFMError(f"run.panels must be 'standard' or a list of panel names, got {requested!r}",
+                             field="run.panels", fix="e.g. --set run.panels=[basic,vcc]")
+    return [registry.create("metric_panel", n) for n in dict.fromkeys(requested)]
+
+
+#: display order of the standard panels
+STANDARD_ORDER = ("basic", "scperturbench", "perturbench", "vcc", "vcc2026", "deg_weighted", "uncertainty")

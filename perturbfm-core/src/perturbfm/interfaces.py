@@ -175,11 +175,16 @@ class MetricSpec:
         definition: the formula, in words.
         variant: which convention among the peers' (e.g. "r, not 1 - r").
         higher_is_better: direction, or None where it has none.
+        delta_based: True when the metric is computed from the predicted and true
+            deltas against the context's control mean (then the harness also reports
+            it with prediction and truth referenced to disjoint control halves,
+            ``indep_ctrl``, so shared-control inflation is visible).
     """
 
     definition: str
     variant: str = ""
     higher_is_better: bool | None = None
+    delta_based: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,11 +203,18 @@ class MetricValue:
     counts. Give ``per_context`` only for metrics defined over a whole context
     (then the global value weights contexts by their true cells). ``extra``
     holds JSON-serialisable detail (curves, counts) kept beside the values.
+
+    A group the metric cannot score for a stated reason (no true DE genes, a
+    solver that did not converge ...) goes in ``not_applicable_groups`` (group id
+    -> reason) instead of ``per_group``: it is listed, counted and left out of
+    every aggregate, never scored as 0 or NaN. ``per_group`` and
+    ``not_applicable_groups`` together cover every evaluated group.
     """
 
     per_group: dict[str, float] | None = None
     per_context: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    not_applicable_groups: dict[str, str] = field(default_factory=dict)
 
     def non_finite(self) -> list[str]:
         """Names of entries that are not finite numbers."""
@@ -216,11 +228,17 @@ class MetricValue:
 
 class MetricPanel(abc.ABC):
     """A named set of metric keys. ``compute`` must return a value or a
-    :class:`NotApplicable` for every key in ``metrics``."""
+    :class:`NotApplicable` for every key in ``metrics``.
+
+    ``standard`` panels are computed by default (when ``run.panels`` is not given);
+    ``needs_variance`` panels only when the model gives a predictive variance.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
+    standard: ClassVar[bool] = False
+    needs_variance: ClassVar[bool] = False
     metrics: ClassVar[Mapping[str, MetricSpec]] = {}
 
     @abc.abstractmethod

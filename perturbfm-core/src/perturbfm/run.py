@@ -32,12 +32,13 @@ from perturbfm.calibration import (
 from perturbfm.config import ledger_csv, resolve_config
 from perturbfm.dataset import control_stats, ensure_group_column, group_table, grouped_moments
 from perturbfm.errors import PanelIncompleteError, PerturbFMError, SplitIntegrityError
-from perturbfm.evaluation import CONVENTIONS, EvalData, aggregate, build_eval_data, evaluate_panels, validate_prediction
+from perturbfm.evaluation import CONVENTIONS, EvalData, aggregate, build_eval_data, select_panels, validate_prediction
 from perturbfm.fsio import atomic_write_json, atomic_write_text, atomic_write_with, atomic_write_yaml
 from perturbfm.hashing import sha256_json
 from perturbfm.interfaces import MetricPanel, Model, NotApplicable, Prediction
 from perturbfm.plugins import PluginRegistry, get_registry
 from perturbfm.provenance import environment, git_sha
+from perturbfm.references import evaluate_with_references
 from perturbfm.store import ArtifactStore, utc_now
 from perturbfm.training import TrainingData
 
@@ -149,11 +150,7 @@ def execute_run(
     model_reg = registry.get("model", model)
     model_obj: Model = model_reg.cls()
     config, ledger = resolve_config(model_obj.default_config(), config_file=config_file, sets=sets, model_name=model)
-    panels: list[MetricPanel] = []
-    for p in config["run"]["panels"]:
-        panels.append(registry.create("metric_panel", p))
-    if not panels:
-        raise PerturbFMError("no metric panels requested", field="run.panels", fix="set run.panels, e.g. [basic]")
+    panels = select_panels(registry, config["run"]["panels"], gives_variance=model_reg.cls.gives_variance)
     check_run_config(model_reg.cls, model_obj.default_config(), config, split_obj)
     cfg_hash = sha256_json({"model_name": model, **config})
     run_id = make_run_id(split_id, model, cfg_hash)
@@ -372,7 +369,11 @@ def _fit_predict_evaluate(
             pa.layers[f"conformal_lo_{lv}"], pa.layers[f"conformal_hi_{lv}"] = conformal_result.intervals[lv]
     atomic_write_with(run_dir / "predictions.h5ad", lambda p: pa.write_h5ad(p), suffix=".h5ad")
     writer.stage("predictions", "done")
-    panels_out = evaluate_panels(panels, data)
+    say("evaluating: references (baseline, split-half replicates, independent controls, train-mean)")
+    tm_delta, tm_reason = _train_mean_reference(registry, train, val, test_groups, model.name)
+    panels_out, references = evaluate_with_references(
+        panels, data, train_mean=tm_delta, train_mean_reason=tm_reason,
+        replicate_seeds=int(run_cfg["replicate_seeds"]), say=say)
     calibration = build_calibration(data, registry, conformal_result, config)
     atomic_write_json(run_dir / "calibration.json", calibration)
     writer.stage("calibration", "done")
@@ -403,11 +404,41 @@ def _fit_predict_evaluate(
                     **({"label": split.labels[g.group_id]} if split.labels and g.group_id in split.labels else {}),
                     **({"ood": split.ood[g.group_id]} if split.ood and g.group_id in split.ood else {})}
                    for g in data.groups],
+        "panel_selection": panel_selection(config, panels),
+        "references": references,
         "panels": panels_out,
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     writer.stage("evaluate", "done")
     return metrics
+
+
+def _train_mean_reference(registry: PluginRegistry, train: TrainingData, val: TrainingData | None,
+                          test_groups: Sequence[Any], model_name: str) -> tuple[np.ndarray | None, str]:
+    """The ``train-mean`` model's predicted deltas for the test groups, or None and why."""
+    from perturbfm.errors import PluginError
+
+    if not train.groups:
+        return None, "the split has no training groups"
+    try:
+        reg = registry.get("model", "train-mean")
+    except PluginError:
+        return None, "the train-mean model is not installed (pip install perturbfm-models)"
+    ref: Model = reg.cls()
+    try:
+        ref.fit(train, val, ref.default_config())
+        pred = ref.predict([replace(g, n_cells=0) for g in test_groups])
+    except Exception as exc:  # the reference is reported unavailable, the run goes on
+        return None, f"the train-mean reference failed: {type(exc).__name__}: {exc}"
+    return np.asarray(pred.mean_delta, dtype=np.float64), ""
+
+
+def panel_selection(config: dict[str, Any], panels: Sequence[MetricPanel]) -> dict[str, Any]:
+    """Which panels were computed and whether that is the standard set."""
+    requested = config["run"].get("panels")
+    return {"panels": [p.name for p in panels],
+            "selection": "standard (every installed standard panel)" if requested in (None, "standard") else
+            "narrower set requested (run.panels)" if isinstance(requested, list) else str(requested)}
 
 
 def _panel_summary(values: dict[str, Any], data: EvalData) -> dict[str, Any]:

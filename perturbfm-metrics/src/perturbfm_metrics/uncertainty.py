@@ -86,6 +86,7 @@ class UncertaintyPanel(MetricPanel):
 
     name: ClassVar[str] = "uncertainty"
     version: ClassVar[str] = "1"
+    needs_variance: ClassVar[bool] = True
     description: ClassVar[str] = (
         "Calibration (interval coverage, Gaussian NLL) and usefulness (risk-coverage, OOD AUROC) of "
         "the predicted uncertainty of group-mean deltas"

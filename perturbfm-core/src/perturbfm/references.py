@@ -1,0 +1,421 @@
+"""References every metric is calibrated against, computed by the harness from the
+data alone, and the calibrated scores.
+
+For each evaluated group ``g`` and each metric, with ``u`` the model's raw value:
+
+``baseline`` (``b``)
+    The mean-response baseline: every group of a context is given the same
+    prediction, the mean of the true mean profiles of the context's *evaluated*
+    groups (as a delta against the context's control mean). No training data is
+    used; it is what "predict the average response" scores.
+
+``replicate`` (``r``)
+    A technical-duplicate ceiling: the group's true cells are split at random into
+    two disjoint halves (``floor(n/2)`` and ``ceil(n/2)`` cells); one half is the
+    truth and the other is scored as the prediction (its mean delta and its cells).
+    Repeated with :data:`REPLICATE_SEEDS` seeds; ``r`` is the mean over seeds and
+    ``seed_sd`` their standard deviation (ddof = 1), the resolution limit for
+    telling two predictions apart. A group with fewer than
+    :data:`MIN_REPLICATE_CELLS` true cells cannot be split: it is declared
+    (``unsplittable``), never dropped silently.
+
+``calibrated``
+    ``s = (u - b) / (r - b)``, not clipped: 0 is the mean-response baseline, 1 a
+    replicate of the experiment; negative is worse than the baseline, above 1 is
+    closer to the truth than a replicate half is (usually noise or leakage). The
+    direction of the metric cancels out, so higher is always better. A group is
+    *unresolvable* when ``|r - b| <= seed_sd`` (the baseline is within the
+    replicate's own seed spread); unresolvable and unsplittable groups are listed,
+    counted and left out of the calibrated aggregates. Aggregates follow the raw
+    metric's rule (per group -> context mean -> global mean weighted by true
+    cells) over the resolved groups, and the aggregate calibrated value is the
+    ratio of aggregates ``(U - B) / (R - B)`` over those groups (stable where a
+    per-group denominator is small); per-group calibrated values are given too.
+
+``indep_ctrl`` (delta-based metrics only)
+    The metric with prediction and truth referenced to two disjoint halves of the
+    context's control cells: truth delta = true mean - mean(C1), predicted delta
+    = (control mean + predicted delta) - mean(C2). A prediction that shares the
+    control mean's sampling noise with the truth (any delta averaged over training
+    groups measured against the same controls) scores much lower here: the gap
+    is shared-control inflation.
+
+``train_mean`` (runs whose split has training groups)
+    The value of the ``train-mean`` model (mean training delta of the context) on
+    the same groups, when that model is installed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from perturbfm.evaluation import EvalData, aggregate, check_metric_value, evaluate_panels
+from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable
+
+REPLICATE_SEEDS = 5
+MIN_REPLICATE_CELLS = 4
+CONTROL_SALT = 7_919
+REPLICATE_SALT = 104_729
+
+DEFINITIONS = {
+    "baseline": "mean-response baseline: each group of a context predicted as the mean true delta of the "
+    "context's evaluated groups",
+    "replicate": f"split-half replicate: the group's true cells split at random into two halves, one scored as "
+    f"the prediction of the other; mean over {REPLICATE_SEEDS} seeds, seed_sd = their standard deviation "
+    f"(ddof=1); groups with < {MIN_REPLICATE_CELLS} cells are declared unsplittable",
+    "calibrated": "(u - b) / (r - b), not clipped (0 = baseline, 1 = replicate; higher is better); groups with "
+    "|r - b| <= seed_sd are unresolvable and excluded; aggregates are (U - B) / (R - B) of the resolved groups' "
+    "aggregates",
+    "indep_ctrl": "delta-based metrics with the truth referenced to one half of the context's control cells "
+    "and the prediction to the other (shows shared-control inflation)",
+    "train_mean": "the train-mean model (mean training delta of the context) on the same groups",
+}
+
+
+# --------------------------------------------------------------------------- reference inputs
+def _share_caches(new: EvalData, old: EvalData) -> EvalData:
+    """Reuse the parent's cached control cells and group rows (same cells)."""
+    for name in ("_control_cells", "_group_rows"):
+        if name in old.__dict__:
+            new.__dict__[name] = old.__dict__[name]
+    return new
+
+
+def baseline_data(data: EvalData) -> EvalData:
+    """``data`` with every group predicted as its context's mean true delta."""
+    pred = np.empty_like(data.true_mean)
+    td = data.true_delta
+    for _, idx in data.context_indices().items():
+        pred[idx] = td[idx].mean(axis=0)
+    return _share_caches(replace(data, pred_delta=pred, pred_var=None, pred_cells_given=None, extra={}), data)
+
+
+def prediction_data(data: EvalData, pred_delta: np.ndarray) -> EvalData:
+    """``data`` with another model's predicted deltas (no variance, constructed cells)."""
+    return _share_caches(replace(data, pred_delta=np.asarray(pred_delta, dtype=np.float64), pred_var=None,
+                                 pred_cells_given=None, extra={}), data)
+
+
+class _LazyCells(Mapping[str, np.ndarray]):
+    def __init__(self, fetch: Any, ids: Sequence[str]) -> None:
+        self._fetch, self._ids = fetch, list(ids)
+
+    def __getitem__(self, gid: str) -> np.ndarray:
+        return self._fetch(gid)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class ReplicateData(EvalData):
+    """Split-half replicate of the truth: the first half of each group's true
+    cells is the truth, the second half the prediction (mean and cells)."""
+
+    parent: EvalData
+    halves: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def all_true_cells(self, i: int) -> np.ndarray:
+        gid = self.groups[i].group_id
+        a, _ = self.halves[gid]
+        return self.parent.all_true_cells(self._parent_index[gid])[a]
+
+    def half_b_cells(self, gid: str) -> np.ndarray:
+        _, b = self.halves[gid]
+        return self.parent.all_true_cells(self._parent_index[gid])[b]
+
+    @property
+    def _parent_index(self) -> dict[str, int]:
+        cache = self.__dict__.get("_pidx")
+        if cache is None:
+            cache = {gid: k for k, gid in enumerate(self.parent.group_ids)}
+            self.__dict__["_pidx"] = cache
+        return cache
+
+
+def split_halves(n: int, seed: int, salt: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random halves of ``range(n)`` (sizes floor(n/2), ceil(n/2)), seeded."""
+    perm = np.random.default_rng([seed, REPLICATE_SALT, salt, k]).permutation(n)
+    h = n // 2
+    return np.sort(perm[:h]), np.sort(perm[h:])
+
+
+def replicate_data(data: EvalData, rep: int) -> tuple[EvalData | None, dict[str, str]]:
+    """Replicate ``rep`` of ``data`` and the groups that cannot be split (id -> reason)."""
+    if data.adata is None:
+        return None, {g.group_id: "the evaluation inputs carry no true cells to split" for g in data.groups}
+    keep: list[int] = []
+    unsplit: dict[str, str] = {}
+    halves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    means_a, vars_a, means_b, ns = [], [], [], []
+    for i, g in enumerate(data.groups):
+        X = data.all_true_cells(i)
+        n = X.shape[0]
+        if n < MIN_REPLICATE_CELLS:
+            unsplit[g.group_id] = f"{n} true cells: fewer than {MIN_REPLICATE_CELLS} cannot be split into halves"
+            continue
+        a, b = split_halves(n, data.seed, i, rep)
+        halves[g.group_id] = (a, b)
+        keep.append(i)
+        means_a.append(X[a].mean(axis=0))
+        vars_a.append(X[a].var(axis=0, ddof=1) if a.size > 1 else np.zeros(X.shape[1]))
+        means_b.append(X[b].mean(axis=0))
+        ns.append(a.size)
+    if not keep:
+        return None, unsplit
+    idx = np.array(keep)
+    groups = [replace(data.groups[i], n_cells=int(n)) for i, n in zip(keep, ns)]
+    ctrl_mean = data.ctrl_mean[idx]
+    rd = ReplicateData(
+        genes=data.genes, groups=groups, true_mean=np.stack(means_a), true_var=np.stack(vars_a),
+        ctrl_mean=ctrl_mean, pred_delta=np.stack(means_b) - ctrl_mean, pred_var=None,
+        control_var=data.control_var, control_n=data.control_n, seed=data.seed, max_cells=data.max_cells,
+        ood={g.group_id: data.ood[g.group_id] for g in groups if g.group_id in data.ood} if data.ood else None,
+        adata=data.adata, pred_cells_given=None, extra={},
+    )
+    rd.parent = data
+    rd.halves = halves
+    rd.pred_cells_given = _LazyCells(rd.half_b_cells, [g.group_id for g in groups])  # type: ignore[assignment]
+    _share_caches(rd, data)
+    rd.__dict__.pop("_group_rows", None)  # rows of the parent's groups are reached through the parent
+    return rd, unsplit
+
+
+class IndepControlData(EvalData):
+    """Truth referenced to control half C1, prediction to control half C2."""
+
+    ctrl_half: dict[str, np.ndarray]
+
+    def control_cells(self, context: str) -> np.ndarray:
+        return self.ctrl_half[context]
+
+
+def indep_control_data(data: EvalData) -> tuple[EvalData | None, str]:
+    """``data`` re-referenced to disjoint control halves, or None and the reason."""
+    if data.adata is None:
+        return None, "the evaluation inputs carry no control cells to split"
+    m1: dict[str, np.ndarray] = {}
+    m2: dict[str, np.ndarray] = {}
+    cells1: dict[str, np.ndarray] = {}
+    for k, ctx in enumerate(data.contexts):
+        C = data.control_cells(ctx)
+        if C.shape[0] < MIN_REPLICATE_CELLS:
+            return None, f"context {ctx} has {C.shape[0]} control cells; {MIN_REPLICATE_CELLS} are needed to split"
+        a, b = split_halves(C.shape[0], data.seed, CONTROL_SALT, k)
+        m1[ctx], m2[ctx], cells1[ctx] = C[a].mean(axis=0), C[b].mean(axis=0), C[a]
+    ctx_of = [g.context for g in data.groups]
+    c1 = np.stack([m1[c] for c in ctx_of])
+    c2 = np.stack([m2[c] for c in ctx_of])
+    pred_abs = data.ctrl_mean + data.pred_delta
+    new = IndepControlData(
+        genes=data.genes, groups=data.groups, true_mean=data.true_mean, true_var=data.true_var, ctrl_mean=c1,
+        pred_delta=pred_abs - c2, pred_var=data.pred_var, control_var=data.control_var, control_n=data.control_n,
+        seed=data.seed, max_cells=data.max_cells, ood=data.ood, adata=data.adata, pred_cells_given=None, extra={},
+    )
+    new.ctrl_half = cells1
+    if "_group_rows" in data.__dict__:
+        new.__dict__["_group_rows"] = data.__dict__["_group_rows"]
+    return new, ""
+
+
+# --------------------------------------------------------------------------- calibration
+def _levels(v: MetricValue) -> tuple[str, dict[str, float]]:
+    if v.per_group is not None:
+        return "per_group", {k: float(x) for k, x in v.per_group.items()}
+    return "per_context", {k: float(x) for k, x in (v.per_context or {}).items()}
+
+
+def _agg(level: str, values: Mapping[str, float], data: EvalData) -> dict[str, Any]:
+    out = aggregate(MetricValue(**{level: dict(values)}), data.groups)
+    out.pop("extra", None)
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(float(x))
+
+
+def calibrate_metric(
+    data: EvalData,
+    raw: MetricValue,
+    base: MetricValue | NotApplicable | None,
+    reps: Sequence[MetricValue | NotApplicable | None],
+    unsplittable: Mapping[str, str],
+) -> dict[str, Any]:
+    """The ``baseline``, ``replicate`` and ``calibrated`` objects of one metric."""
+    level, u = _levels(raw)
+    out: dict[str, Any] = {}
+    if not isinstance(base, MetricValue):
+        reason = base.reason if isinstance(base, NotApplicable) else "the baseline could not be scored"
+        na = {"not_applicable": f"baseline: {reason}"}
+        return {"baseline": na, "replicate": na, "calibrated": na}
+    _, b = _levels(base)
+    out["baseline"] = _agg(level, {k: b[k] for k in u if k in b}, data)
+    usable = [r for r in reps if isinstance(r, MetricValue)]
+    if not usable:
+        reasons = sorted({r.reason for r in reps if isinstance(r, NotApplicable)}) or [
+            "no group could be split into halves"]
+        na = {"not_applicable": "replicate: " + "; ".join(reasons)}
+        out["replicate"] = na
+        out["calibrated"] = na
+        return out
+    rep_vals = [_levels(r)[1] for r in usable]
+    r_mean: dict[str, float] = {}
+    r_sd: dict[str, float] = {}
+    excluded: dict[str, str] = {}
+    for k in u:
+        xs = [rv[k] for rv in rep_vals if k in rv]
+        if len(xs) < 2:
+            excluded[k] = unsplittable.get(k, "the replicate is not defined for this group in enough seeds "
+                                             f"({len(xs)} of {len(reps)})")
+            continue
+        r_mean[k] = float(np.mean(xs))
+        r_sd[k] = float(np.std(xs, ddof=1))
+    out["replicate"] = {
+        **_agg(level, r_mean, data) if r_mean else {"global": None, "per_context": {}},
+        "seed_sd": {level: r_sd},
+        "n_seeds": len(usable),
+        **({"not_defined": excluded} if excluded else {}),
+    }
+    cal: dict[str, float] = {}
+    unresolvable: list[str] = []
+    for k, uk in u.items():
+        if k in excluded or k not in b:
+            if k not in b:
+                excluded[k] = "the baseline is not defined for this group"
+            continue
+        denom = r_mean[k] - b[k]
+        if not abs(denom) > r_sd[k] or denom == 0.0:
+            unresolvable.append(k)
+            continue
+        cal[k] = (uk - b[k]) / denom
+    resolved = sorted(cal)
+    cal_obj: dict[str, Any] = {
+        "global": None,
+        "per_context": {},
+        level: cal,
+        "unresolvable": unresolvable,
+        "n_unresolvable": len(unresolvable),
+        "not_calibrated": {k: v for k, v in excluded.items()},
+        "n_resolved": len(resolved),
+    }
+    if resolved:
+        U = _agg(level, {k: u[k] for k in resolved}, data)
+        B = _agg(level, {k: b[k] for k in resolved}, data)
+        R = _agg(level, {k: r_mean[k] for k in resolved}, data)
+
+        def ratio(uu: float, bb: float, rr: float) -> float | None:
+            d = rr - bb
+            return (uu - bb) / d if d != 0 and all(map(_finite, (uu, bb, rr))) else None
+
+        cal_obj["global"] = ratio(U["global"], B["global"], R["global"])
+        cal_obj["per_context"] = {c: ratio(U["per_context"][c], B["per_context"][c], R["per_context"][c])
+                                  for c in U["per_context"]}
+    else:
+        cal_obj["reason"] = "no group is resolvable (the baseline is within the replicate's seed spread everywhere)"
+    out["calibrated"] = cal_obj
+    return out
+
+
+# --------------------------------------------------------------------------- orchestration
+def _safe_compute(panel: MetricPanel, data: EvalData | None, why_none: str) -> dict[str, MetricValue | NotApplicable]:
+    """Every key of ``panel`` on a reference input; failures become declared reasons
+    (a reference that cannot be scored never fails the run, it is reported)."""
+    if data is None:
+        return {k: NotApplicable(why_none) for k in panel.metrics}
+    try:
+        values = panel.compute(data)
+        if not isinstance(values, dict):
+            raise TypeError(f"compute returned {type(values).__name__}")
+    except Exception as exc:  # reported per metric, never swallowed
+        return {k: NotApplicable(f"the panel raised {type(exc).__name__}: {exc}") for k in panel.metrics}
+    wanted = {g.group_id for g in data.groups}
+    out: dict[str, MetricValue | NotApplicable] = {}
+    for k in panel.metrics:
+        v = values.get(k)
+        if v is None:
+            out[k] = NotApplicable("missing from the panel's output")
+        elif isinstance(v, NotApplicable):
+            out[k] = v
+        else:
+            problem = check_metric_value(v, wanted)
+            out[k] = NotApplicable(problem) if problem else v
+    return out
+
+
+def _summary(v: MetricValue | NotApplicable | None, data: EvalData) -> dict[str, Any]:
+    if not isinstance(v, MetricValue):
+        return {"not_applicable": v.reason if isinstance(v, NotApplicable) else "not computed"}
+    if v.per_group is not None and not v.per_group:
+        return {"not_applicable": "declared not applicable for every group"}
+    out = aggregate(v, data.groups)
+    out.pop("extra", None)
+    if v.not_applicable_groups:
+        out["not_applicable_groups"] = dict(sorted(v.not_applicable_groups.items()))
+    return out
+
+
+def evaluate_with_references(
+    panels: Sequence[MetricPanel],
+    data: EvalData,
+    *,
+    train_mean: np.ndarray | None = None,
+    train_mean_reason: str = "",
+    replicate_seeds: int = REPLICATE_SEEDS,
+    say: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate ``panels`` (completeness-checked, as :func:`evaluate_panels`) and add
+    to every metric its ``baseline``, ``replicate``, ``calibrated`` and, where
+    defined, ``indep_ctrl`` and ``train_mean`` objects.
+
+    Returns ``(panels section, references section)`` of ``metrics.json``.
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    out = evaluate_panels(panels, data, raw_out=raw)
+    if replicate_seeds < 2:
+        raise ValueError("replicate_seeds must be at least 2 (the seed spread needs two replicates)")
+    base = baseline_data(data)
+    reps: list[EvalData | None] = []
+    unsplittable: dict[str, str] = {}
+    for k in range(replicate_seeds):
+        rd, unsplittable = replicate_data(data, k)
+        reps.append(rd)
+    any_delta = any(getattr(spec, "delta_based", False) for p in panels for spec in p.metrics.values())
+    indep, indep_reason = indep_control_data(data) if any_delta else (None, "no delta-based metric requested")
+    tm = prediction_data(data, train_mean) if train_mean is not None else None
+    for panel in panels:
+        if say:
+            say(f"references: {panel.name}")
+        b_vals = _safe_compute(panel, base, "")
+        r_vals = [_safe_compute(panel, rd, "no group has enough true cells to split into halves") for rd in reps]
+        delta_keys = [k for k, spec in panel.metrics.items() if getattr(spec, "delta_based", False)]
+        i_vals = _safe_compute(panel, indep, indep_reason) if delta_keys else {}
+        t_vals = _safe_compute(panel, tm, train_mean_reason) if tm is not None else {}
+        for key, entry in out[panel.name]["metrics"].items():
+            if "not_applicable" in entry:
+                continue
+            v = raw[panel.name][key]
+            entry.update(calibrate_metric(data, v, b_vals.get(key), [r.get(key) for r in r_vals], unsplittable))
+            if key in delta_keys:
+                entry["indep_ctrl"] = _summary(i_vals.get(key), data)
+            if tm is not None:
+                entry["train_mean"] = _summary(t_vals.get(key), data)
+            elif train_mean_reason:
+                entry["train_mean"] = {"not_applicable": train_mean_reason}
+    info: dict[str, Any] = {
+        "definitions": DEFINITIONS,
+        "replicate_seeds": replicate_seeds,
+        "min_replicate_cells": MIN_REPLICATE_CELLS,
+        "unsplittable_groups": dict(sorted(unsplittable.items())),
+        "n_unsplittable_groups": len(unsplittable),
+        "indep_ctrl": "computed" if indep is not None else f"not computed: {indep_reason}",
+        "train_mean": "computed" if tm is not None else f"not computed: {train_mean_reason or 'not requested'}",
+    }
+    return out, info
