@@ -226,19 +226,35 @@ def run_cmd(ctx: click.Context, model: str, split: str, config_file: str | None,
         ctx.exit(EXIT_RUN_FAILED)
 
 
+def metrics_table(m: dict[str, Any]) -> Table:
+    """Raw and calibrated global values beside the references, one row per metric."""
+    from perturbfm.references import fmt, metric_rows
+
+    t = Table(title=f"{m['model']} on split {m['split'][:7]} ({m['n_groups']} held-out groups); "
+                    "calibrated = (raw - baseline) / (replicate - baseline): 0 baseline, 1 replicate")
+    for col in ("panel", "metric", "raw", "calibrated", "baseline", "replicate", "indep. ctrl", "train-mean",
+                "unresolv."):
+        t.add_column(col, justify="left" if col in ("panel", "metric") else "right")
+    for r in metric_rows(m):
+        if r["raw"] is None:
+            t.add_row(r["panel"], r["metric"], "n/a", "", "", "", "", "", "", style="dim")
+            continue
+        arrow = {True: " ↑", False: " ↓"}.get(r["higher_is_better"], "")
+        t.add_row(r["panel"], r["metric"] + arrow, fmt(r["raw"]), fmt(r["calibrated"], 3), fmt(r["baseline"]),
+                  fmt(r["replicate"]), fmt(r["indep_ctrl"]), fmt(r["train_mean"]),
+                  "" if r["n_unresolvable"] is None else str(r["n_unresolvable"]))
+    return t
+
+
 def _print_run_result(result: Any) -> None:
     if result.status == "succeeded":
         m = result.metrics
         if m.get("synthetic"):
             err_console.print("[bold red]SYNTHETIC DATA[/bold red]: results come from simulated data")
-        t = Table(title=f"{m['model']} on split {m['split'][:7]} ({m['n_groups']} held-out groups)")
-        t.add_column("panel")
-        t.add_column("metric")
-        t.add_column("global", justify="right")
-        for pname, panel in m["panels"].items():
-            for key, e in panel["metrics"].items():
-                t.add_row(pname, key, "n/a" if "not_applicable" in e else f"{e['global']:.4f}")
-        console.print(t)
+        console.print(metrics_table(m))
+        sel = m.get("panel_selection", {}).get("selection", "")
+        if sel.startswith("narrower"):
+            err_console.print(f"note: {sel}; the standard panels are: run.panels=standard")
         click.echo(str(result.run_dir))
         return
     err = result.error
@@ -287,13 +303,18 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
 
     path = write_comparison_report(store.root / "reports" / f"demo_{sid[:7]}.html", [r.metrics for r in results],
                                    [str(r.run_dir) for r in results])
-    t = Table(title=f"SYNTHETIC benchmark: split {sid[:7]} (global, weighted by true cells)")
-    t.add_column("model")
-    keys = [(p, k) for p, panel in results[0].metrics["panels"].items() for k in panel["metrics"]]
-    for _, k in keys:
-        t.add_column(k, justify="right")
+    from perturbfm.references import fmt, metric_rows
+
+    t = Table(title=f"SYNTHETIC benchmark: split {sid[:7]}, raw / calibrated (0 = mean-response baseline, "
+                    "1 = split-half replicate)")
+    t.add_column("panel")
+    t.add_column("metric")
     for r in results:
-        t.add_row(r.metrics["model"], *[f"{r.metrics['panels'][p]['metrics'][k]['global']:.4f}" for p, k in keys])
+        t.add_column(r.metrics["model"], justify="right")
+    table = [metric_rows(r.metrics) for r in results]
+    for k, row in enumerate(table[0]):
+        t.add_row(row["panel"], row["metric"] + {True: " ↑", False: " ↓"}.get(row["higher_is_better"], ""),
+                  *[f"{fmt(rows[k]['raw'])} / {fmt(rows[k]['calibrated'], 2)}" for rows in table])
     console.print(t)
     for r in results:
         err_console.print(f"run: {r.run_dir}")

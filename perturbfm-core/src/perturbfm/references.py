@@ -279,7 +279,7 @@ def calibrate_metric(
         r_mean[k] = float(np.mean(xs))
         r_sd[k] = float(np.std(xs, ddof=1))
     out["replicate"] = {
-        **_agg(level, r_mean, data) if r_mean else {"global": None, "per_context": {}},
+        **(_agg(level, r_mean, data) if r_mean else {"global": None, "per_context": {}}),
         "seed_sd": {level: r_sd},
         "n_seeds": len(usable),
         **({"not_defined": excluded} if excluded else {}),
@@ -419,3 +419,35 @@ def evaluate_with_references(
         "train_mean": "computed" if tm is not None else f"not computed: {train_mean_reason or 'not requested'}",
     }
     return out, info
+
+
+# --------------------------------------------------------------------------- reading back
+def _g(obj: Any) -> float | None:
+    if isinstance(obj, Mapping) and _finite(obj.get("global")):
+        return float(obj["global"])
+    return None
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric of a ``metrics.json``: raw and calibrated global values
+    beside the references (None where undefined, with ``note`` saying why)."""
+    rows = []
+    for pname, panel in metrics.get("panels", {}).items():
+        for key, e in panel.get("metrics", {}).items():
+            cal = e.get("calibrated") or {}
+            note = e.get("not_applicable") or cal.get("not_applicable") or cal.get("reason") or ""
+            rows.append({
+                "panel": pname, "metric": key, "higher_is_better": e.get("higher_is_better"),
+                "raw": _g(e), "calibrated": _g(cal), "baseline": _g(e.get("baseline")),
+                "replicate": _g(e.get("replicate")), "indep_ctrl": _g(e.get("indep_ctrl")),
+                "train_mean": _g(e.get("train_mean")),
+                "n_unresolvable": cal.get("n_unresolvable"), "n_resolved": cal.get("n_resolved"),
+                "n_not_applicable_groups": e.get("n_not_applicable_groups", 0),
+                "note": str(note),
+            })
+    return rows
+
+
+def fmt(v: float | None, digits: int = 4) -> str:
+    """A value for a table: undefined is shown as '–', never as 0."""
+    return "–" if v is None else f"{v:.{digits}f}"

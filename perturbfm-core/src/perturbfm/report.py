@@ -241,6 +241,42 @@ def _render_gates(gates: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
+    """The metrics table of a run: raw and calibrated side by side, with the references."""
+    from perturbfm.references import fmt, metric_rows
+
+    refs = metrics.get("references") or {}
+    sel = (metrics.get("panel_selection") or {}).get("selection", "")
+    out = ["<h2>Metrics: raw and calibrated</h2>",
+           "<p>Raw: mean over groups, per context, weighted by true cells. Calibrated = (raw − baseline) / "
+           "(replicate − baseline) over the resolved groups: <b>0</b> scores like the mean-response baseline (the "
+           "average true response of the evaluated groups given to every group), <b>1</b> like a split-half "
+           "replicate of the experiment; higher is always better, not clipped. Indep. ctrl: the delta-based "
+           "metric with prediction and truth referenced to disjoint control halves (a large drop from raw is "
+           "shared-control inflation).</p>"]
+    if sel.startswith("narrower"):
+        out.append(f"<p class='banner'>Panels: {html.escape(sel)} — not the standard set</p>")
+    rows = []
+    for r in metric_rows(metrics):
+        direction = {True: "↑", False: "↓"}.get(r["higher_is_better"], "")
+        if r["raw"] is None:
+            rows.append([r["panel"], r["metric"], direction, "n/a: " + r["note"], "", "", "", "", "", "", ""])
+            continue
+        rows.append([r["panel"], r["metric"], direction, fmt(r["raw"]), fmt(r["calibrated"], 3), fmt(r["baseline"]),
+                     fmt(r["replicate"]), fmt(r["indep_ctrl"]), fmt(r["train_mean"]),
+                     "" if r["n_unresolvable"] is None else f"{r['n_unresolvable']} / {r['n_resolved']}",
+                     r["n_not_applicable_groups"] or ""])
+    out.append(_table(["panel", "metric", "better", "raw", "calibrated", "baseline", "replicate", "indep. ctrl",
+                       "train-mean", "unresolvable / resolved groups", "groups declared n/a"], rows))
+    unsplit = refs.get("unsplittable_groups") or {}
+    if unsplit:
+        out.append(f"<p>{len(unsplit)} groups could not be split for the replicate: "
+                   + html.escape("; ".join(f"{k}: {v}" for k, v in list(unsplit.items())[:20])) + "</p>")
+    if refs.get("definitions"):
+        out.append(_table(["reference", "definition"], [[k, v] for k, v in refs["definitions"].items()]))
+    return "\n".join(out)
+
+
 def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
                       calibration: dict[str, Any] | None = None) -> str:
     """The HTML text of a run report."""
@@ -262,7 +298,8 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
         ["config hash", provenance["config_hash"][:12]],
         ["git", str(provenance["git"])],
     ]))
-    parts.append("<h2>Metrics (global = mean over groups weighted by true cells)</h2>")
+    parts.append(render_calibrated_metrics(metrics))
+    parts.append("<h3>Raw values per context</h3>")
     contexts = sorted({c for p in metrics["panels"].values() for e in p["metrics"].values()
                        for c in e.get("per_context", {})})
     rows = []
@@ -271,7 +308,7 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
             if "not_applicable" in e:
                 rows.append([pname, key, "n/a: " + e["not_applicable"]] + [""] * len(contexts))
             else:
-                rows.append([pname, key, e["global"]] + [e["per_context"].get(c, "") for c in contexts])
+                rows.append([pname, key, e["global"]] + [e["per_context"].get(c, "–") for c in contexts])
     parts.append(_table(["panel", "metric", "global"] + [f"context {c}" for c in contexts], rows))
     parts.append("<h3>Definitions</h3>")
     parts.append(_table(["metric", "definition", "variant", "higher is better"], [
@@ -286,7 +323,7 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
     for g in metrics["groups"]:
         gid = g["group_id"]
         grows.append([gid, g["context"], g["n_true_cells"]]
-                     + [metrics["panels"][p]["metrics"][k]["per_group"][gid] for p, k in group_keys]
+                     + [metrics["panels"][p]["metrics"][k]["per_group"].get(gid, "n/a") for p, k in group_keys]
                      + [metrics["model_notes"].get(gid, "")])
     parts.append(_table(["group", "context", "true cells"] + [k for _, k in group_keys] + ["model note"], grows))
     if metrics.get("model_info"):

@@ -76,6 +76,7 @@ class BasicPanel(MetricPanel):
     """MSE (all genes and top-100 DEGs), Pearson r of deltas and RMSE of group means."""
 
     name: ClassVar[str] = "basic"
+    standard: ClassVar[bool] = True
     version: ClassVar[str] = "1"
     description: ClassVar[str] = (
         "Errors of predicted vs true group means and Pearson r of deltas against the true "

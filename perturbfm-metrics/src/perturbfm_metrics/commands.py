@@ -19,13 +19,14 @@ import click
 import numpy as np
 import scipy.sparse as sp
 from perturbfm.dataset import control_stats, group_id, group_table
-from perturbfm.errors import DatasetValidationError, PanelIncompleteError, PredictionError
-from perturbfm.evaluation import CONVENTIONS, DEFAULT_MAX_CELLS, build_eval_data, evaluate_panels
+from perturbfm.errors import DatasetValidationError, PanelIncompleteError, PerturbFMError, PredictionError
+from perturbfm.evaluation import CONVENTIONS, DEFAULT_MAX_CELLS, build_eval_data, select_panels
 from perturbfm.fsio import atomic_write_json
 from perturbfm.hashing import sha256_file
 from perturbfm.interfaces import Prediction
+from perturbfm.references import evaluate_with_references
 
-DEFAULT_PANELS = "basic,vcc"
+DEFAULT_PANELS = "standard"
 
 
 def _check_group_coverage(want: set[str], have: set[str], pred_file: str, perturbation_key: str) -> None:
@@ -123,7 +124,7 @@ def _align_genes(X: Any, pred_genes: list[str], truth_genes: list[str], pred_fil
 
 
 def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbation", control: str = "control",
-                   context_keys: Sequence[str] = (), panels: Sequence[str] = ("basic", "vcc"), seed: int = 0,
+                   context_keys: Sequence[str] = (), panels: Sequence[str] | str = "standard", seed: int = 0,
                    expression: str = "log1p", max_cells: int = DEFAULT_MAX_CELLS,
                    backed: bool = False) -> dict[str, Any]:
     """Score ``pred`` against ``truth``; returns the content of ``metrics.json``.
@@ -145,7 +146,7 @@ def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbati
     from perturbfm_bench_adapters.anndata_adapter import AnnDataAdapter
 
     registry = get_registry()
-    panel_objs = [registry.create("metric_panel", p) for p in panels]
+    panel_objs = select_panels(registry, panels, gives_variance=False)
     keys = list(context_keys)
     res = AnnDataAdapter().load(truth, perturbation_key=perturbation_key, control=control,
                                 context_keys=keys, expression=expression)
@@ -177,7 +178,7 @@ def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbati
         cells=cells,  # type: ignore[arg-type]
     )
     data = build_eval_data(tad, groups, ctrl, prediction, seed=seed, max_cells=max_cells)
-    panels_out = evaluate_panels(panel_objs, data)
+    panels_out, references = evaluate_with_references(panel_objs, data)
     return {
         "schema": 1,
         "kind": "eval",
@@ -197,6 +198,10 @@ def evaluate_files(pred: str, truth: str, *, perturbation_key: str = "perturbati
         },
         "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells,
                     "n_pred_cells": int(rows_of[g.group_id].size)} for g in data.groups],
+        "panel_selection": {"panels": [p.name for p in panel_objs],
+                            "selection": "standard (every installed standard panel)" if panels == "standard"
+                            else "narrower set requested (--panels)"},
+        "references": references,
         "panels": panels_out,
     }
 
@@ -256,7 +261,7 @@ def _open_backed(path: str, role: str, perturbation_key: str, control: str, cont
 
 
 def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: str, context_keys: Sequence[str],
-                     panels: Sequence[str], seed: int, expression: str, max_cells: int) -> dict[str, Any]:
+                     panels: Sequence[str] | str, seed: int, expression: str, max_cells: int) -> dict[str, Any]:
     """:func:`evaluate_files` on backed files (see there)."""
     import pandas as pd
     from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, COVARIATES_COL, PERT_COL, grouped_moments
@@ -266,7 +271,7 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
         raise DatasetValidationError("backed mode reads X as stored and needs log1p values", field="--counts",
                                      fix="drop --backed, or store log1p-normalised X")
     registry = get_registry()
-    panel_objs = [registry.create("metric_panel", p) for p in panels]
+    panel_objs = select_panels(registry, panels, gives_variance=False)
     keys = list(context_keys)
     tad, tpert, tctrl, tctx, tfile = _open_backed(truth, "truth", perturbation_key, control, keys)
     pad, ppert, pctrl, pctx, pred_file = _open_backed(pred, "pred", perturbation_key, control, keys)
@@ -295,7 +300,7 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
         prediction = Prediction(group_ids=ids, mean_delta=pmean - np.stack([ctrl.mean(g.context) for g in groups]),
                                 cells=cells)  # type: ignore[arg-type]
         data = build_eval_data(tad, groups, ctrl, prediction, seed=seed, max_cells=max_cells)
-        panels_out = evaluate_panels(panel_objs, data)
+        panels_out, references = evaluate_with_references(panel_objs, data)
     finally:
         for a in (tad, pad):
             if getattr(a, "file", None) is not None:
@@ -321,6 +326,10 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
         },
         "groups": [{"group_id": g.group_id, "context": g.context, "n_true_cells": g.n_cells,
                     "n_pred_cells": int(n)} for g, n in zip(data.groups, pcount)],
+        "panel_selection": {"panels": [p.name for p in panel_objs],
+                            "selection": "standard (every installed standard panel)" if panels == "standard"
+                            else "narrower set requested (--panels)"},
+        "references": references,
         "panels": panels_out,
     }
 
@@ -343,7 +352,7 @@ def _print_incomplete(err: PanelIncompleteError) -> None:
 @click.option("--perturbation-key", default="perturbation", show_default=True, help="obs column of perturbations.")
 @click.option("--control", default="control", show_default=True, help="Label of control cells.")
 @click.option("--context-key", "context_keys", multiple=True, help="obs column(s) defining the context.")
-@click.option("--panels", default=DEFAULT_PANELS, show_default=True, help="Comma-separated metric panels.")
+@click.option("--panels", default=DEFAULT_PANELS, show_default=True, help="standard (every installed standard panel) or comma-separated panel names.")
 @click.option("--out", default="metrics.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True, help="Cell-subsampling seed.")
 @click.option("--max-cells", type=int, default=DEFAULT_MAX_CELLS, show_default=True)
@@ -358,7 +367,12 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
     """Score a prediction .h5ad against a truth .h5ad and write metrics.json."""
     from perturbfm.cli import EXIT_RUN_FAILED, err_console
 
-    names = [p.strip() for p in panels.split(",") if p.strip()]
+    names: list[str] | str = [p.strip() for p in panels.split(",") if p.strip()]
+    if names == ["standard"]:
+        names = "standard"
+    elif not names:
+        raise PerturbFMError(f"--panels {panels!r} names no panel", field="--panels",
+                             fix="omit --panels for every standard panel, or name them: --panels basic,vcc")
     try:
         metrics = evaluate_files(pred, truth, perturbation_key=perturbation_key, control=control,
                                  context_keys=context_keys, panels=names, seed=seed,
@@ -369,10 +383,17 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
         ctx.exit(EXIT_RUN_FAILED)
         return
     atomic_write_json(out, metrics)
-    for pname, panel in metrics["panels"].items():
-        for key, e in panel["metrics"].items():
-            val = "n/a (" + e["not_applicable"] + ")" if "not_applicable" in e else f"{e['global']:.4f}"
-            err_console.print(f"{pname:>12} {key:<28} {val}")
+    from perturbfm.references import fmt, metric_rows
+
+    err_console.print(f"{'panel':>13} {'metric':<40} {'raw':>10} {'calibrated':>10} {'baseline':>10} "
+                      f"{'replicate':>10} {'indep.ctrl':>10}")
+    for r in metric_rows(metrics):
+        if r["raw"] is None:
+            err_console.print(f"{r['panel']:>13} {r['metric']:<40} n/a ({r['note']})", soft_wrap=True)
+            continue
+        err_console.print(f"{r['panel']:>13} {r['metric']:<40} {fmt(r['raw']):>10} {fmt(r['calibrated'], 3):>10} "
+                          f"{fmt(r['baseline']):>10} {fmt(r['replicate']):>10} {fmt(r['indep_ctrl']):>10}",
+                          soft_wrap=True)
     click.echo(str(Path(out).resolve()))
 
 

@@ -105,6 +105,7 @@ class PerturBenchPanel(MetricPanel):
     """PerturBench's metrics: RMSE, cosine of log fold changes, their rank versions, variance ratio."""
 
     name: ClassVar[str] = "perturbench"
+    standard: ClassVar[bool] = True
     version: ClassVar[str] = "1"
     description: ClassVar[str] = (
         "PerturBench metrics (altoslabs/perturbench, reimplemented): RMSE and cosine of log fold "

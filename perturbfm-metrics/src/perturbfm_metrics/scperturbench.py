@@ -79,6 +79,7 @@ class ScPerturBenchPanel(MetricPanel):
     """scPerturBench's metrics: mean errors, Pearson delta, distribution distances, common DEGs."""
 
     name: ClassVar[str] = "scperturbench"
+    standard: ClassVar[bool] = True
     version: ClassVar[str] = "1"
     description: ClassVar[str] = (
         "scPerturBench metrics (bm2-lab/scPerturBench, reimplemented): mean errors and Pearson r of "

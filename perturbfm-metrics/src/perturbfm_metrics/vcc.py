@@ -240,6 +240,7 @@ class VccPanel(MetricPanel):
     """Virtual Cell Challenge metrics with the true control mean of the context as reference."""
 
     name: ClassVar[str] = "vcc"
+    standard: ClassVar[bool] = True
     version: ClassVar[str] = "1"
     description: ClassVar[str] = (
         "Virtual Cell Challenge metrics (cell-eval 'vcc' profile: mae, discrimination_score_l1, "
