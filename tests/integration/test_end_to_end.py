@@ -41,6 +41,21 @@ def test_synthetic_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert set(basic) == {"mse", "mse_top100_deg", "pcc_delta", "rmse_average"}
     for entry in basic.values():
         assert {"global", "per_context", "per_group", "definition"} <= set(entry)
+    # no run.panels given: every installed standard panel, each metric with its references
+    from perturbfm.plugins import get_registry
+
+    reg = get_registry()
+    standard = {n for n in reg.names("metric_panel") if getattr(reg.get("metric_panel", n).cls, "standard", False)}
+    assert set(metrics["panels"]) == standard >= {"basic", "scperturbench", "perturbench", "vcc"}
+    assert metrics["panel_selection"]["selection"].startswith("standard")
+    assert metrics["references"]["replicate_seeds"] == 5
+    for panel in metrics["panels"].values():
+        for key, entry in panel["metrics"].items():
+            if "not_applicable" in entry:
+                continue
+            assert {"baseline", "replicate", "calibrated", "train_mean"} <= set(entry), key
+            if entry.get("delta_based"):
+                assert "indep_ctrl" in entry, key
     status = json.loads((run_dir / "run_status.json").read_text())
     assert status["status"] == "succeeded"
     prov = json.loads((run_dir / "provenance.json").read_text())
@@ -49,6 +64,7 @@ def test_synthetic_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert "run.seed,3,CLI --set" in (run_dir / "parameters.csv").read_text()
     report = (run_dir / "report.html").read_text()
     assert "SYNTHETIC DATA" in report and "pcc_delta" in report and "<img" in report
+    assert "calibrated" in report and "replicate" in report
     listing = pfm(["splits", "list"], store=store).stdout
     assert split[:12] in listing
     shown = json.loads(pfm(["splits", "show", split], store=store).stdout)
