@@ -115,11 +115,14 @@ def run_family(adata, tasks, cgio_cfg: dict[str, Any], inner: bool, log: list) -
     return res
 
 
-def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, diff.size, size=(n, diff.size))
-    boots = np.nanmean(diff[idx], axis=1)
-    return float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))
+def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, str]:
+    """Paired 95% CI of the mean difference over groups (undefined groups left out), from
+    :func:`perturbfm.stats.bootstrap_interval`: (low, high, method); NaN bounds when undefined."""
+    from perturbfm.stats import bootstrap_interval
+
+    iv = bootstrap_interval(diff, n_resamples=n, seed=seed)
+    nan = float("nan")
+    return (nan if iv.low is None else iv.low), (nan if iv.high is None else iv.high), iv.method
 
 
 def table(res: dict[str, dict[str, list]]) -> str:
@@ -135,10 +138,10 @@ def table(res: dict[str, dict[str, list]]) -> str:
                      if n != "cgio" and not np.isnan([r[col] for r in rows]).all()}
             best = better(cands, key=cands.get)
             diff = np.array([a[col] - b[col] for a, b in zip(cg, models[best])])
-            lo, hi = bootstrap_ci(diff)
+            lo, hi, how = bootstrap_ci(diff)
             lines.append(f"| {family} | cgio − {best} ({label}) | " + (
-                f"{np.nanmean(diff):+.3f} [{lo:+.3f}, {hi:+.3f}] |  |" if col == 1 else
-                f" | {np.nanmean(diff):+.3f} [{lo:+.3f}, {hi:+.3f}] |"))
+                f"{np.nanmean(diff):+.3f} [{lo:+.3f}, {hi:+.3f}] ({how}) |  |" if col == 1 else
+                f" | {np.nanmean(diff):+.3f} [{lo:+.3f}, {hi:+.3f}] ({how}) |"))
     return "\n".join(lines)
 
 

@@ -122,10 +122,14 @@ def run_one(store: Path, model: str, sid: str, n_genes: int, sets: list[str]) ->
     return {"rows": rows, "fit_s": m["timing_seconds"].get("fit", float("nan"))}
 
 
-def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    boots = np.nanmean(diff[rng.integers(0, diff.size, size=(n, diff.size))], axis=1)
-    return float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))
+def bootstrap_ci(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, str]:
+    """Paired 95% CI of the mean difference over groups (undefined groups left out), from
+    :func:`perturbfm.stats.bootstrap_interval`: (low, high, method); NaN bounds when undefined."""
+    from perturbfm.stats import bootstrap_interval
+
+    iv = bootstrap_interval(diff, n_resamples=n, seed=seed)
+    nan = float("nan")
+    return (nan if iv.low is None else iv.low), (nan if iv.high is None else iv.high), iv.method
 
 
 def _f(x: float | None) -> float:
@@ -153,8 +157,8 @@ def table(res: dict[str, dict[str, dict]], fit: dict[tuple[str, str], float]) ->
                 continue
             best = better(cands, key=cands.get)
             diff = np.array([_f(models["cgio"][g][col]) - _f(models[best][g][col]) for g in ids])
-            lo, hi = bootstrap_ci(diff)
-            cell = f"{np.nanmean(diff):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            lo, hi, how = bootstrap_ci(diff)
+            cell = f"{np.nanmean(diff):+.3f} [{lo:+.3f}, {hi:+.3f}] ({how})"
             lines.append(f"| {task} | cgio − {best} ({label}) | " + (f"{cell} |  |  |" if col == 0 else f" | {cell} |  |"))
     return "\n".join(lines)
 

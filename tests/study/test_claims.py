@@ -1,4 +1,4 @@
-"""Claims resolved on per-group values, paired over groups and seeds."""
+"""Claims resolved on per-group values: one value per held-out group (seeds averaged first), paired over groups."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_supported_refuted_and_paired_n(tmp_path: Path) -> None:
     for test in ("bootstrap", "wilcoxon"):
         out = evaluate_claim(_claim(test=test), ["s"], [0, 1], _lookup(runs), lambda s: None)
         assert out["status"] == "supported", out
-        assert out["n"] == 24 and out["n_seeds"] == 2 and out["n_groups"] == 12
+        # 12 groups x 2 seeds: n counts the groups (seeds are averaged within a group first)
+        assert out["n"] == 12 and out["n_seeds"] == 2 and out["n_groups"] == 12 and out["n_pairs"] == 24
     assert "ci" in evaluate_claim(_claim(test="bootstrap"), ["s"], [0, 1], _lookup(runs), lambda s: None)
     assert "p_value" in evaluate_claim(_claim(test="wilcoxon"), ["s"], [0, 1], _lookup(runs), lambda s: None)
     rev = evaluate_claim(_claim(better="b", worse="a"), ["s"], [0, 1], _lookup(runs), lambda s: None)
@@ -81,7 +82,7 @@ def test_group_label_filter(tmp_path: Path) -> None:
     labels = {g: ("combo_seen1" if i < 6 else "combo_seen0") for i, g in enumerate(GROUPS)}
     seen1 = evaluate_claim(_claim(groups={"label": "combo_seen1"}), ["s"], [0, 1], _lookup(runs), lambda s: labels)
     seen0 = evaluate_claim(_claim(groups={"label": "combo_seen0"}), ["s"], [0, 1], _lookup(runs), lambda s: labels)
-    assert seen1["status"] == "supported" and seen1["n"] == 12
+    assert seen1["status"] == "supported" and seen1["n"] == 6 and seen1["n_pairs"] == 12
     assert seen0["status"] == "refuted"
     nolab = evaluate_claim(_claim(groups={"label": "combo_seen1"}), ["s"], [0, 1], _lookup(runs), lambda s: None)
     assert nolab["status"] == "inconclusive" and "no group labels" in nolab["reason"]
@@ -90,3 +91,38 @@ def test_group_label_filter(tmp_path: Path) -> None:
 def test_identical_models_are_inconclusive(tmp_path: Path) -> None:
     runs = _two(tmp_path, [0.5] * 12, [0.5] * 12)
     assert evaluate_claim(_claim(), ["s"], [0, 1], _lookup(runs), lambda s: None)["status"] == "inconclusive"
+
+
+def test_identical_seeds_are_not_independent_samples(tmp_path: Path) -> None:
+    """A deterministic model run with 1 or 5 seeds gives the same n, interval and p-value."""
+    rng = np.random.default_rng(1)
+    b = list(rng.normal(0.3, 0.1, 12))
+    a = [x + 0.02 + rng.normal(0, 0.05) for x in b]
+    outs = []
+    for n_seeds in (1, 5):
+        runs = {(lbl, s): _run(tmp_path / str(n_seeds), f"{lbl}{s}", vals)
+                for lbl, vals in (("a", a), ("b", b)) for s in range(n_seeds)}
+        seeds = list(range(n_seeds))
+        boot = evaluate_claim(_claim(), ["s"], seeds, _lookup(runs), lambda s: None)
+        wil = evaluate_claim(_claim(test="wilcoxon"), ["s"], seeds, _lookup(runs), lambda s: None)
+        outs.append((boot, wil))
+    (b1, w1), (b5, w5) = outs
+    assert b1["n"] == b5["n"] == 12 and b5["n_pairs"] == 60
+    assert np.allclose(b1["ci"], b5["ci"], rtol=0, atol=1e-12) and b1["status"] == b5["status"]
+    assert b1["ci_method"] == "BCa" and abs(w1["p_value"] - w5["p_value"]) < 1e-12
+
+
+def test_seeds_are_averaged_within_group(tmp_path: Path) -> None:
+    """Seed values are averaged per group before the groups are compared."""
+    runs = {("a", 0): _run(tmp_path, "a0", [1.0] * 12), ("a", 1): _run(tmp_path, "a1", [0.0] * 12),
+            ("b", 0): _run(tmp_path, "b0", [0.4 + 0.01 * i for i in range(12)]),
+            ("b", 1): _run(tmp_path, "b1", [0.4 + 0.01 * i for i in range(12)])}
+    out = evaluate_claim(_claim(), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert out["n"] == 12
+    assert abs(out["mean_difference"] - (0.5 - np.mean([0.4 + 0.01 * i for i in range(12)]))) < 1e-12
+
+
+def test_wilcoxon_all_zero_differences_is_inconclusive_not_a_crash(tmp_path: Path) -> None:
+    runs = _two(tmp_path, [0.5] * 12, [0.5] * 12)
+    out = evaluate_claim(_claim(test="wilcoxon"), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert out["status"] == "inconclusive" and "all differences zero" in out["reason"]

@@ -80,12 +80,15 @@ def test_example_study_end_to_end(shared: Path, tmp_path: Path) -> None:
     assert "| model | cgio | 4 |" in filt and "missing_go_table.tsv.gz" in filt and "graph/file not available" in filt
 
     claims = {c["id"]: c for c in json.loads((sdir / "claims.json").read_text())["claims"]}
-    assert claims["c1"]["status"] == "supported" and claims["c1"]["n"] == 10 and claims["c1"]["ci"][0] > 0
+    assert claims["c1"]["status"] == "supported" and claims["c1"]["n"] == 5 and claims["c1"]["ci"][0] > 0
     assert claims["c2"]["test"] == "wilcoxon" and "p_value" in claims["c2"]
 
     html = (sdir / "report.html").read_text()
     assert "SYNTHETIC DATA" in html and "UNVERIFIED DATA" in html and "<img" in html
     assert "c1" in html and "supported" in html and "missing_go_table" in html
+    assert "Leaderboards" in html and "compare/devel_k562_doubles/compare.html" in html  # one comparison per split
+    board = json.loads((sdir / "compare" / "devel_k562_doubles" / "compare.json").read_text())
+    assert board["reference"] == "train-mean" and board["strata"]["all"]["n_groups"] == 5
 
     prov = (sdir / "provenance_summary.md").read_text()
     for section in ("## Data sources", "## Model definitions", "## Split protocols", "## Statistical analyses"):

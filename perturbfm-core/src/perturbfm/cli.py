@@ -321,6 +321,32 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
     click.echo(str(path))
 
 
+# ----------------------------------------------------------------------------- compare
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: <store>/reports/compare_<hash of the runs>).")
+@click.option("--reference", default="train-mean", show_default=True,
+              help="Model (label) the verdicts compare against.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.pass_context
+def compare_cmd(ctx: click.Context, runs: Sequence[str], out_dir: str | None, reference: str, seed: int) -> None:
+    """Leaderboard of RUN... (run dirs or run ids; LABEL=RUN names a row) on the same split(s):
+    raw and calibrated values with paired 95% intervals over held-out groups and
+    better / worse / tie vs the reference. Writes compare.html, compare.json, compare.csv."""
+    from pathlib import Path
+
+    from perturbfm.compare import compare_runs, parse_run_arg
+    from perturbfm.hashing import sha256_json
+
+    store = _store(ctx)
+    parsed = [parse_run_arg(r) for r in runs]
+    dirs = [p if Path(p).exists() else str(store.run_dir(p)) for _, p in parsed]
+    out = Path(out_dir) if out_dir else store.root / "reports" / f"compare_{sha256_json(sorted(dirs))[:12]}"
+    res = compare_runs(dirs, out, reference=reference, labels=[lbl for lbl, _ in parsed], seed=seed)
+    click.echo(res["files"]["html"])
+
+
 _PLUGIN_COMMANDS_ADDED = False
 
 

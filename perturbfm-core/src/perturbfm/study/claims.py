@@ -1,5 +1,10 @@
 """Claims: statements such as "additive beats train-mean on pcc_delta", tested
-on the runs' per-group values, paired over groups and seeds.
+on the runs' per-group values, paired over held-out groups.
+
+The unit is the held-out group: each side's values are first averaged over the
+seeds (and over the splits of the same dataset that hold the group out), so a
+deterministic model run with several seeds counts once; ``n`` is the number of
+groups. Intervals and tests come from :mod:`perturbfm.stats`.
 
 A claim is ``supported``, ``refuted`` or ``inconclusive``; missing runs or
 metrics make it ``inconclusive: missing ...``, never supported. The direction
@@ -14,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from perturbfm import stats
 
 TESTS = ("bootstrap", "wilcoxon")
 CLAIM_KEYS = {"id", "statement", "better", "worse", "metric", "split", "groups", "test", "alpha", "n_boot", "seed"}
@@ -38,34 +45,43 @@ def _values(entry: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in vals.items()}
 
 
-def _stats(d: np.ndarray, test: str, alpha: float, n_boot: int, seed: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": int(d.size), "mean_difference": float(d.mean()),
-                           "median_difference": float(np.median(d))}
+def _stats(better: dict[Any, float], worse: dict[Any, float], test: str, alpha: float, n_boot: int,
+           seed: int) -> dict[str, Any]:
+    """Test ``better`` vs ``worse`` (one value per group each, already oriented so that
+    larger is better) with :mod:`perturbfm.stats`."""
+    keys = sorted(set(better) & set(worse), key=str)
+    d = np.array([better[k] - worse[k] for k in keys], dtype=np.float64)
+    out: dict[str, Any] = {"n": int(d.size), "mean_difference": float(d.mean()) if d.size else None,
+                           "median_difference": float(np.median(d)) if d.size else None}
     if d.size < 2 or np.allclose(d, 0.0):
-        out.update(status="inconclusive", reason=f"too few informative pairs (n = {d.size}, "
+        out.update(status="inconclusive", reason=f"too few informative groups (n = {d.size}, "
                    f"{'all differences zero' if d.size and np.allclose(d, 0.0) else 'need at least 2'})")
         return out
     if test == "bootstrap":
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, d.size, size=(n_boot, d.size))
-        boots = d[idx].mean(axis=1)
-        lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-        out.update(statistic=float(d.mean()), statistic_name="mean paired difference (oriented: > 0 favours better)",
-                   ci=[float(lo), float(hi)], ci_level=1 - alpha, n_boot=n_boot)
-        status = "supported" if lo > 0 else "refuted" if hi < 0 else "inconclusive"
-        out["reason"] = (f"{int((1 - alpha) * 100)}% bootstrap CI of the mean difference "
-                         f"[{lo:.4g}, {hi:.4g}] " + {"supported": "excludes 0 in favour of the claim",
-                                                     "refuted": "excludes 0 against the claim",
-                                                     "inconclusive": "contains 0"}[status])
+        iv = stats.bootstrap_interval(d, confidence=1 - alpha, n_resamples=n_boot, seed=seed)
+        status = {"better": "supported", "worse": "refuted"}.get(stats.verdict(iv, True)[0], "inconclusive")
+        out.update(statistic=iv.estimate, statistic_name="mean paired difference over groups (oriented: > 0 "
+                   "favours better)", ci=[iv.low, iv.high], ci_level=1 - alpha, ci_method=iv.method, n_boot=n_boot)
+        if iv.note:
+            out["ci_note"] = iv.note
+        out["reason"] = (f"{int(round((1 - alpha) * 100))}% bootstrap ({iv.method}) CI of the mean difference "
+                         + (f"[{iv.low:.4g}, {iv.high:.4g}] " if iv.defined else "undefined ")
+                         + {"supported": "excludes 0 in favour of the claim", "refuted": "excludes 0 against the claim",
+                            "inconclusive": "contains 0" if iv.defined else f"({iv.note})"}[status]
+                         + f" (n = {d.size} groups)")
     else:
-        from scipy.stats import wilcoxon
-
-        res = wilcoxon(d, alternative="two-sided", zero_method="wilcox")
-        p = float(res.pvalue)
-        out.update(statistic=float(res.statistic), statistic_name="Wilcoxon signed-rank W", p_value=p)
+        w = stats.wilcoxon_test(d)
         sign = float(np.median(d))
-        status = ("supported" if p < alpha and sign > 0 else "refuted" if p < alpha and sign < 0 else "inconclusive")
-        out["reason"] = f"two-sided Wilcoxon signed-rank p = {p:.3g} (alpha {alpha}), median difference {sign:.4g}"
+        out.update(statistic=w.statistic, statistic_name="Wilcoxon signed-rank W", p_value=w.p_value)
+        if not w.defined:
+            status = "inconclusive"
+            out["reason"] = f"Wilcoxon signed-rank test undefined: {w.note}"
+        else:
+            p = float(w.p_value)  # type: ignore[arg-type]
+            status = ("supported" if p < alpha and sign > 0 else "refuted" if p < alpha and sign < 0
+                      else "inconclusive")
+            out["reason"] = (f"two-sided Wilcoxon signed-rank p = {p:.3g} (alpha {alpha}), median difference "
+                             f"{sign:.4g} (n = {d.size} groups)")
     out["status"] = status
     return out
 
@@ -93,20 +109,23 @@ def evaluate_claim(claim: dict[str, Any], splits: list[str], seeds: list[int], l
     if problems:
         return {**out, "status": "inconclusive", "reason": "invalid claim: " + "; ".join(problems), "n": 0}
     missing: list[str] = []
-    diffs: list[float] = []
+    # one dict per (split, seed) and side: unit -> value; a unit is a held-out group of a dataset
+    per_run: dict[str, list[dict[str, float]]] = {"better": [], "worse": []}
+    n_pairs = 0
     directions: set[Any] = set()
     group_filter = dict(claim.get("groups") or {})
-    n_groups: set[str] = set()
     for sname in scope:
         labels = split_labels(sname) if group_filter else None
         for seed in seeds:
             vals = {}
+            dataset = sname
             for side in ("better", "worse"):
                 found = lookup(str(claim[side]), sname, seed)
                 if isinstance(found, str):
                     missing.append(f"run {claim[side]} on {sname} seed {seed} ({found})")
                     continue
                 m = json.loads((Path(found) / "metrics.json").read_text())
+                dataset = str(m.get("dataset") or sname)
                 e = _metric_entry(m, str(claim["metric"]))
                 if isinstance(e, str):
                     missing.append(f"{e} of {claim[side]} on {sname} seed {seed}")
@@ -128,22 +147,27 @@ def evaluate_claim(claim: dict[str, Any], splits: list[str], seeds: list[int], l
                 common = [g for g in common if g.rpartition("@")[2] == str(group_filter["context"])]
             if not common:
                 missing.append(f"no groups of {sname} seed {seed} match {group_filter or 'the runs'}")
-            for g in common:
-                diffs.append(vals["better"][g] - vals["worse"][g])
-                n_groups.add(f"{sname}:{g}")
+            for side in ("better", "worse"):
+                per_run[side].append({f"{dataset}:{g}": vals[side][g] for g in common})
+            n_pairs += len(common)
+    # seeds (and splits holding the same group out) averaged within each group first
+    better, worse = stats.group_means(per_run["better"]), stats.group_means(per_run["worse"])
+    n_units = len(set(better) & set(worse))
     if missing:
         return {**out, "status": "inconclusive", "reason": "missing " + "; ".join(missing[:6])
-                + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""), "n": len(diffs)}
+                + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""), "n": n_units}
     if len(directions) != 1 or None in directions:
-        return {**out, "status": "inconclusive", "n": len(diffs),
+        return {**out, "status": "inconclusive", "n": n_units,
                 "reason": f"metric {claim['metric']} has no single declared direction (higher_is_better: "
                           f"{sorted(map(str, directions))})"}
     hib = directions.pop()
-    d = np.asarray(diffs) * (1.0 if hib else -1.0)
-    stats = _stats(d, test, alpha, int(claim.get("n_boot", 2000)), int(claim.get("seed", 0)))
-    return {**out, **stats, "higher_is_better": hib, "n_groups": len(n_groups), "n_seeds": len(seeds),
-            "pairing": "paired over (split, seed, group); difference = better - worse, sign flipped when lower "
-                       "is better"}
+    sign = 1.0 if hib else -1.0
+    res = _stats({k: sign * v for k, v in better.items()}, {k: sign * v for k, v in worse.items()}, test, alpha,
+                 int(claim.get("n_boot", 2000)), int(claim.get("seed", 0)))
+    return {**out, **res, "higher_is_better": hib, "n_groups": n_units, "n_seeds": len(seeds), "n_pairs": n_pairs,
+            "pairing": "one value per held-out group: each side's values averaged over seeds (and over splits of "
+                       "the same dataset holding the group out) before pairing; n = number of groups; difference "
+                       "= better - worse, sign flipped when lower is better"}
 
 
 def evaluate_claims(claims: list[dict[str, Any]], splits: list[str], seeds: list[int], lookup: RunLookup,

@@ -109,7 +109,8 @@ def provenance_md(spec: StudySpec, plan: Plan, store: ArtifactStore, cells: dict
     if claims:
         for c in claims:
             L.append(f"- claim `{c['id']}` ({c.get('statement')}): test {c['test']}, alpha {c['alpha']}, "
-                     f"paired over (split, seed, group), n = {c.get('n', 0)} -> **{c['status']}**")
+                     f"one value per held-out group (seeds averaged first), paired over groups, n = {c.get('n', 0)} "
+                     f"groups -> **{c['status']}**")
     else:
         L.append("- No claims were declared, so no statistical tests were run.")
     return "\n".join(L) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ def _study_banners(cells: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, Any]], columns: list[str],
-                        claims: list[dict[str, Any]], exclusions: list[Any]) -> str:
-    """The HTML text of a study report."""
+                        claims: list[dict[str, Any]], exclusions: list[Any], *,
+                        leaderboards: list[dict[str, Any]] | None = None) -> str:
+    """The HTML text of a study report (``leaderboards``: see :func:`write_leaderboards`)."""
     cells = status.get("cells", {})
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM study {html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>"]
@@ -57,6 +59,8 @@ def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, 
     parts.append(_table(["label", "split", "runs ok"] + columns, trows))
     if columns and any(r["status"] == "succeeded" for r in rows):
         parts.append(_bars(groups, columns[:4]))
+    if leaderboards is not None:
+        parts.append(_leaderboards_html(leaderboards))
     parts.append("<h2>Claims</h2>")
     if claims:
         parts.append(_table(["id", "statement", "status", "test", "n", "statistic", "CI / p", "reason"], [
@@ -101,7 +105,69 @@ def _bars(groups: dict[tuple[str, str], list[dict[str, Any]]], columns: list[str
     return _png(fig)
 
 
+def write_leaderboards(out_root: Path, status: dict[str, Any]) -> list[dict[str, Any]]:
+    """One comparison (:func:`perturbfm.compare.compare_runs`) per split of the study's
+    succeeded runs, in ``out_root/<split>/``; each entry: split, link, summary rows
+    (stratum ``all``) or the error that prevented it."""
+    from perturbfm.compare import compare_runs
+
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for c in status.get("cells", {}).values():
+        if c.get("status") == "succeeded" and c.get("run_dir"):
+            by_split.setdefault(str(c["split"]), []).append(c)
+    out: list[dict[str, Any]] = []
+    for split, cs in sorted(by_split.items()):
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", split)
+        entry: dict[str, Any] = {"split": split, "link": f"{out_root.name}/{folder}/compare.html"}
+        try:
+            res = compare_runs([c["run_dir"] for c in cs], out_root / folder, labels=[c["label"] for c in cs])
+        except Exception as exc:  # the study report is still written; the reason is shown
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            out.append(entry)
+            continue
+        entry["rows"] = [
+            [m["id"], r["row"], _iv(r.get("raw")), _iv((r.get("raw_vs_reference") or {}).get("difference")),
+             _verdict(r, "raw_vs_reference"), _iv(r.get("calibrated")), _verdict(r, "calibrated_vs_reference")]
+            for m in res["metrics"] for r in m["strata"].get("all", {}).get("rows", [])
+            if r["kind"] == "model" and not r.get("not_applicable")]
+        entry["reference"] = res["reference"]
+        out.append(entry)
+    return out
+
+
+def _verdict(row: dict[str, Any], key: str) -> str:
+    if row.get("is_reference"):
+        return "reference"
+    v = (row.get(key) or {}).get("verdict")
+    return "–" if v in (None, "undefined") else str(v)
+
+
+def _iv(iv: dict[str, Any] | None) -> str:
+    if not iv or iv.get("estimate") is None:
+        return "–"
+    lo, hi = iv.get("low"), iv.get("high")
+    return f"{iv['estimate']:.4g}" + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else " [–]")
+
+
+def _leaderboards_html(boards: list[dict[str, Any]]) -> str:
+    parts = ["<h2>Leaderboards (mean over held-out groups, seeds averaged within group; paired 95% intervals)</h2>"]
+    if not boards:
+        return parts[0] + "<p>No run has succeeded yet.</p>"
+    for b in boards:
+        parts.append(f"<h3>split {html.escape(b['split'])}: <a href='{html.escape(b['link'])}'>full comparison</a>"
+                     "</h3>")
+        if "error" in b:
+            parts.append(f"<p>not produced: {html.escape(b['error'])}</p>")
+            continue
+        ref = str(b.get("reference"))
+        parts.append(_table(["metric", "label", "raw [95% CI]", f"Δ vs {ref} [95% CI]", f"vs {ref}",
+                             "calibrated [95% CI]", f"calibrated vs {ref}"], b["rows"]))
+    return "\n".join(parts)
+
+
 def write_study_report(path: Path, *args: Any) -> Path:
-    """Write the study report atomically."""
-    atomic_write_text(path, render_study_report(*args))
+    """Write the study report atomically, with the per-split leaderboards in
+    ``<study dir>/compare/<split>/`` (``args``: those of :func:`render_study_report`)."""
+    boards = write_leaderboards(path.parent / "compare", args[1])
+    atomic_write_text(path, render_study_report(*args, leaderboards=boards))
     return path
