@@ -14,8 +14,9 @@ def pfm_register_metric_panels() -> list[type]:
     from perturbfm_metrics.scperturbench import ScPerturBenchPanel
     from perturbfm_metrics.uncertainty import UncertaintyPanel
     from perturbfm_metrics.vcc import VccPanel
+    from perturbfm_metrics.vcc2026 import Vcc2026Panel
 
-    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, UncertaintyPanel]
+    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, Vcc2026Panel, UncertaintyPanel]
     return panels
 
 
