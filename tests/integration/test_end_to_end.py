@@ -120,7 +120,7 @@ def test_devel_additive_doubles_pearson_delta(tmp_path: Path, shared_data: Path)
     test = ",".join(f"{d}@k562" for d in DOUBLES_WITH_SINGLES)
     split = pfm(["splits", "create", "--dataset", dataset, "--generator", "explicit", "--test", test],
                 store=store).stdout.strip()
-    run_dir = Path(pfm(["run", "--model", "additive", "--split", split], store=store).stdout.strip().splitlines()[-1])
+    run_dir = Path(pfm(["run", "--model", "additive", "--split", split, "--set", "run.panels=[basic]"], store=store).stdout.strip().splitlines()[-1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     pcc = metrics["panels"]["basic"]["metrics"]["pcc_delta"]
     assert set(pcc["per_group"]) == {f"{d}@k562" for d in DOUBLES_WITH_SINGLES}

@@ -34,7 +34,7 @@ def test_plugins_lists_distributions_and_errors(tmp_path: Path, plugin_target: P
 def test_third_party_model_runs(tmp_path: Path, plugin_target: Path) -> None:
     store = tmp_path / "store"
     split = _split(store, plugin_target)
-    res = pfm(["run", "--model", "example-shrunk-mean", "--split", split, "--set", "model.shrink=0.25"],
+    res = pfm(["run", "--model", "example-shrunk-mean", "--split", split, "--set", "model.shrink=0.25", "--set", "run.panels=[basic]"],
               store=store, pythonpath=plugin_target)
     run_dir = Path(res.stdout.strip().splitlines()[-1])
     metrics = json.loads((run_dir / "metrics.json").read_text())

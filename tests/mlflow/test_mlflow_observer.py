@@ -90,7 +90,7 @@ def test_run_is_logged_to_the_local_mlflow_store(split_store: tuple[Path, str, s
     store, dataset, split = split_store
     listing = _pfm(["plugins"], store=store, target=plugin_target).stdout
     assert "perturbfm-mlflow" in listing
-    run_dir = _run_dir(_pfm(["run", "--model", "train-mean", "--split", split, "--set", "run.seed=5"],
+    run_dir = _run_dir(_pfm(["run", "--model", "train-mean", "--split", split, "--set", "run.seed=5", "--set", "run.panels=[basic]"],
                             store=store, target=plugin_target, env_extra={"PFM_MLFLOW_EXPERIMENT": "pfm-test"}))
     assert run_dir.parent == store / "runs"
     status = json.loads((run_dir / "run_status.json").read_text())
@@ -134,7 +134,7 @@ def test_a_broken_tracking_store_never_breaks_the_run(split_store: tuple[Path, s
     store, _, split = split_store
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the MLflow store's parent directory should be")
-    proc = _pfm(["run", "--model", "train-mean", "--split", split, "--set", "run.seed=6"], store=store,
+    proc = _pfm(["run", "--model", "train-mean", "--split", split, "--set", "run.seed=6", "--set", "run.panels=[basic]"], store=store,
                 target=plugin_target, env_extra={"PFM_MLFLOW_TRACKING_URI": (blocker / "mlruns").as_uri()})
     run_dir = _run_dir(proc)
     status = json.loads((run_dir / "run_status.json").read_text())

@@ -139,13 +139,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         assert cli.main(["--store", str(root), "splits", "create", "--dataset", dataset, "--generator",
                          "random-groups", "--test-fraction", "0.3", "--seed", "1"]) == 0
         split = out.getvalue().strip().splitlines()[-1]
-    _main_quiet(["--store", str(root), "run", "--model", "train-mean", "--split", split])  # warm-up
+    _main_quiet(["--store", str(root), "run", "--model", "train-mean", "--split", split,
+            "--set", "run.panels=[basic]"])  # warm-up
     return root, split
 
 
 def test_sigkill_during_runs(prepared: tuple[Path, str]) -> None:
     root, split = prepared
-    args = ["--store", str(root), "run", "--model", "train-mean", "--split", split]
+    args = ["--store", str(root), "run", "--model", "train-mean", "--split", split,
+            "--set", "run.panels=[basic]"]
     duration = _timed_child(args)
     rng = random.Random(SEED)
     kills = attempts = lost = temps_in_runs = 0
@@ -206,7 +208,8 @@ def test_sigkill_of_the_installed_executable(prepared: tuple[Path, str]) -> None
     if not exe.exists():
         pytest.skip("pfm-bench executable not found beside the interpreter")
     before = set((root / "runs").iterdir())
-    proc = subprocess.Popen([str(exe), "--store", str(root), "run", "--model", "train-mean", "--split", split],
+    proc = subprocess.Popen([str(exe), "--store", str(root), "run", "--model", "train-mean", "--split", split,
+            "--set", "run.panels=[basic]"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -227,4 +230,5 @@ def test_sigkill_of_the_installed_executable(prepared: tuple[Path, str]) -> None
     assert not store_problems(root, allowed_temp_dirs=killed)
     if proc.returncode == -signal.SIGKILL:
         COUNTS["sigkill: kills during pfm-bench run"] += 1
-    _main_quiet(["--store", str(root), "run", "--model", "train-mean", "--split", split])
+    _main_quiet(["--store", str(root), "run", "--model", "train-mean", "--split", split,
+            "--set", "run.panels=[basic]"])
