@@ -285,3 +285,17 @@ def test_scale_score_matches_the_frozen_scale():
     assert scale_score("expr_mse_unbiased_capped_norm", 9.0) == -6.0
     assert scale_score("de_wilcoxon_lfc_nmae", 0.25) == 0.75
     assert scale_score("de_wilcoxon_sig_jaccard", None) == 0.0  # a missing aggregate takes the floor
+
+
+def test_batching_does_not_change_values(counts, monkeypatch):
+    import perturbfm_metrics.vcc2026 as mod
+
+    genes, perts, ctrl, truth, pred = counts
+    data = eval_data(genes, perts, ctrl, truth, pred)
+    whole = Vcc2026Panel().compute(data)
+    monkeypatch.setattr(mod, "BATCH_VALUES", 1)  # one group per batch of tests
+    split = Vcc2026Panel().compute(data)
+    for key in PER_GROUP:
+        assert split[key].per_group == whole[key].per_group, key
+        assert split[key].not_applicable_groups == whole[key].not_applicable_groups, key
+    assert split["vcc2026_overall"].per_context == whole["vcc2026_overall"].per_context

@@ -60,7 +60,7 @@ PRED_CAP_K = 1.0
 #: cell-eval2's absolute integrality tolerance for counts
 INTEGRAL_TOL = 1e-6
 #: cells x genes values per batch of Mann-Whitney tests (bounds memory)
-BATCH_VALUES = 8_000_000
+BATCH_VALUES = 4_000_000
 JACKKNIFE_CHUNK = 512
 
 #: cell-eval2 frozen scale ``low-random_high-1_v10``: key -> (base, anchor, clamp_low, clamp_high).
