@@ -126,3 +126,16 @@ def test_wilcoxon_all_zero_differences_is_inconclusive_not_a_crash(tmp_path: Pat
     runs = _two(tmp_path, [0.5] * 12, [0.5] * 12)
     out = evaluate_claim(_claim(test="wilcoxon"), ["s"], [0, 1], _lookup(runs), lambda s: None)
     assert out["status"] == "inconclusive" and "all differences zero" in out["reason"]
+
+
+def test_groups_declared_undefined_are_left_out(tmp_path: Path) -> None:
+    """A value stored as 0.0 by declaration (extra.undefined_r_groups) is not compared."""
+    runs = _two(tmp_path, [0.5 + 0.01 * i for i in range(12)], [0.3] * 12)
+    for s in (0, 1):
+        m = json.loads((runs[("a", s)] / "metrics.json").read_text())
+        e = m["panels"]["basic"]["metrics"]["m"]
+        e["per_group"][GROUPS[0]] = 0.0
+        e["extra"] = {"undefined_r_groups": {GROUPS[0]: "constant prediction"}}
+        (runs[("a", s)] / "metrics.json").write_text(json.dumps(m))
+    out = evaluate_claim(_claim(), ["s"], [0, 1], _lookup(runs), lambda s: None)
+    assert out["n"] == 11 and out["status"] == "supported"

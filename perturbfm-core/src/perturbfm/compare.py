@@ -251,7 +251,7 @@ class _Side:
     undefined: dict[str, str] = field(default_factory=dict)
 
 
-def _undefined_groups(obj: Mapping[str, Any]) -> dict[str, str]:
+def undefined_groups(obj: Mapping[str, Any]) -> dict[str, str]:
     """Groups whose value is declared undefined: ``not_applicable_groups`` and lists in
     ``extra`` named ``undefined_*groups`` (e.g. a Pearson r of a constant prediction
     that the panel stores as 0.0 by declaration): left out, never scored."""
@@ -296,7 +296,7 @@ def _collect(runs: Sequence[RunInput], panel: str, key: str, level: str, multi: 
             na.append(_na(e, source))
             continue
         n_ok += 1
-        undef = _undefined_groups(obj)
+        undef = undefined_groups(obj)
         for g, why in undef.items():
             undefined.setdefault(_unit(r, g, multi), why)
         vals = {g: v for g, v in _level_values(obj, level).items() if g not in undef}

@@ -41,8 +41,13 @@ def _metric_entry(metrics: dict[str, Any], metric: str) -> dict[str, Any] | str:
 
 
 def _values(entry: dict[str, Any]) -> dict[str, float]:
+    """Per-group (else per-context) values; groups the metric declares undefined (e.g. a
+    Pearson r stored as 0.0 for a constant prediction) are left out, never compared."""
+    from perturbfm.compare import undefined_groups
+
     vals = entry.get("per_group") or entry.get("per_context") or {}
-    return {str(k): float(v) for k, v in vals.items()}
+    undef = undefined_groups(entry)
+    return {str(k): float(v) for k, v in vals.items() if str(k) not in undef and v is not None}
 
 
 def _stats(better: dict[Any, float], worse: dict[Any, float], test: str, alpha: float, n_boot: int,
