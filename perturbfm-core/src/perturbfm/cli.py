@@ -299,10 +299,10 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
             _print_run_result(res)
             ctx.exit(EXIT_RUN_FAILED)
         results.append(res)
-    from perturbfm.report import write_comparison_report
+    from perturbfm.compare import compare_runs
 
-    path = write_comparison_report(store.root / "reports" / f"demo_{sid[:7]}.html", [r.metrics for r in results],
-                                   [str(r.run_dir) for r in results])
+    board = compare_runs([r.run_dir for r in results], store.root / "reports" / f"demo_{sid[:7]}")
+    path = board["files"]["html"]
     from perturbfm.references import fmt, metric_rows
 
     t = Table(title=f"SYNTHETIC benchmark: split {sid[:7]}, raw / calibrated (0 = mean-response baseline, "

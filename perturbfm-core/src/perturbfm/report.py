@@ -368,37 +368,3 @@ def render_run_report_from_dir(run_dir: str | Path) -> Path:
         raise ArtifactNotFoundError(f"run {d.name} has no readable metrics.json/provenance.json", file=str(d),
                                     fix="a failed run has no metrics.json; rerun it")
     return write_run_report(d, metrics, provenance)
-
-
-def write_comparison_report(path: Path, metrics_list: list[dict[str, Any]], run_dirs: list[str]) -> Path:
-    """An HTML page comparing several runs on the same split (global values)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    synthetic = any(m.get("synthetic") for m in metrics_list)
-    keys = [(p, k) for p, panel in metrics_list[0]["panels"].items() for k, e in panel["metrics"].items()
-            if "not_applicable" not in e]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM comparison</title>"
-             f"<style>{_CSS}</style></head><body>"]
-    if synthetic:
-        parts.append("<p class='banner'>SYNTHETIC DATA: these results come from simulated data, "
-                     "not from a real screen</p>")
-    parts.append(f"<h1>Model comparison on split {html.escape(metrics_list[0]['split'][:12])}</h1>")
-    rows = [[m["model"]] + [m["panels"][p]["metrics"][k]["global"] for p, k in keys]
-            + [_Raw(f"<a href='{html.escape(d)}/report.html'>{html.escape(Path(d).name)}</a>")]
-            for m, d in zip(metrics_list, run_dirs)]
-    parts.append(_table(["model"] + [k for _, k in keys] + ["run"], rows))
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    for ax, (p, k) in zip(axes[0], keys):
-        ax.bar([m["model"] for m in metrics_list], [m["panels"][p]["metrics"][k]["global"] for m in metrics_list],
-               color="#4c72b0")
-        ax.set_title(k, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    if synthetic:
-        fig.suptitle("SYNTHETIC DATA", color="#b00020", fontsize=10)
-    parts.append(_png(fig))
-    parts.append("</body></html>")
-    atomic_write_text(path, "\n".join(parts))
-    return path
