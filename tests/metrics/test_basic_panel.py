@@ -119,7 +119,7 @@ def test_evaluate_panels_aggregates_with_cell_weights(build_eval):
 
     out = evaluate_panels([BasicPanel()], data)
     section = out["basic"]
-    assert section["version"] == "1"
+    assert section["version"] == "2"
     assert set(section["metrics"]) == KEYS
     raw = BasicPanel().compute(data)
     for key in KEYS:

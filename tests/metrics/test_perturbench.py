@@ -133,8 +133,9 @@ def test_single_group_contexts_and_declared_rules(build_eval):
     keep = ~((ctx == "ctxB") & ~np.isin(pert, ["control", "G1"]))  # ctxB keeps one group
     data = build_eval(base[keep].copy(), _noisy(2))
     got = PerturBenchPanel().compute(data)
-    for key in RANKS:
-        assert got[key].per_group["G1@ctxB"] == 0.5
+    for key in RANKS:  # alone in its context: declared, not a chance-level 0.5
+        assert "G1@ctxB" not in got[key].per_group
+        assert "no other group" in got[key].not_applicable_groups["G1@ctxB"]
         assert got[key].extra["single_group_contexts"] == ["ctxB"]
     assert set(got["pred_var_ratio"].per_context) == {"ctxA"}
     assert "ctxB" in got["pred_var_ratio"].extra["skipped_contexts"]

@@ -52,7 +52,8 @@ def _direct(data, adata, dense_cells, pred_cells=None):
         out["edistance"][g.group_id] = _edist_loops(p, t)
         kl = []
         for j in range(p.shape[1]):
-            m1, s1, m2, s2 = p[:, j].mean(), p[:, j].std() + 1e-8, t[:, j].mean(), t[:, j].std() + 1e-8
+            m1, s1 = p[:, j].mean(), max(p[:, j].std(), 0.1)  # the pinned sigma floor
+            m2, s2 = t[:, j].mean(), max(t[:, j].std(), 0.1)
             kl.append(np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
                       + np.log(s1 / s2) + (s2**2 + (m1 - m2) ** 2) / (2 * s1**2) - 0.5)
         out["kl"][g.group_id] = float(np.mean(kl))
@@ -146,14 +147,28 @@ def test_model_cells_and_small_groups(build_eval, dense_cells):
         ScPerturBenchPanel().compute(data)
 
 
-def test_non_convergence_is_reported(adata, build_eval, monkeypatch):
+def test_non_convergence_is_declared_with_the_marginal_error(adata, build_eval, monkeypatch):
     data = build_eval(adata, _noisy(5))
     monkeypatch.setattr(scp, "SINKHORN_MAX_ITER", 1)
     monkeypatch.setattr(scp, "SINKHORN_TOL", 1e-300)
     with pytest.warns(RuntimeWarning, match="did not converge"):
         got = ScPerturBenchPanel().compute(data)
-    nc = got["wasserstein"].extra["not_converged"]
+    ws = got["wasserstein"]
+    nc = ws.extra["not_converged"]
     assert set(nc) == set(data.group_ids) and all(v["n_iter"] == 1 for v in nc.values())
+    # declared per group with the marginal error, never reported as if converged
+    assert ws.per_group == {} and set(ws.not_applicable_groups) == set(data.group_ids)
+    for g, why in ws.not_applicable_groups.items():
+        assert "did not converge" in why and f"{nc[g]['marginal_error']:.3g}" in why
+    out = evaluate_panels([ScPerturBenchPanel()], data)["scperturbench"]["metrics"]["wasserstein"]
+    assert out["n_not_applicable_groups"] == len(data.group_ids) and "not_applicable" in out
+
+
+def test_solver_report_per_group(adata, build_eval):
+    got = ScPerturBenchPanel().compute(build_eval(adata, _noisy(6)))["wasserstein"]
+    assert set(got.extra["solver"]) == set(got.per_group) and got.not_applicable_groups == {}
+    for rep in got.extra["solver"].values():
+        assert rep["converged"] and rep["marginal_error"] < 1e-9 and rep["n_iter"] > 0
 
 
 def test_perfect_and_collapsed_through_evaluate_panels(adata, build_eval):

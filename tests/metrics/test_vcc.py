@@ -118,4 +118,7 @@ def test_no_true_de_genes_declared(build_eval):
     ov = got["overlap_at_N"]
     none = [g for g, n in ov.extra["n_true_de"].items() if n == 0]
     assert none and ov.extra["no_true_de_groups"] == none
-    assert all(ov.per_group[g] == 0.0 for g in none)
+    # declared with the reason, never scored 0.0
+    assert set(ov.not_applicable_groups) == set(none) and not set(none) & set(ov.per_group)
+    assert all("no true DE gene" in why for why in ov.not_applicable_groups.values())
+    assert set(ov.per_group) | set(none) == {g.group_id for g in build_eval(quiet).groups}

@@ -50,26 +50,39 @@ def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def pearson_delta(pred_delta: np.ndarray, true_delta: np.ndarray, group_ids: list[str]
-                  ) -> tuple[np.ndarray, dict[str, str]]:
-    """Per-group Pearson r of predicted vs true deltas, with the declared rule for
+                  ) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+    """Per-group Pearson r of predicted vs true deltas, with the pinned rules for
     undefined r.
 
-    Where either delta vector is constant, r is undefined: the value is 0.0 and
-    the group is returned in the second element with the reason.
+    * the **true** delta is constant (the group's truth does not vary across genes):
+      there is no pattern to correlate with; the group is declared not applicable
+      (third element) whatever the prediction;
+    * otherwise, a constant **predicted** delta (e.g. the "no change" baseline)
+      carries no information about which genes go up or down: r is set to 0.0
+      (no linear association, chance level) and the group is listed with the
+      reason (second element). It is kept in the aggregates so that a model cannot
+      leave a group out of pcc_delta by predicting a constant for it.
 
     Returns:
-        ``(r [n_groups], group id -> reason for the groups set to 0.0)``.
+        ``(r [n_groups] (NaN for declared groups), group id -> reason for the groups
+        set to 0.0, group id -> reason for the declared groups)``.
     """
+    pred_delta = np.asarray(pred_delta, dtype=np.float64)
+    true_delta = np.asarray(true_delta, dtype=np.float64)
     r = rowwise_pearson(pred_delta, true_delta)
-    const_p = _is_constant(np.asarray(pred_delta, dtype=np.float64))
-    const_t = _is_constant(np.asarray(true_delta, dtype=np.float64))
-    undefined = const_p | const_t | ~np.isfinite(r)
-    reasons: dict[str, str] = {}
-    for i in np.flatnonzero(undefined):
-        sides = [s for s, c in (("predicted", const_p[i]), ("true", const_t[i])) if c]
-        what = " and ".join(sides) + " delta constant" if sides else "zero variance"
-        reasons[group_ids[i]] = f"{what}: Pearson r undefined, pcc_delta set to 0.0"
-    return np.where(undefined, 0.0, r), reasons
+    const_p = _is_constant(pred_delta)
+    const_t = _is_constant(true_delta)
+    zero: dict[str, str] = {}
+    declared: dict[str, str] = {}
+    for i in range(len(group_ids)):
+        if const_t[i]:
+            declared[group_ids[i]] = ("true delta constant across genes (max - min <= 1e-12 x max(1, max|x|)): "
+                                      "Pearson r undefined, nothing to correlate with")
+        elif const_p[i] or not np.isfinite(r[i]):
+            zero[group_ids[i]] = ("predicted delta constant across genes: Pearson r undefined, pcc_delta set to "
+                                  "0.0 (no linear association)")
+    out = np.where(const_t, np.nan, np.where(const_p | ~np.isfinite(r), 0.0, r))
+    return out, zero, declared
 
 
 class BasicPanel(MetricPanel):
@@ -77,7 +90,7 @@ class BasicPanel(MetricPanel):
 
     name: ClassVar[str] = "basic"
     standard: ClassVar[bool] = True
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     description: ClassVar[str] = (
         "Errors of predicted vs true group means and Pearson r of deltas against the true "
         "control mean of the same context (scPerturBench mse / pcc_delta, PerturBench rmse_average)"
@@ -88,28 +101,38 @@ class BasicPanel(MetricPanel):
             variant="scPerturBench mse over all genes; mean(pred) = true control mean of the context "
             "+ predicted delta",
             higher_is_better=False,
+            delta_based=True,
         ),
         "mse_top100_deg": MetricSpec(
             definition="||mean(pred) - mean(true)||^2 / k over the group's top-k DEGs, k = 100 "
             "(capped at the gene count), DEGs from the truth only",
-            variant="scPerturBench mse on the top-100 DEGs; DEG test: " + DEG_TEST_DESCRIPTION,
+            variant="scPerturBench mse on the top-100 DEGs; DEG test: " + DEG_TEST_DESCRIPTION + ". Only genes "
+            "with a DE score > 0 are DEGs (a gene equal in the group's cells and the controls with zero "
+            "variances, e.g. zero in both, is not DE at any rank): a group with fewer such genes than k is "
+            "averaged over those (extra['n_deg']); a group with none is declared not applicable",
             higher_is_better=False,
+            delta_based=True,
         ),
         "pcc_delta": MetricSpec(
             definition="Pearson r(mean(pred) - ctrl, mean(true) - ctrl) over all genes, per group, "
             "ctrl = the true control mean of the group's context for both sides",
             variant="reports r itself (higher is better); scPerturBench stores 1 - r as a distance. "
-            "Where either delta vector is constant (max - min <= 1e-12 * max(1, max|x|), e.g. the "
-            "'no change' control-mean baseline predicting 0 everywhere) r is undefined: the group's "
-            "value is 0.0 by declaration and it is listed in extra['undefined_r_groups'] with the "
-            "reason. Differs from cell-eval, whose pearson_delta uses each side's own controls",
+            "A delta vector is constant when max - min <= 1e-12 * max(1, max|x|). Constant true delta: r is "
+            "undefined and there is nothing to correlate with, the group is declared not applicable "
+            "(not_applicable_groups). Constant predicted delta with a varying truth (e.g. the 'no change' "
+            "control-mean baseline predicting 0 everywhere): r is undefined, the value is 0.0 (no linear "
+            "association, chance level; kept in the aggregates so that predicting a constant cannot take a "
+            "group out of the score) and the group is listed in extra['undefined_r_groups'] with the reason. "
+            "Differs from cell-eval, whose pearson_delta uses each side's own controls",
             higher_is_better=True,
+            delta_based=True,
         ),
         "rmse_average": MetricSpec(
             definition="sqrt(mean_g (mean(pred) - mean(true))^2) over all genes, per group",
             variant="PerturBench rmse_average on X as stored; mean(pred) = true control mean of the "
             "context + predicted delta",
             higher_is_better=False,
+            delta_based=True,
         ),
     }
 
@@ -124,17 +147,29 @@ class BasicPanel(MetricPanel):
 
         mse = sq.mean(axis=1)
         degs = deg_ranking(data, TOP_K)
-        mse_top = np.take_along_axis(sq, degs.indices, axis=1).mean(axis=1)
-        r, undefined = pearson_delta(pred_delta, true_delta, ids)
+        mse_top: dict[str, float] = {}
+        no_deg: dict[str, str] = {}
+        n_deg: dict[str, int] = {}
+        for i, gid in enumerate(ids):
+            genes = degs.genes(i)
+            n_deg[gid] = int(genes.size)
+            if genes.size == 0:
+                no_deg[gid] = ("no DEG: every gene has DE score 0 (the group's true cells equal the controls "
+                               "gene by gene with zero variances)")
+            else:
+                mse_top[gid] = float(sq[i, genes].mean())
+        r, zero_r, undefined_r = pearson_delta(pred_delta, true_delta, ids)
         rmse = np.sqrt(mse)
 
-        def per_group(v: np.ndarray) -> dict[str, float]:
-            return {gid: float(x) for gid, x in zip(ids, v)}
+        def per_group(v: np.ndarray, skip: dict[str, str] | None = None) -> dict[str, float]:
+            return {gid: float(x) for gid, x in zip(ids, v) if not skip or gid not in skip}
 
-        deg_extra = {"k": degs.k, "deg_fallback_groups": dict(degs.fallback_groups)}
+        deg_extra = {"k": degs.k, "deg_fallback_groups": dict(degs.fallback_groups),
+                     "n_deg": {g: n for g, n in n_deg.items() if n < degs.k}}
         return {
             "mse": MetricValue(per_group=per_group(mse)),
-            "mse_top100_deg": MetricValue(per_group=per_group(mse_top), extra=deg_extra),
-            "pcc_delta": MetricValue(per_group=per_group(r), extra={"undefined_r_groups": undefined}),
+            "mse_top100_deg": MetricValue(per_group=mse_top, extra=deg_extra, not_applicable_groups=no_deg),
+            "pcc_delta": MetricValue(per_group=per_group(r, undefined_r), extra={"undefined_r_groups": zero_r},
+                                     not_applicable_groups=undefined_r),
             "rmse_average": MetricValue(per_group=per_group(rmse)),
         }

@@ -13,13 +13,19 @@ reference. Genes are ranked by ``|t|`` descending, ties broken by gene index
 
 Declared edge cases:
 
-* a gene whose denominator is 0 (both variances 0) has ``t = 0`` when the two
-  means are equal (up to a relative 1e-12, absorbing the rounding of the
-  moments) and ``t = +/-inf`` (ranked first) when they differ;
+* a gene whose denominator is 0 (both variances 0; a standard error below
+  1e-12 x max(1, |mean|) counts as 0, absorbing the rounding of the moments of a
+  constant gene) has ``t = 0`` when the two means are equal (up to a relative
+  1e-12) and ``t = +/-inf`` (ranked first) when they differ;
 * a group with fewer than 2 true cells, or whose context has fewer than 2
   control cells, has no defined variance: its genes are ranked by
   ``|mean_g - mean_c|`` instead, and the group is reported in
-  :attr:`DegResult.fallback_groups` with the reason.
+  :attr:`DegResult.fallback_groups` with the reason;
+* a gene with score exactly 0 (equal means, zero variances: e.g. zero in the
+  group's cells and in every control cell) is not differentially expressed at
+  any rank: :meth:`DegResult.genes` keeps only the top-k genes with a score > 0
+  (fewer than k, or none, for a group whose truth does not differ from its
+  controls); :attr:`DegResult.n_nonzero` counts them.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ DEG_TEST_DESCRIPTION = (
     "Welch t-test of the group's true cells vs the same context's control cells, from unbiased "
     "moments, t = (mean_g - mean_c) / sqrt(var_g/n_g + var_c/n_c) (scanpy rank_genes_groups "
     "method='t-test' convention); ranked by |t| descending, ties by gene index; 0/0 -> t = 0 "
-    "(means equal within a relative 1e-12), "
+    "(standard error and mean difference both within a relative 1e-12, i.e. rounding), "
     "x/0 with x != 0 -> |t| = inf (ranked first); groups with < 2 true cells or contexts with "
     "< 2 control cells are ranked by |mean_g - mean_c| instead (listed as fallback groups)"
 )
@@ -55,11 +61,23 @@ class DegResult:
         k: the number of genes kept (the requested k capped at the gene count).
         fallback_groups: group id -> why its genes were ranked by the absolute
             mean difference instead of ``|t|``.
+        n_nonzero: ``[n_groups]`` how many of the top-k have a ranking score > 0.
+            A gene whose score is exactly 0 (equal means with zero variances, e.g.
+            zero in both the group's cells and the controls) is not differentially
+            expressed at any rank; the genes with score > 0 are a prefix of each row.
+            None means "all k".
     """
 
     indices: np.ndarray
     k: int
     fallback_groups: dict[str, str] = field(default_factory=dict)
+    n_nonzero: np.ndarray | None = None
+
+    def genes(self, i: int) -> np.ndarray:
+        """The DEGs of group ``i``: its top-k genes with a score > 0 (possibly fewer than k, possibly none)."""
+        if self.n_nonzero is None:
+            return self.indices[i]
+        return self.indices[i, : int(self.n_nonzero[i])]
 
 
 def welch_t(
@@ -92,10 +110,11 @@ def welch_t(
     se2 = np.asarray(var_g, dtype=np.float64) / n_g + np.asarray(var_c, dtype=np.float64) / n_c
     with np.errstate(divide="ignore", invalid="ignore"):
         t = diff / np.sqrt(se2)
-    zero = se2 == 0
-    # means from one-pass sums carry rounding (a constant gene's mean may be off by an ulp),
-    # so "equal" allows MEAN_RTOL of relative difference when the denominator is 0
+    # means from sums carry rounding (a constant gene's mean may be off by an ulp, and so its
+    # deviations and variance), so a standard error below MEAN_RTOL x scale is 0 (else t would be
+    # rounding noise / rounding noise), and "equal" allows MEAN_RTOL of relative difference
     scale = np.maximum(1.0, np.maximum(np.abs(mean_g), np.abs(mean_c)))
+    zero = se2 <= (MEAN_RTOL * scale) ** 2
     same = np.abs(diff) <= MEAN_RTOL * scale
     t = np.where(zero, np.where(same, 0.0, np.copysign(np.inf, diff)), t)
     return t
@@ -161,7 +180,10 @@ def deg_ranking(data: EvalData, k: int = DEFAULT_K) -> DegResult:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(int(k), len(data.genes))
     score, fallback = deg_scores(data)
-    return DegResult(indices=rank_by_score(score, k), k=k, fallback_groups=fallback)
+    idx = rank_by_score(score, k)
+    top = np.take_along_axis(score, idx, axis=1)
+    n_nonzero = np.sum(top > 0, axis=1).astype(np.int64)  # NaN and 0 rank last: a prefix
+    return DegResult(indices=idx, k=k, fallback_groups=fallback, n_nonzero=n_nonzero)
 
 
 def top_k_degs(data: EvalData, k: int = DEFAULT_K) -> np.ndarray:

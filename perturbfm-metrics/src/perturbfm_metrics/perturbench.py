@@ -27,14 +27,14 @@ COLLAPSE_THRESHOLD = 0.1
 TIE_RTOL = 1e-9
 #: a gene's true variance across groups is nonzero when above (VAR_RTOL * max(1, max|mean|))^2.
 VAR_RTOL = 1e-12
-SINGLE_GROUP_RANK = 0.5
 
 _RANK = ("within a context of N groups, M[q,p] = {m}(pred_q, true_p); for each {outer}, the rank of "
          "{inner} among all {over} ({better}), ties (within a relative 1e-9) broken uniformly at random "
          "with the recorded seed, divided by N - 1; 0 perfect, 0.5 random")
-_RANK_VARIANT = ("PerturBench rank metric{t}; a group alone in its context has no rank: value 0.5 "
-                 "(chance level) by declaration, listed in extra['single_group_contexts']; not "
-                 "applicable when no context has >= 2 groups")
+_RANK_VARIANT = ("PerturBench rank metric{t}; a group alone in its context has no other group to be "
+                 "ranked against: declared not applicable (not_applicable_groups; its context in "
+                 "extra['single_group_contexts']), never given a chance-level 0.5; not applicable when no "
+                 "context has >= 2 groups")
 
 
 def logfc(mean: np.ndarray, ctrl_mean: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ class PerturBenchPanel(MetricPanel):
 
     name: ClassVar[str] = "perturbench"
     standard: ClassVar[bool] = True
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     description: ClassVar[str] = (
         "PerturBench metrics (altoslabs/perturbench, reimplemented): RMSE and cosine of log fold "
         "changes per group, their within-context rank versions (mode-collapse sensitive) and the "
@@ -119,26 +119,30 @@ class PerturBenchPanel(MetricPanel):
             "log2(mean + 0.1) - log2(mean_ctrl + 0.1) on X as stored (log1p values, not expm1)",
             variant="PerturBench cosine_logfc; mean_ctrl = the true control mean of the context for "
             "both sides; means are clipped at 0 before the log (groups with clipped predicted means "
-            "in extra['clipped_groups']); a zero logfc vector (e.g. the no-change baseline) makes the "
-            "cosine undefined: value 0.0, listed in extra['undefined_groups']",
+            "in extra['clipped_groups']). A zero vector (norm <= 1e-12) makes the cosine undefined: a zero "
+            "true logfc (the group's truth equals its controls) is declared not applicable; a zero "
+            "predicted logfc with a nonzero truth (e.g. the no-change baseline) gets 0.0 (no alignment, "
+            "chance level; kept in the aggregates so that predicting no change cannot take a group out of "
+            "the score), listed in extra['undefined_groups']",
             higher_is_better=True,
+            delta_based=True,
         ),
         "rank_rmse_average": MetricSpec(
             definition=_RANK.format(m="rmse_average", outer="true p", inner="q = p", over="preds q",
                                     better="lower better"),
-            variant=_RANK_VARIANT.format(t=""), higher_is_better=False),
+            variant=_RANK_VARIANT.format(t=""), higher_is_better=False, delta_based=True),
         "rank_cosine_logfc": MetricSpec(
             definition=_RANK.format(m="cosine_logfc", outer="true p", inner="q = p", over="preds q",
                                     better="higher better"),
-            variant=_RANK_VARIANT.format(t=""), higher_is_better=False),
+            variant=_RANK_VARIANT.format(t=""), higher_is_better=False, delta_based=True),
         "rank_rmse_average_transpose": MetricSpec(
             definition=_RANK.format(m="rmse_average", outer="pred q", inner="p = q", over="truths p",
                                     better="lower better"),
-            variant=_RANK_VARIANT.format(t=" (transposed)"), higher_is_better=False),
+            variant=_RANK_VARIANT.format(t=" (transposed)"), higher_is_better=False, delta_based=True),
         "rank_cosine_logfc_transpose": MetricSpec(
             definition=_RANK.format(m="cosine_logfc", outer="pred q", inner="p = q", over="truths p",
                                     better="higher better"),
-            variant=_RANK_VARIANT.format(t=" (transposed)"), higher_is_better=False),
+            variant=_RANK_VARIANT.format(t=" (transposed)"), higher_is_better=False, delta_based=True),
         "pred_var_ratio": MetricSpec(
             definition="per context and gene, variance across the context's groups of predicted group "
             "means / the same for true group means; median over genes with nonzero true variance "
@@ -164,14 +168,19 @@ class PerturBenchPanel(MetricPanel):
         lfc_p, lfc_t = logfc(pred_mean, ctrl), logfc(true_mean, ctrl)
         clipped = {gid: int(n) for gid, n in zip(ids, np.sum(pred_mean < 0, axis=1)) if n}
         cos, undef = rowwise_cosine(lfc_p, lfc_t)
+        zero_t = np.linalg.norm(lfc_t, axis=1) <= 1e-12
+        declared = {ids[i]: "true logfc is the zero vector (the group's truth equals its controls): cosine "
+                    "undefined, nothing to align with" for i in np.flatnonzero(zero_t)}
         out["cosine_logfc"] = MetricValue(
-            per_group={gid: float(v) for gid, v in zip(ids, cos)},
-            extra={"undefined_groups": [ids[i] for i in np.flatnonzero(undef)], "clipped_groups": clipped})
+            per_group={gid: float(v) for gid, v in zip(ids, cos) if gid not in declared},
+            extra={"undefined_groups": [ids[i] for i in np.flatnonzero(undef & ~zero_t)], "clipped_groups": clipped},
+            not_applicable_groups=declared)
 
         ranks: dict[str, dict[str, float]] = {k: {} for k in (
             "rank_rmse_average", "rank_cosine_logfc", "rank_rmse_average_transpose",
             "rank_cosine_logfc_transpose")}
         single: list[str] = []
+        single_declared: dict[str, str] = {}
         var_ratio: dict[str, float] = {}
         collapsed: dict[str, float] = {}
         skipped: dict[str, str] = {}
@@ -179,8 +188,8 @@ class PerturBenchPanel(MetricPanel):
         for c_i, (ctx, idx) in enumerate(data.context_indices().items()):
             if len(idx) < 2:
                 single.append(ctx)
-                for key in ranks:
-                    ranks[key][ids[idx[0]]] = SINGLE_GROUP_RANK
+                single_declared[ids[idx[0]]] = (f"the only evaluated group of context {ctx}: no other group to "
+                                                "rank it against")
                 skipped[ctx] = "a single group: no variance across groups"
                 continue
             # within a context the control mean is shared: pred_q - true_p = delta_q - delta_p
@@ -208,7 +217,8 @@ class PerturBenchPanel(MetricPanel):
             out.update({k: NotApplicable(reason) for k in ranks})
         else:
             rank_extra = {"single_group_contexts": single, "tie_seed": data.seed, "tie_rtol": TIE_RTOL}
-            out.update({k: MetricValue(per_group=v, extra=rank_extra) for k, v in ranks.items()})
+            out.update({k: MetricValue(per_group=v, extra=rank_extra, not_applicable_groups=dict(single_declared))
+                        for k, v in ranks.items()})
         if var_ratio:
             vextra = {"skipped_contexts": skipped, "n_genes": n_genes_used}
             out["pred_var_ratio"] = MetricValue(per_context=var_ratio, extra=vextra)

@@ -10,13 +10,15 @@ from perturbfm import hookimpl
 @hookimpl
 def pfm_register_metric_panels() -> list[type]:
     from perturbfm_metrics.basic import BasicPanel
+    from perturbfm_metrics.deg_weighted import DegWeightedPanel
     from perturbfm_metrics.perturbench import PerturBenchPanel
     from perturbfm_metrics.scperturbench import ScPerturBenchPanel
     from perturbfm_metrics.uncertainty import UncertaintyPanel
     from perturbfm_metrics.vcc import VccPanel
     from perturbfm_metrics.vcc2026 import Vcc2026Panel
 
-    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, Vcc2026Panel, UncertaintyPanel]
+    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, Vcc2026Panel, DegWeightedPanel,
+                          UncertaintyPanel]
     return panels
 
 

@@ -23,8 +23,9 @@ from perturbfm_metrics.basic import BasicPanel
 from perturbfm_metrics.deg import DEG_TEST_DESCRIPTION, deg_ranking, rank_by_score, welch_t
 from perturbfm_metrics.distances import (
     EPS_REL,
-    STD_EPS,
+    KL_STD_FLOOR,
     edistance,
+    floored_genes,
     gaussian_sym_kl,
     pairwise_euclidean,
     pairwise_sq_euclidean,
@@ -43,7 +44,11 @@ _FEW = ("groups with < 2 true or < 2 predicted cells: the within-set term of tha
         "distinct pairs and is taken as 0 (a single cell is at distance 0 from itself); the groups "
         "are listed in extra['few_cells_groups']")
 _CELLS = ("pred cells vs true cells of the group (each at most max_cells, seeded subsample) on the "
-          "group's top-100 DEGs from the truth only; DEG test: " + DEG_TEST_DESCRIPTION)
+          "group's top-100 DEGs from the truth only; DEG test: " + DEG_TEST_DESCRIPTION + "; only genes with a "
+          "DE score > 0 count as DEGs (fewer than 100 when fewer genes differ from the controls at all, "
+          "extra['n_deg']; a group with none is declared not applicable)")
+_NO_DEG = ("no DEG: every gene has DE score 0 (the group's true cells equal the controls gene by gene with "
+           "zero variances)")
 
 
 def welch_t_cells(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -80,7 +85,7 @@ class ScPerturBenchPanel(MetricPanel):
 
     name: ClassVar[str] = "scperturbench"
     standard: ClassVar[bool] = True
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     description: ClassVar[str] = (
         "scPerturBench metrics (bm2-lab/scPerturBench, reimplemented): mean errors and Pearson r of "
         "deltas (shared with the basic panel), E-distance, entropic Wasserstein, Gaussian KL and "
@@ -100,27 +105,42 @@ class ScPerturBenchPanel(MetricPanel):
         "wasserstein": MetricSpec(
             definition="entropic OT cost <P, C> between pred and true cells, C = squared Euclidean, "
             f"uniform weights, eps = {EPS_REL} x mean(C); " + _CELLS,
-            variant="ott-jax PointCloud relative epsilon as scPerturBench calls it; log-stabilised "
-            f"Sinkhorn to an L1 marginal error < {SINKHORN_TOL:g} (max {SINKHORN_MAX_ITER} iterations); "
-            "equals POT sinkhorn2 at the same eps; groups that did not converge keep the last "
-            "iterate's cost and are listed in extra['not_converged']",
+            variant="ott-jax PointCloud relative epsilon as scPerturBench calls it; solved in the log domain: "
+            "epsilon scaling (mean(C) x 0.5^k down to eps), log-stabilised Sinkhorn, then damped Newton steps "
+            "on the dual where Sinkhorn's linear rate is too slow (pred cells close to the true cells), "
+            f"until the L1 row-marginal error after a column update is < {SINKHORN_TOL:g} (at most "
+            f"{SINKHORN_MAX_ITER} Sinkhorn iterations and 30 Newton steps); equals POT sinkhorn2 at the same "
+            "eps where that converges. Iterations, Newton steps and the final marginal error of every group "
+            "are in extra['solver']; a group that did not reach the tolerance is declared not applicable "
+            "with its marginal error (never reported as if converged)",
             higher_is_better=False,
         ),
         "kl": MetricSpec(
-            definition="per gene Gaussian fits (mean, sigma = std + 1e-8, std with ddof=0), "
+            definition="per gene Gaussian fits (mean, sigma = max(std, 0.1), std with ddof=0, log1p units), "
             "KL(pred||true) + KL(true||pred), mean over genes; " + _CELLS,
-            variant="symmetric Gaussian KL as scPerturBench; a group with a single cell on a side has "
-            "sigma = 1e-8 there (listed in extra['few_cells_groups'])",
+            variant="symmetric Gaussian KL as scPerturBench, except the sigma floor: scPerturBench's "
+            "sigma = std + 1e-8 turns a gene that is constant on one side (common among top DEGs: all zeros "
+            "in a group's true cells) into d^2 / 1e-16 (values ~1e13 on real data). PerturbFM pins "
+            f"sigma = max(std, {KL_STD_FLOOR:g}): {KL_STD_FLOOR:g} log1p units is about the quantisation s.d. "
+            "(step / sqrt(12)) of a one-UMI step (0.35 log1p units: 1 UMI in a cell of ~25,000 UMIs at "
+            "CP10k), below which a Gaussian fit measures counting resolution, not biology; equal to "
+            "scPerturBench's value (up to its + 1e-8) wherever both stds are >= the floor. "
+            "extra['floored_genes'] counts per group the DEGs where a side's std was floored; a group with a "
+            "single cell on a side has std 0 there (floored; listed in extra['few_cells_groups'])",
             higher_is_better=False,
         ),
         "common_degs": MetricSpec(
-            definition="|topk_DE(pred vs ctrl) & topk_DE(true vs ctrl)| / k, k = 100 (capped at the "
-            "gene count); pred DE: Welch t of the group's pred cells vs all control cells of its "
-            "context, ranked by |t|; true DE: " + DEG_TEST_DESCRIPTION,
+            definition="|topk'_DE(pred vs ctrl) & topk'_DE(true vs ctrl)| / k', k' = the group's number of "
+            "true DEGs (top-100 genes with a DE score > 0, capped at the gene count); pred DE: Welch t of the "
+            "group's pred cells vs all control cells of its context, ranked by |t|, genes with |t| = 0 "
+            "excluded; true DE: " + DEG_TEST_DESCRIPTION,
             variant="with constructed pred cells (control cells + delta) the pred t-statistic is "
             "delta / (control sd x sqrt(1/n_pred + 1/n_ctrl)); groups with < 2 pred cells are ranked "
-            "by |mean difference| (extra['pred_deg_fallback_groups'])",
+            "by |mean difference| (extra['pred_deg_fallback_groups']); k' = 100 except for a group whose "
+            "truth has fewer genes differing from the controls (extra['n_deg']); k' = 0 is declared not "
+            "applicable, never scored 0",
             higher_is_better=True,
+            delta_based=True,
         ),
     }
 
@@ -134,35 +154,49 @@ class ScPerturBenchPanel(MetricPanel):
         k = degs.k
         ed, ed_sq, ws, kl, common = {}, {}, {}, {}, {}
         few: dict[str, str] = {}
-        not_conv: dict[str, dict[str, float]] = {}
+        not_conv: dict[str, str] = {}
         pred_fallback: dict[str, str] = {}
         n_cells: dict[str, list[int]] = {}
         ctrl_mom: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        solver: dict[str, dict[str, Any]] = {}
+        floored: dict[str, int] = {}
+        no_deg: dict[str, str] = {}
         with _one_blas_thread():  # small GEMMs: threads only add contention
             self._loop(data, degs, ids, k, ed, ed_sq, ws, kl, common, few, not_conv, pred_fallback, n_cells,
-                       ctrl_mom)
-        self._finish(data, out, degs, k, ed, ed_sq, ws, kl, common, few, not_conv, pred_fallback, n_cells)
+                       ctrl_mom, solver, floored, no_deg)
+        self._finish(data, out, degs, k, ed, ed_sq, ws, kl, common, few, not_conv, pred_fallback, n_cells,
+                     solver, floored, no_deg)
         return out
 
     @staticmethod
     def _loop(data, degs, ids, k, ed, ed_sq, ws, kl, common, few, not_conv, pred_fallback, n_cells,
-              ctrl_mom) -> None:  # noqa: ANN001 - internal
+              ctrl_mom, solver, floored, no_deg) -> None:  # noqa: ANN001 - internal
         for i, gid in enumerate(ids):
+            genes = degs.genes(i)
+            if genes.size == 0:
+                no_deg[gid] = _NO_DEG
+                continue
             true = data.true_cells(i)
             pred = data.pred_cells(i)
             if pred.shape[0] == 0:
                 raise ValueError(f"the model gave 0 predicted cells for group {gid}")
             n_cells[gid] = [int(pred.shape[0]), int(true.shape[0])]
-            genes = degs.indices[i]
             p, t = pred[:, genes], true[:, genes]
             if pred.shape[0] < 2 or true.shape[0] < 2:
                 few[gid] = f"{pred.shape[0]} predicted / {true.shape[0]} true cell(s)"
             ed[gid], ed_sq[gid] = _edist_both(p, t)
             res = sinkhorn(p, t, tol=SINKHORN_TOL, max_iter=SINKHORN_MAX_ITER)
-            ws[gid] = res.cost
-            if not res.converged:
-                not_conv[gid] = {"marginal_error": res.marginal_error, "n_iter": res.n_iter}
-            kl[gid] = float(np.mean(gaussian_sym_kl(p, t, std_eps=STD_EPS)))
+            solver[gid] = res.describe()
+            if res.converged:
+                ws[gid] = res.cost
+            else:
+                not_conv[gid] = (f"entropic OT did not converge: L1 marginal error {res.marginal_error:.3g} "
+                                 f"> tol {SINKHORN_TOL:g} after {res.n_iter} Sinkhorn iterations and "
+                                 f"{res.n_newton} Newton steps (eps {res.eps:.3g})")
+            kl[gid] = float(np.mean(gaussian_sym_kl(p, t, std_floor=KL_STD_FLOOR)))
+            n_floor = int(floored_genes(p, t, std_floor=KL_STD_FLOOR).sum())
+            if n_floor:
+                floored[gid] = n_floor
             ctx = data.groups[i].context
             if ctx not in ctrl_mom:
                 cc = data.control_cells(ctx)
@@ -171,27 +205,37 @@ class ScPerturBenchPanel(MetricPanel):
             score, why = _de_scores_moments(pred, *ctrl_mom[ctx])
             if why:
                 pred_fallback[gid] = why
-            top_pred = rank_by_score(score[None], k)[0]
-            common[gid] = len(set(top_pred.tolist()) & set(genes.tolist())) / k
+            kk = int(genes.size)
+            top_pred = rank_by_score(score[None], kk)[0]
+            top_pred = top_pred[score[top_pred] > 0]  # a gene with |t| = 0 is not DE in the prediction
+            common[gid] = len(set(top_pred.tolist()) & set(genes.tolist())) / kk
 
     @staticmethod
     def _finish(data, out, degs, k, ed, ed_sq, ws, kl, common, few, not_conv, pred_fallback,
-                n_cells) -> None:  # noqa: ANN001 - internal
+                n_cells, solver, floored, no_deg) -> None:  # noqa: ANN001 - internal
         if not_conv:
             warn_not_converged(len(not_conv))
+        n_deg = {g: int(degs.genes(i).size) for i, g in enumerate(data.group_ids)}
         shared: dict[str, Any] = {
             "pred_cells": "constructed: control cells of the context (seeded subsample) + predicted "
             "delta; they carry the control variance" if data.pred_cells_constructed else "given by the model",
             "n_cells_pred_true": n_cells, "max_cells": data.max_cells, "subsample_seed": data.seed,
             "k": k, "deg_fallback_groups": dict(degs.fallback_groups),
+            "n_deg": {g: n for g, n in n_deg.items() if n < k},
         }
         out["edistance"] = MetricValue(per_group=ed, extra={**shared, "few_cells_groups": few,
-                                                            "edistance_squared": ed_sq})
-        out["wasserstein"] = MetricValue(per_group=ws, extra={**shared, "eps_rel": EPS_REL,
-                                                              "not_converged": not_conv})
-        out["kl"] = MetricValue(per_group=kl, extra={**shared, "few_cells_groups": few})
+                                                            "edistance_squared": ed_sq},
+                                       not_applicable_groups=dict(no_deg))
+        out["wasserstein"] = MetricValue(per_group=ws, extra={**shared, "eps_rel": EPS_REL, "tol": SINKHORN_TOL,
+                                                              "solver": solver,
+                                                              "not_converged": {g: solver[g] for g in not_conv}},
+                                         not_applicable_groups={**no_deg, **not_conv})
+        out["kl"] = MetricValue(per_group=kl, extra={**shared, "few_cells_groups": few, "std_floor": KL_STD_FLOOR,
+                                                     "floored_genes": floored},
+                                not_applicable_groups=dict(no_deg))
         out["common_degs"] = MetricValue(per_group=common, extra={**shared,
-                                                                  "pred_deg_fallback_groups": pred_fallback})
+                                                                  "pred_deg_fallback_groups": pred_fallback},
+                                         not_applicable_groups=dict(no_deg))
 
 
 def _one_blas_thread() -> Any:

@@ -20,8 +20,12 @@ Keys (definitions pinned in METRICS.md; cell-eval 0.8.2 / pdex 0.3.0 checked):
     of true DE genes. ``log2FC = log2(expm1(mean_g) / expm1(mean_c))`` where the
     means are of the log1p values (pdex's default geometric-mean pseudobulk with
     ``is_log1p=True`` and cell-eval's pinned ``epsilon = 0``); ``0/0 -> 0``,
-    one-sided zeros give ``±inf`` (ranked first). ``k' = 0`` gives 0.0 (as
-    cell-eval) and the group is listed in ``extra["no_true_de_groups"]``.
+    one-sided zeros give ``±inf`` (ranked first). ``k' = 0`` (no true DE gene)
+    leaves nothing to overlap with: the group is declared not applicable (cell-eval
+    scores it 0.0) and listed in ``extra["no_true_de_groups"]`` too.
+
+A group alone in its context has nothing to be discriminated from: it is
+declared not applicable for ``discrimination_score_l1`` (cell-eval gives 1.0).
 """
 
 from __future__ import annotations
@@ -241,7 +245,7 @@ class VccPanel(MetricPanel):
 
     name: ClassVar[str] = "vcc"
     standard: ClassVar[bool] = True
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     description: ClassVar[str] = (
         "Virtual Cell Challenge metrics (cell-eval 'vcc' profile: mae, discrimination_score_l1, "
         "overlap_at_N); predictions are compared against the true controls of the context"
@@ -251,18 +255,21 @@ class VccPanel(MetricPanel):
             definition="mean_g |mean(pred) - mean(true)| over all genes, per group",
             variant="cell-eval mae; mean(pred) = true control mean of the context + predicted delta",
             higher_is_better=False,
+            delta_based=True,
         ),
         "discrimination_score_l1": MetricSpec(
             definition="within a context of N groups: rank (0 = best) of the group's own true delta "
             "among all N true deltas by L1 distance to its predicted delta, the group's measured "
             "perturbed genes dropped; score = 1 - rank / N",
             variant="cell-eval discrimination_score_l1 (normalised by N, not N - 1: perfect 1, worst "
-            "1/N; a context with one group scores 1). Ties counted against the model (rank = other "
+            "1/N). A group alone in its context has nothing to be discriminated from: declared not "
+            "applicable (cell-eval scores it 1.0, a free perfect score). Ties counted against the model (rank = other "
             "groups at distance <= own); cell-eval breaks ties by numpy argsort order. cell-eval drops "
             "the column whose name equals the perturbation label, so it drops nothing for combinations; "
             "PerturbFM drops every measured gene of the set. Deltas use the true controls on both sides "
             "(cell-eval: each side's own controls)",
             higher_is_better=True,
+            delta_based=True,
         ),
         "overlap_at_N": MetricSpec(
             definition="|top-k'(true DE) ∩ top-k'(pred DE)| / k', k' = number of true DE genes; DE = "
@@ -271,10 +278,12 @@ class VccPanel(MetricPanel):
             variant="cell-eval overlap_at_N via pdex: asymptotic MWU, tie- and continuity-corrected; "
             "log2FC = log2(expm1(mean log1p group) / expm1(mean log1p control)) (pdex geometric-mean "
             "pseudobulk, epsilon 0; 0/0 -> 0, one-sided zero -> ±inf); all cells used (no "
-            "subsampling); k' = 0 -> 0.0 (as cell-eval), listed in extra['no_true_de_groups']. "
+            "subsampling); k' = 0 (no true DE gene: nothing to overlap with) is declared not applicable "
+            "(cell-eval scores it 0.0), also listed in extra['no_true_de_groups']. "
             "cell-eval rounds FDR and |log2FC| to float32 before filtering and sorting; PerturbFM "
             "keeps float64",
             higher_is_better=True,
+            delta_based=True,
         ),
     }
 
@@ -288,25 +297,34 @@ class VccPanel(MetricPanel):
         gene_pos = {g: j for j, g in enumerate(data.genes)}
         drop = [np.array([gene_pos[x] for x in g.genes if x in gene_pos], dtype=np.int64) for g in data.groups]
         disc = np.empty(len(ids))
-        for _, idx in data.context_indices().items():
+        alone: dict[str, str] = {}
+        for ctx, idx in data.context_indices().items():
+            if len(idx) < 2:
+                alone[ids[idx[0]]] = (f"the only evaluated group of context {ctx}: nothing to discriminate it "
+                                      "from")
+                continue
             disc[idx] = discrimination_l1(pred_delta[idx], true_delta[idx], [drop[i] for i in idx])
 
         overlap, no_true, n_true_de, n_pred_de = self._overlap(data)
 
-        def per_group(v: np.ndarray) -> dict[str, float]:
-            return {gid: float(x) for gid, x in zip(ids, v)}
+        def per_group(v: np.ndarray, skip: Mapping[str, str] | None = None) -> dict[str, float]:
+            return {gid: float(x) for gid, x in zip(ids, v) if not skip or gid not in skip}
 
+        no_true_reasons = {g: "no true DE gene (BH-FDR < 0.05) vs the context's controls: nothing to overlap with"
+                           for g in no_true}
         return {
             "mae": MetricValue(per_group=per_group(mae)),
             "discrimination_score_l1": MetricValue(
-                per_group=per_group(disc),
+                per_group=per_group(disc, alone),
                 extra={"n_per_context": {c: int(len(i)) for c, i in data.context_indices().items()},
                        "dropped_genes": {gid: [data.genes[j] for j in d] for gid, d in zip(ids, drop)}},
+                not_applicable_groups=alone,
             ),
             "overlap_at_N": MetricValue(
-                per_group=per_group(overlap),
+                per_group=per_group(overlap, no_true_reasons),
                 extra={"no_true_de_groups": no_true, "fdr_threshold": FDR_THRESHOLD,
                        "n_true_de": n_true_de, "n_pred_de": n_pred_de},
+                not_applicable_groups=no_true_reasons,
             ),
         }
 
@@ -345,9 +363,9 @@ class VccPanel(MetricPanel):
                     gid = data.groups[i].group_id
                     n_true_de[gid], n_pred_de[gid] = int(t.size), int(p.size)
                     v = overlap_at_n(t, p)
-                    if v is None:
+                    if v is None:  # declared by the caller, never scored
                         no_true.append(gid)
-                        v = 0.0
+                        v = np.nan
                     out[i] = v
                 batch, size = [], 0
         order = {gid: k for k, gid in enumerate(data.group_ids)}
