@@ -29,7 +29,7 @@ from model_accuracy import pfm, tasks  # noqa: E402
 MODELS = ["control-mean", "train-mean", "additive", "linear", "cgio"]
 HEADLINE = [("basic", "pcc_delta"), ("basic", "mse"), ("scperturbench", "edistance"), ("vcc", "discrimination_score_l1"),
             ("vcc", "overlap_at_N"), ("perturbench", "cosine_logfc"), ("vcc2026", "pds_cosine"),
-            ("deg_weighted", "weighted_mse")]
+            ("deg_weighted", "wmse")]
 
 
 def run_one(store: Path, model: str, sid: str) -> dict[str, Any]:
