@@ -63,7 +63,10 @@ def test_example_study_end_to_end(shared: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 16 and {r["status"] for r in rows} == {"succeeded"}
     assert {r["label"] for r in rows} == {"control-mean", "train-mean", "additive", "linear"}
-    assert {"basic.pcc_delta", "basic.mse", "run_id", "seed", "split"} <= set(rows[0])
+    assert {"basic.pcc_delta", "basic.mse", "basic.pcc_delta.calibrated", "run_id", "seed", "split",
+            "synthetic"} <= set(rows[0])
+    assert all(r["synthetic"] == "False" for r in rows)  # real data, and said so
+    assert all(r["basic.mse.calibrated"] for r in rows)
     add = [float(r["basic.pcc_delta"]) for r in rows if r["label"] == "additive" and r["split"] == "devel_k562_doubles"]
     assert len(add) == 2 and all(abs(v - 0.870) < 0.01 for v in add)  # shared/data/README.md figure
     summary = json.loads((sdir / "summary.json").read_text())
