@@ -32,3 +32,14 @@ def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store = tmp_path / "pfm-home"
     monkeypatch.setenv("PFM_HOME", str(store))
     return store
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Headless Chromium for rendering reports: skipped locally when absent, a failure under CI=true."""
+    path = "/usr/bin/chromium"
+    if not Path(path).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is required under CI=true (apt-get install chromium; scripts/dev.py does it as root)")
+        pytest.skip(f"{path} not installed")
+    return path
