@@ -24,8 +24,11 @@ For each evaluated group ``g`` and each metric, with ``u`` the model's raw value
     replicate of the experiment; negative is worse than the baseline, above 1 is
     closer to the truth than a replicate half is (usually noise or leakage). The
     direction of the metric cancels out, so higher is always better. A group is
-    *unresolvable* when ``|r - b| <= seed_sd`` (the baseline is within the
-    replicate's own seed spread); unresolvable and unsplittable groups are listed,
+    *unresolvable* unless the replicate beats the baseline by more than ``seed_sd``
+    in the metric's direction (``|r - b| > seed_sd`` for a metric without one): where
+    the baseline is within the replicate's own seed spread, or a replicate half
+    predicts the other half worse than the mean response does (an effect below the
+    group's own noise), the scale has no meaning; unresolvable and unsplittable groups are listed,
     counted and left out of the calibrated aggregates. Aggregates follow the raw
     metric's rule (per group -> context mean -> global mean weighted by true
     cells) over the resolved groups, and the aggregate calibrated value is the
@@ -68,9 +71,10 @@ DEFINITIONS = {
     "replicate": f"split-half replicate: the group's true cells split at random into two halves, one scored as "
     f"the prediction of the other; mean over {REPLICATE_SEEDS} seeds, seed_sd = their standard deviation "
     f"(ddof=1); groups with < {MIN_REPLICATE_CELLS} cells are declared unsplittable",
-    "calibrated": "(u - b) / (r - b), not clipped (0 = baseline, 1 = replicate; higher is better); groups with "
-    "|r - b| <= seed_sd are unresolvable and excluded; aggregates are (U - B) / (R - B) of the resolved groups' "
-    "aggregates",
+    "calibrated": "(u - b) / (r - b), not clipped (0 = baseline, 1 = replicate; higher is better); a group is "
+    "unresolvable (listed, excluded) unless the replicate beats the baseline by more than seed_sd in the metric's "
+    "direction (|r - b| > seed_sd for a metric without one); aggregates are (U - B) / (R - B) of the resolved "
+    "groups' aggregates",
     "indep_ctrl": "delta-based metrics with the truth referenced to one half of the context's control cells "
     "and the prediction to the other (shows shared-control inflation)",
     "train_mean": "the train-mean model (mean training delta of the context) on the same groups",
@@ -248,8 +252,15 @@ def calibrate_metric(
     base: MetricValue | NotApplicable | None,
     reps: Sequence[MetricValue | NotApplicable | None],
     unsplittable: Mapping[str, str],
+    higher_is_better: bool | None = None,
 ) -> dict[str, Any]:
-    """The ``baseline``, ``replicate`` and ``calibrated`` objects of one metric."""
+    """The ``baseline``, ``replicate`` and ``calibrated`` objects of one metric.
+
+    A group is resolvable when the replicate beats the baseline by more than the
+    replicate's seed spread, in the metric's direction (for a metric without a
+    direction: differs from it by more than the spread). Where the replicate does
+    not beat the baseline the group's effect is below its own noise and no
+    calibrated score of it would mean anything."""
     level, u = _levels(raw)
     out: dict[str, Any] = {}
     if not isinstance(base, MetricValue):
@@ -292,7 +303,8 @@ def calibrate_metric(
                 excluded[k] = "the baseline is not defined for this group"
             continue
         denom = r_mean[k] - b[k]
-        if not abs(denom) > r_sd[k] or denom == 0.0:
+        margin = denom if higher_is_better is True else -denom if higher_is_better is False else abs(denom)
+        if not margin > r_sd[k] or denom == 0.0:
             unresolvable.append(k)
             continue
         cal[k] = (uk - b[k]) / denom
@@ -402,7 +414,8 @@ def evaluate_with_references(
             if "not_applicable" in entry:
                 continue
             v = raw[panel.name][key]
-            entry.update(calibrate_metric(data, v, b_vals.get(key), [r.get(key) for r in r_vals], unsplittable))
+            entry.update(calibrate_metric(data, v, b_vals.get(key), [r.get(key) for r in r_vals], unsplittable,
+                                          higher_is_better=panel.metrics[key].higher_is_better))
             if key in delta_keys:
                 entry["indep_ctrl"] = _summary(i_vals.get(key), data)
             if tm is not None:
