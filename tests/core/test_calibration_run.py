@@ -75,7 +75,7 @@ def _run(env: dict[str, Any], key: str, *args: str) -> Path:
     before = set((store / "runs").iterdir()) if (store / "runs").exists() else set()
     cap = _Capture()
     with cap:
-        rc = _cli(store, "run", *args, "--set", "run.panels=[basic]")  # calibration.json is what is tested
+        rc = _cli(store, "run", *args, "--set", "run.panels=[basic,uncertainty]")  # calibration is what is tested
     assert rc == 0, (rc, cap.lines[-20:])
     new = set((store / "runs").iterdir()) - before
     assert len(new) == 1

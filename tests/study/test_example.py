@@ -65,8 +65,13 @@ def test_example_study_end_to_end(shared: Path, tmp_path: Path) -> None:
     assert {r["label"] for r in rows} == {"control-mean", "train-mean", "additive", "linear"}
     assert {"basic.pcc_delta", "basic.mse", "basic.pcc_delta.calibrated", "run_id", "seed", "split",
             "synthetic"} <= set(rows[0])
-    assert all(r["synthetic"] == "False" for r in rows)  # real data, and said so
-    assert all(r["basic.mse.calibrated"] for r in rows)
+    # the devel splits are real data, the example's simulated dataset is marked synthetic
+    assert {r["synthetic"] for r in rows if r["split"].startswith("devel")} == {"False"}
+    assert {r["synthetic"] for r in rows if not r["split"].startswith("devel")} == {"True"}
+    # calibrated values are numbers where defined, empty (never 0) where no group is resolvable
+    assert all(r["basic.mse.calibrated"] == "" or float(r["basic.mse.calibrated"]) == float(r["basic.mse.calibrated"])
+               for r in rows)
+    assert any(r["basic.mse.calibrated"] for r in rows if r["label"] == "additive")
     add = [float(r["basic.pcc_delta"]) for r in rows if r["label"] == "additive" and r["split"] == "devel_k562_doubles"]
     assert len(add) == 2 and all(abs(v - 0.870) < 0.01 for v in add)  # shared/data/README.md figure
     summary = json.loads((sdir / "summary.json").read_text())
