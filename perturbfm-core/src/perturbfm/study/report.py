@@ -59,7 +59,7 @@ def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, 
     parts.append(_table(["label", "split", "runs ok"] + columns, trows))
     if columns and any(r["status"] == "succeeded" for r in rows):
         parts.append(_bars(groups, columns[:4]))
-    if leaderboards is not None:
+    if leaderboards is not None or status.get("phase") not in (None, "complete"):
         parts.append(_leaderboards_html(leaderboards))
     parts.append("<h2>Claims</h2>")
     if claims:
@@ -149,8 +149,11 @@ def _iv(iv: dict[str, Any] | None) -> str:
     return f"{iv['estimate']:.4g}" + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else " [–]")
 
 
-def _leaderboards_html(boards: list[dict[str, Any]]) -> str:
+def _leaderboards_html(boards: list[dict[str, Any]] | None) -> str:
     parts = ["<h2>Leaderboards (mean over held-out groups, seeds averaged within group; paired 95% intervals)</h2>"]
+    if boards is None:
+        return parts[0] + "<p>Written when the study is complete (every planned run succeeded); rerun the study " \
+                          "to continue it.</p>"
     if not boards:
         return parts[0] + "<p>No run has succeeded yet.</p>"
     for b in boards:
@@ -168,6 +171,9 @@ def _leaderboards_html(boards: list[dict[str, Any]]) -> str:
 def write_study_report(path: Path, *args: Any) -> Path:
     """Write the study report atomically, with the per-split leaderboards in
     ``<study dir>/compare/<split>/`` (``args``: those of :func:`render_study_report`)."""
-    boards = write_leaderboards(path.parent / "compare", args[1])
+    status = args[1]
+    # the leaderboards compare every finished run: written once, when the study is complete
+    # (a partial study's report says so instead of recomputing them after every chunk)
+    boards = write_leaderboards(path.parent / "compare", status) if status.get("phase") == "complete" else None
     atomic_write_text(path, render_study_report(*args, leaderboards=boards))
     return path
