@@ -69,7 +69,7 @@ def test_baseline_scores_0_and_replicate_scores_1_per_group(shared_data: Path, w
     base = baseline_data(data)
     out, info = evaluate_with_references(panels, base)
     assert info["replicate_seeds"] == 5
-    reps = [replicate_data(data, k)[0] for k in range(5)]
+    reps, _ = replicate_data(data, 5)
     n_checked = 0
     for panel in panels:
         rep_vals = [panel.compute(rd) for rd in reps]
@@ -134,9 +134,9 @@ def test_replicate_declares_groups_too_small_to_split(tiny_truth: Any) -> None:
     drop = np.flatnonzero(labels == gid)[MIN_REPLICATE_CELLS - 1:]
     adata = tiny_truth[np.setdiff1d(np.arange(tiny_truth.n_obs), drop)].copy()
     data = _eval_data(adata)
-    rd, unsplit = replicate_data(data, 0)
+    reps, unsplit = replicate_data(data, 2)
     assert gid in unsplit and "cannot be split" in unsplit[gid]
-    assert rd is not None and gid not in rd.group_ids
+    assert len(reps) == 2 and all(gid not in rd.group_ids for rd in reps)
     out, info = evaluate_with_references(select_panels(get_registry(), ["basic"], gives_variance=False), data)
     assert gid in info["unsplittable_groups"]
     entry = out["basic"]["metrics"]["mse"]
@@ -174,3 +174,11 @@ def tiny_truth() -> Any:
 
     return make_canonical_adata(n_genes=40, contexts=("ctxA", "ctxB"), singles=("G1", "G2", "G3", "G4", "G5"),
                                 doubles=(("G1", "G2"),), cells_per_group=30, n_control=60, seed=3)
+
+
+def test_fewer_than_two_replicate_seeds_is_a_config_error(tiny_truth: Any) -> None:
+    from perturbfm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="replicate_seeds"):
+        evaluate_with_references(select_panels(get_registry(), ["basic"], gives_variance=False),
+                                 _eval_data(tiny_truth), replicate_seeds=1)

@@ -151,45 +151,53 @@ def split_halves(n: int, seed: int, salt: int, k: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[:h]), np.sort(perm[h:])
 
 
-def replicate_data(data: EvalData, rep: int) -> tuple[EvalData | None, dict[str, str]]:
-    """Replicate ``rep`` of ``data`` and the groups that cannot be split (id -> reason)."""
+def replicate_data(data: EvalData, n_reps: int) -> tuple[list[EvalData], dict[str, str]]:
+    """``n_reps`` split-half replicates of ``data`` (each group's true cells are read
+    once for all of them) and the groups that cannot be split (id -> reason)."""
     if data.adata is None:
-        return None, {g.group_id: "the evaluation inputs carry no true cells to split" for g in data.groups}
+        return [], {g.group_id: "the evaluation inputs carry no true cells to split" for g in data.groups}
     keep: list[int] = []
     unsplit: dict[str, str] = {}
-    halves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    means_a, vars_a, means_b, ns = [], [], [], []
+    halves: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in range(n_reps)]
+    means_a: list[list[np.ndarray]] = [[] for _ in range(n_reps)]
+    vars_a: list[list[np.ndarray]] = [[] for _ in range(n_reps)]
+    means_b: list[list[np.ndarray]] = [[] for _ in range(n_reps)]
+    ns: list[int] = []
     for i, g in enumerate(data.groups):
         X = data.all_true_cells(i)
         n = X.shape[0]
         if n < MIN_REPLICATE_CELLS:
             unsplit[g.group_id] = f"{n} true cells: fewer than {MIN_REPLICATE_CELLS} cannot be split into halves"
             continue
-        a, b = split_halves(n, data.seed, i, rep)
-        halves[g.group_id] = (a, b)
         keep.append(i)
-        means_a.append(X[a].mean(axis=0))
-        vars_a.append(X[a].var(axis=0, ddof=1) if a.size > 1 else np.zeros(X.shape[1]))
-        means_b.append(X[b].mean(axis=0))
-        ns.append(a.size)
+        ns.append(n // 2)
+        for rep in range(n_reps):
+            a, b = split_halves(n, data.seed, i, rep)
+            halves[rep][g.group_id] = (a, b)
+            means_a[rep].append(X[a].mean(axis=0))
+            vars_a[rep].append(X[a].var(axis=0, ddof=1))
+            means_b[rep].append(X[b].mean(axis=0))
     if not keep:
-        return None, unsplit
+        return [], unsplit
     idx = np.array(keep)
     groups = [replace(data.groups[i], n_cells=int(n)) for i, n in zip(keep, ns)]
     ctrl_mean = data.ctrl_mean[idx]
-    rd = ReplicateData(
-        genes=data.genes, groups=groups, true_mean=np.stack(means_a), true_var=np.stack(vars_a),
-        ctrl_mean=ctrl_mean, pred_delta=np.stack(means_b) - ctrl_mean, pred_var=None,
-        control_var=data.control_var, control_n=data.control_n, seed=data.seed, max_cells=data.max_cells,
-        ood={g.group_id: data.ood[g.group_id] for g in groups if g.group_id in data.ood} if data.ood else None,
-        adata=data.adata, pred_cells_given=None, extra={},
-    )
-    rd.parent = data
-    rd.halves = halves
-    rd.pred_cells_given = _LazyCells(rd.half_b_cells, [g.group_id for g in groups])  # type: ignore[assignment]
-    _share_caches(rd, data)
-    rd.__dict__.pop("_group_rows", None)  # rows of the parent's groups are reached through the parent
-    return rd, unsplit
+    ood = {g.group_id: data.ood[g.group_id] for g in groups if g.group_id in data.ood} if data.ood else None
+    out: list[EvalData] = []
+    for rep in range(n_reps):
+        rd = ReplicateData(
+            genes=data.genes, groups=groups, true_mean=np.stack(means_a[rep]), true_var=np.stack(vars_a[rep]),
+            ctrl_mean=ctrl_mean, pred_delta=np.stack(means_b[rep]) - ctrl_mean, pred_var=None,
+            control_var=data.control_var, control_n=data.control_n, seed=data.seed, max_cells=data.max_cells,
+            ood=ood, adata=data.adata, pred_cells_given=None, extra={},
+        )
+        rd.parent = data
+        rd.halves = halves[rep]
+        rd.pred_cells_given = _LazyCells(rd.half_b_cells, [g.group_id for g in groups])  # type: ignore[assignment]
+        _share_caches(rd, data)
+        rd.__dict__.pop("_group_rows", None)  # rows of the parent's groups are reached through the parent
+        out.append(rd)
+    return out, unsplit
 
 
 class IndepControlData(EvalData):
@@ -315,7 +323,7 @@ def calibrate_metric(
         level: cal,
         "unresolvable": unresolvable,
         "n_unresolvable": len(unresolvable),
-        "not_calibrated": {k: v for k, v in excluded.items()},
+        "not_calibrated": dict(excluded),
         "n_resolved": len(resolved),
     }
     if resolved:
@@ -389,16 +397,16 @@ def evaluate_with_references(
 
     Returns ``(panels section, references section)`` of ``metrics.json``.
     """
+    if replicate_seeds < 2:
+        from perturbfm.errors import ConfigError
+
+        raise ConfigError(f"run.replicate_seeds is {replicate_seeds}; the seed spread needs at least 2 replicates",
+                          field="run.replicate_seeds", fix="set run.replicate_seeds to 2 or more (default 5)")
     raw: dict[str, dict[str, Any]] = {}
     out = evaluate_panels(panels, data, raw_out=raw)
-    if replicate_seeds < 2:
-        raise ValueError("replicate_seeds must be at least 2 (the seed spread needs two replicates)")
     base = baseline_data(data)
-    reps: list[EvalData | None] = []
-    unsplittable: dict[str, str] = {}
-    for k in range(replicate_seeds):
-        rd, unsplittable = replicate_data(data, k)
-        reps.append(rd)
+    built, unsplittable = replicate_data(data, replicate_seeds)
+    reps: list[EvalData | None] = list(built) if built else [None] * replicate_seeds
     any_delta = any(getattr(spec, "delta_based", False) for p in panels for spec in p.metrics.values())
     indep, indep_reason = indep_control_data(data) if any_delta else (None, "no delta-based metric requested")
     tm = prediction_data(data, train_mean) if train_mean is not None else None
