@@ -20,6 +20,18 @@ from typing import Any, ClassVar
 import anndata as ad
 import numpy as np
 import pandas as pd
+from perturbfm.canonical.expression import (
+    EXPRESSION_MODES,
+    prepare_expression,
+    prepare_expression_chunked,
+)
+from perturbfm.canonical.obs import (
+    canonical_labels,
+    check_controls,
+    context_labels,
+    covariates,
+    head,
+)
 from perturbfm.dataset import (
     COMBO_DELIMITER,
     CONTEXT_COL,
@@ -34,18 +46,6 @@ from perturbfm.errors import DatasetValidationError
 from perturbfm.hashing import sha256_file
 from perturbfm.interfaces import AdapterResult, DatasetAdapter
 
-from perturbfm_bench_adapters._expression import (
-    EXPRESSION_MODES,
-    prepare_expression,
-    prepare_expression_chunked,
-)
-from perturbfm_bench_adapters._obs_parsing import (
-    canonical_labels,
-    check_controls,
-    context_labels,
-    covariates,
-    head,
-)
 from perturbfm_bench_adapters._options import as_bool, as_str_list
 
 #: ``prepare(obs, file, processing) -> (obs, overrides)``: a format's hook that

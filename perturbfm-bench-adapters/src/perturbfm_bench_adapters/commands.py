@@ -135,7 +135,7 @@ def create_family(store: ArtifactStore, dataset: str, generator: str, params: di
     The family id is the SHA-256 of (dataset, generator, shared params, seed), so
     the same request names the same family on any machine.
     """
-    from perturbfm.datasets import _jsonable
+    from perturbfm.jsonable import jsonable
     from perturbfm.plugins import get_registry
 
     stored = store.datasets.get(dataset)
@@ -150,7 +150,7 @@ def create_family(store: ArtifactStore, dataset: str, generator: str, params: di
         if adata.isbacked:
             adata.file.close()
     members = gen.family_members(groups, params)
-    family = sha256_json({"dataset": stored.hash, "generator": generator, "params": _jsonable(params),
+    family = sha256_json({"dataset": stored.hash, "generator": generator, "params": jsonable(params),
                           "seed": seed, "n": len(members)})[:16]
     out = []
     for p in members:
@@ -158,7 +158,7 @@ def create_family(store: ArtifactStore, dataset: str, generator: str, params: di
         if set(res.assignments) != set(groups):
             raise PerturbFMError(f"generator {generator!r} did not assign exactly the dataset's groups",
                                  field="assignments", fix="report this to the generator's authors")
-        split = Split(dataset=stored.hash, generator=generator, params=_jsonable(p), seed=seed,
+        split = Split(dataset=stored.hash, generator=generator, params=jsonable(p), seed=seed,
                       assignments=dict(res.assignments), ood=res.ood, labels=res.labels, notes=res.notes,
                       family=family)
         sid, created = store.splits.put(split)

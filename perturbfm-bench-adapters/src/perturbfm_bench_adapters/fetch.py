@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from perturbfm.datasets import _jsonable
 from perturbfm.errors import ArtifactIntegrityError, ConfigError, PerturbFMError
 from perturbfm.hashing import sha256_file
+from perturbfm.jsonable import jsonable
 from perturbfm.plugins import get_registry
 from perturbfm.store import ArtifactStore, StoredDataset
 
@@ -177,7 +177,7 @@ def fetch(
     result = impl.load(str(h5ad), **opts)
     result.extra["registry"] = record
     result.source = {**result.source, "url": url, "download_sha256": found, "registry": name}
-    stored, created = store.datasets.put(result, adapter=entry.adapter, options=_jsonable(opts))
+    stored, created = store.datasets.put(result, adapter=entry.adapter, options=jsonable(opts))
     return FetchResult(stored, created, target, record, resumed)
 
 

@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from perturbfm.canonical.obs import head
 from perturbfm.dataset import COMBO_DELIMITER, CONTROL
 from perturbfm.errors import DatasetValidationError
 from perturbfm.interfaces import AdapterResult
 
-from perturbfm_bench_adapters._obs_parsing import head
 from perturbfm_bench_adapters._options import as_str_list
 from perturbfm_bench_adapters.anndata_adapter import DEFAULT_CHUNK, AnnDataAdapter, Prepare
 

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from perturbfm.canonical.obs import head
 from perturbfm.dataset import CONTROL_COL, GROUP_COL, PERT_COL, canonical_perturbation, ensure_group_column
 from perturbfm.errors import SplitIntegrityError
 from perturbfm.hashing import sha256_file
 from perturbfm.splits import Split
 from perturbfm.store import StoredDataset
-
-from perturbfm_bench_adapters._obs_parsing import head
 
 FORMATS = ("perturbench-csv", "gears-pickle", "obs-column")
 _ROLE_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

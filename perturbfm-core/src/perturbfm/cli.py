@@ -8,19 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from perturbfm import __version__
+from perturbfm.console import EXIT_RUN_FAILED, EXIT_USER_ERROR, console, err_console
 from perturbfm.errors import PanelIncompleteError, PerturbFMError, PluginError
 from perturbfm.plugins import get_registry
 from perturbfm.store import ArtifactStore
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
-
-EXIT_USER_ERROR = 2
-EXIT_RUN_FAILED = 1
 
 
 def _store(ctx: click.Context) -> ArtifactStore:

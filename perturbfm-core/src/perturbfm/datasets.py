@@ -7,6 +7,7 @@ from typing import Any
 
 from perturbfm.dataset import group_table
 from perturbfm.errors import PerturbFMError
+from perturbfm.jsonable import jsonable
 from perturbfm.plugins import PluginRegistry, get_registry
 from perturbfm.splits import Split
 from perturbfm.store import ArtifactStore, StoredDataset
@@ -24,7 +25,7 @@ def import_dataset(
     reg = registry or get_registry()
     impl = reg.create("dataset_adapter", adapter)
     result = impl.load(path, **options)
-    return store.datasets.put(result, adapter=adapter, options=_jsonable(options))
+    return store.datasets.put(result, adapter=adapter, options=jsonable(options))
 
 
 def create_split(
@@ -63,7 +64,7 @@ def create_split(
     split = Split(
         dataset=stored.hash,
         generator=generator,
-        params=_jsonable(params),
+        params=jsonable(params),
         seed=seed,
         assignments=dict(out.assignments),
         ood=out.ood,
@@ -73,12 +74,3 @@ def create_split(
     sid, created = store.splits.put(split)
     return sid, created, split
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

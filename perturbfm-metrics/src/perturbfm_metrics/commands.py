@@ -67,8 +67,8 @@ def load_prediction(path: str, *, perturbation_key: str, control: str, context_k
         ``(X float64 CSR, group id per cell ("" for controls), is_control, genes)``.
     """
     import anndata as ad
-    from perturbfm_bench_adapters._expression import prepare_expression
-    from perturbfm_bench_adapters._obs_parsing import canonical_labels, context_labels
+    from perturbfm.canonical.expression import prepare_expression
+    from perturbfm.canonical.obs import canonical_labels, context_labels
 
     file = str(Path(path).resolve())
     if not Path(file).is_file():
@@ -240,7 +240,7 @@ def _open_backed(path: str, role: str, perturbation_key: str, control: str, cont
                  ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, str]:
     """Open ``path`` backed; return (adata, canonical perturbation, is_control, context, file)."""
     import anndata as ad
-    from perturbfm_bench_adapters._obs_parsing import canonical_labels, context_labels
+    from perturbfm.canonical.obs import canonical_labels, context_labels
 
     file = str(Path(path).resolve())
     if not Path(file).is_file():
@@ -335,7 +335,7 @@ def _evaluate_backed(pred: str, truth: str, *, perturbation_key: str, control: s
 
 
 def _print_incomplete(err: PanelIncompleteError) -> None:
-    from perturbfm.cli import err_console
+    from perturbfm.console import err_console
     from rich.table import Table
 
     t = Table(title="incomplete metric panels: metrics.json was NOT written")
@@ -365,7 +365,7 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
              context_keys: tuple[str, ...], panels: str, out: str, seed: int, max_cells: int, counts: bool,
              backed: bool) -> None:
     """Score a prediction .h5ad against a truth .h5ad and write metrics.json."""
-    from perturbfm.cli import EXIT_RUN_FAILED, err_console
+    from perturbfm.console import EXIT_RUN_FAILED, err_console
 
     names: list[str] | str = [p.strip() for p in panels.split(",") if p.strip()]
     if names == ["standard"]:
@@ -405,7 +405,7 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
 @click.pass_context
 def validate_metrics(ctx: click.Context, as_json: bool, seed: int, require_peers: bool | None) -> None:
     """Compare PerturbFM's metrics with installed peers on one synthetic input."""
-    from perturbfm.cli import EXIT_RUN_FAILED, console
+    from perturbfm.console import EXIT_RUN_FAILED, console
     from rich.table import Table
 
     from perturbfm_metrics.parity import failed, run_parity

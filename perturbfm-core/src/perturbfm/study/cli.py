@@ -24,7 +24,7 @@ def study() -> None:
 def study_run(ctx: click.Context, study_file: str, max_runs: int | None, chunk: int | None, executor: str,
               workers: int | None) -> None:
     """Run (or continue) a study; finished runs are skipped, failed or interrupted ones rerun."""
-    from perturbfm.cli import EXIT_RUN_FAILED, err_console
+    from perturbfm.console import EXIT_RUN_FAILED, err_console
     from perturbfm.study.runner import run_study
 
     store = (ctx.find_root().obj or {}).get("store")

@@ -9,7 +9,7 @@ import numpy as np
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
 
-from ._common import DeltaSummary, config_value, join_notes, require_fitted
+from .common import DeltaSummary, config_value, join_notes, require_fitted
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo

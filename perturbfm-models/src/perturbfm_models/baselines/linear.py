@@ -22,7 +22,7 @@ from perturbfm.errors import ConfigError
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
 
-from ._common import DeltaSummary, config_number, join_notes, require_fitted
+from .common import DeltaSummary, config_number, join_notes, require_fitted
 from .embedding import FIELD as EMB_FIELD
 from .embedding import load_embedding
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from perturbfm.errors import ConfigError
 
-from perturbfm_models.baselines._common import config_number, config_value
+from perturbfm_models.baselines.common import config_number, config_value
 
 MODEL = "cgio"
 GRAPH_KINDS = ("go", "coexpr", "edges")

@@ -12,7 +12,7 @@ from perturbfm.errors import ConfigError
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
 
-from perturbfm_models.baselines._common import join_notes, require_fitted
+from perturbfm_models.baselines.common import join_notes, require_fitted
 
 from . import graphs as G
 from . import residual as R

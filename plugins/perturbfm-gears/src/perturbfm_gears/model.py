@@ -30,7 +30,7 @@ from perturbfm.errors import ConfigError
 from perturbfm.hashing import sha256_file
 from perturbfm.interfaces import Model, Prediction
 from perturbfm.training import TrainingData
-from perturbfm_models.baselines._common import config_number
+from perturbfm_models.baselines.common import config_number
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from perturbfm.dataset import CONTROL, canonical_perturbation
 from perturbfm.errors import DatasetValidationError
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
 from perturbfm.errors import DatasetValidationError
 
 #: How many stored values are examined at a time.
