@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """PerturbFM developer entry point. Needs only Python 3.11 to start.
 
-    python3 scripts/dev.py demo   # set up .venv, then run the benchmark on the embedded synthetic dataset
-    python3 scripts/dev.py test   # set up .venv, then import smoke, CLI smoke and the test suite
+    python3 scripts/dev.py demo    # set up .venv (the packages and torch), then run the benchmark on the embedded synthetic dataset
+    python3 scripts/dev.py test    # set up .venv (+ test tools, peers, plugins), then import smoke, CLI smoke, tests, mypy
+    python3 scripts/dev.py setup   # the test set-up only
 
-The virtual environment is created in ``.venv`` (or ``$PFM_VENV``) and
-re-installed only when a ``pyproject.toml`` or this file changes.
+The virtual environment is created in ``.venv`` (or ``$PFM_VENV``). ``demo`` installs
+what the main job needs: the four packages editable and torch (CGIO). ``test`` adds the
+test tools, the optional plugins, the extras the tests drive (Ray, MLflow) and the peers
+the parity tests compare against. Every install is constrained by ``constraints.txt``
+(exact versions of torch and the peers; the packages' own metadata states ranges).
+A level is re-installed only when a ``pyproject.toml``, ``constraints.txt`` or this file
+changes.
 """
 
 from __future__ import annotations
@@ -19,28 +25,38 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("PFM_VENV", REPO / ".venv"))
-PACKAGES = ["perturbfm-core", "perturbfm-metrics", "perturbfm-bench-adapters", "perturbfm-models"]
-# optional plugins installed editable too, so their tests run (they pin their own deps, torch==2.13.0 included)
+CONSTRAINTS = REPO / "constraints.txt"
+# what the main job needs; models[cgio] brings torch (its exact build comes from constraints.txt)
+PACKAGES = ["perturbfm-core", "perturbfm-metrics", "perturbfm-bench-adapters", "perturbfm-models[cgio]"]
+# optional plugins installed editable for their tests (the MLflow observer's tests install it privately)
 PLUGINS = ["plugins/perturbfm-gears"]
-# torch is pinned: on these machines 2.13.0 resolves to a local CPU wheel.
-TOOLS = ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "setuptools>=68", "wheel"]
-# peers the parity tests compare against (never vendored; MIT-licensed packages)
-PEERS = ["cell-eval==0.8.2", "cell-eval2==0.20.0", "scperturb==0.1.0", "pot==0.9.7.post1"]
-# optional extras exercised by the tests (the Ray executor against a real local Ray instance)
-EXTRAS = ["ray==2.60.0", "mlflow-skinny==3.17.2"]
+# setuptools >= 77 (PEP 639 licence metadata) for the tests that build plugins without build isolation
+TOOLS = ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "mypy>=1.10", "types-PyYAML",
+         "setuptools>=77"]
+# peers the parity tests compare against (never vendored; MIT-licensed) and the optional extras the
+# tests exercise (the Ray executor against a real local Ray instance, the MLflow observer); versions in
+# constraints.txt
+PEERS = ["cell-eval", "cell-eval2", "scperturb"]
+EXTRAS = ["ray", "mlflow-skinny"]
 # Debian packages the tests use: headless Chromium renders the HTML reports
 SYSTEM = {"chromium": "/usr/bin/chromium"}
+LEVELS = ("demo", "test")
 
 
 def _bin(name: str) -> str:
     return str(VENV / ("Scripts" if os.name == "nt" else "bin") / name)
 
 
-def _stamp() -> str:
-    h = hashlib.sha256()
-    for p in [Path(__file__), *(REPO / pkg / "pyproject.toml" for pkg in PACKAGES + PLUGINS)]:
+def _dir(pkg: str) -> Path:
+    """The directory of a package argument (``perturbfm-models[cgio]`` -> ``perturbfm-models``)."""
+    return REPO / pkg.split("[", 1)[0]
+
+
+def _stamp(level: str) -> str:
+    """Hash of everything that decides what ``level`` installs."""
+    h = hashlib.sha256(level.encode())
+    for p in [Path(__file__), CONSTRAINTS, *(_dir(pkg) / "pyproject.toml" for pkg in PACKAGES + PLUGINS)]:
         h.update(p.read_bytes())
-    h.update(" ".join(TOOLS + PEERS + EXTRAS).encode())
     return h.hexdigest()
 
 
@@ -65,22 +81,38 @@ def ensure_system_packages() -> None:
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def ensure_venv() -> None:
-    """Create the venv and install every package editable, when needed."""
+def installed_level() -> str | None:
+    """The highest level whose stamp matches the current sources, or None."""
     stamp_file = VENV / ".pfm-stamp"
-    if stamp_file.exists() and stamp_file.read_text() == _stamp():
+    if not stamp_file.exists():
+        return None
+    text = stamp_file.read_text()
+    for level in reversed(LEVELS):
+        if text == f"{level} {_stamp(level)}":
+            return level
+    return None
+
+
+def ensure_venv(level: str) -> None:
+    """Create the venv and install what ``level`` needs ("demo" or "test"), when needed.
+
+    The test level includes the demo level, so a venv set up for the tests also runs the demo."""
+    have = installed_level()
+    if have is not None and LEVELS.index(have) >= LEVELS.index(level):
         return
-    if not (VENV / "bin" / "python").exists():
+    if not Path(_bin("python")).exists():
         run([sys.executable, "-m", "venv", str(VENV)])
     pip = [_bin("python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     run(pip + ["--upgrade", "pip"])
-    run(pip + TOOLS)
-    run(pip + PEERS + EXTRAS)
+    pinned = pip + ["-c", str(CONSTRAINTS)]
+    pkgs = PACKAGES + (PLUGINS if level == "test" else [])
     editable: list[str] = []
-    for pkg in PACKAGES + PLUGINS:
-        editable += ["-e", str(REPO / pkg)]
-    run(pip + editable)
-    stamp_file.write_text(_stamp())
+    for pkg in pkgs:
+        editable += ["-e", str(_dir(pkg)) + (pkg[pkg.index("["):] if "[" in pkg else "")]
+    run(pinned + editable)
+    if level == "test":
+        run(pinned + TOOLS + PEERS + EXTRAS)
+    (VENV / ".pfm-stamp").write_text(f"{level} {_stamp(level)}")
 
 
 def smoke() -> None:
@@ -97,12 +129,19 @@ def smoke() -> None:
     print("CLI smoke: ok", flush=True)
 
 
+def typecheck() -> int:
+    """mypy over every package (configuration: mypy.ini at the repository root)."""
+    args = [_bin("python"), "-m", "mypy", "--config-file", str(REPO / "mypy.ini")]
+    print("+", " ".join(args), flush=True)
+    return subprocess.call(args, cwd=REPO)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print(__doc__)
         return 2
-    ensure_venv()
     cmd, rest = argv[0], argv[1:]
+    ensure_venv("demo" if cmd == "demo" else "test")
     env = {**os.environ}
     if cmd == "setup":
         return 0
@@ -114,7 +153,11 @@ def main(argv: list[str]) -> int:
     args = [_bin("python"), "-m", "pytest", "-p", "xdist.plugin", "-n", os.environ.get("PFM_TEST_WORKERS", "2"),
             "-q", str(REPO / "tests"), *rest]
     print("+", " ".join(args), flush=True)
-    return subprocess.call(args, env=env, cwd=REPO)
+    tests = subprocess.call(args, env=env, cwd=REPO)
+    types = typecheck()
+    if types:
+        print(f"mypy: type errors (exit {types}); see the lines above", flush=True)
+    return tests or types
 
 
 if __name__ == "__main__":
