@@ -37,7 +37,7 @@ from perturbfm.fsio import atomic_write_json, atomic_write_text, atomic_write_wi
 from perturbfm.hashing import sha256_json
 from perturbfm.interfaces import MetricPanel, Model, NotApplicable, Prediction
 from perturbfm.plugins import PluginRegistry, get_registry
-from perturbfm.provenance import environment, git_sha
+from perturbfm.provenance import code_git, code_provenance, environment
 from perturbfm.references import evaluate_with_references
 from perturbfm.store import ArtifactStore, utc_now
 from perturbfm.training import TrainingData
@@ -183,8 +183,9 @@ def execute_run(
                    for p in panels},
         "config_hash": cfg_hash,
         "perturbfm_version": __version__,
-        "git": git_sha(Path.cwd()),
+        "git": code_git(),  # the commit of the code that ran, not of the current directory
         "plugins": registry.versions(),
+        "code": code_provenance(registry.versions()),  # version, location and commit of every distribution
         "environment": environment(),
         "created_at": utc_now(),
     }
