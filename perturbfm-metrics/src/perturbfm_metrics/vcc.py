@@ -37,6 +37,7 @@ import numpy as np
 from perturbfm.dataset import dense_rows, ensure_group_column
 from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue, NotApplicable
 from scipy.special import ndtr
+from scipy.stats import false_discovery_control
 
 if TYPE_CHECKING:
     from perturbfm.evaluation import EvalData
@@ -164,17 +165,14 @@ def mannwhitney_pvalues(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def bh_fdr(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values of every row (``scipy.stats.false_discovery_control``)."""
+    """Benjamini-Hochberg adjusted p-values of every row: ``scipy.stats.false_discovery_control``
+    (``method="bh"``) along the last axis; ``p`` of shape ``[G]`` or ``[B, G]`` gives ``[1, G]`` /
+    ``[B, G]``. The p-values must lie in [0, 1] (the Mann-Whitney kernels here never give NaN: a
+    gene without a test gets p = 1)."""
     p = np.atleast_2d(np.asarray(p, dtype=np.float64))
-    m = p.shape[1]
-    if m == 0:
+    if p.shape[1] == 0:
         return p.copy()
-    order = np.argsort(p, axis=1)
-    ps = np.take_along_axis(p, order, axis=1) * (m / np.arange(1, m + 1))[None, :]
-    ps = np.minimum.accumulate(ps[:, ::-1], axis=1)[:, ::-1]
-    out = np.empty_like(ps)
-    np.put_along_axis(out, order, np.clip(ps, 0.0, 1.0), axis=1)
-    return out
+    return np.asarray(false_discovery_control(p, axis=1, method="bh"), dtype=np.float64)
 
 
 def log2_fold_change(mean_g: np.ndarray, mean_c: np.ndarray) -> np.ndarray:
