@@ -273,3 +273,73 @@ def test_sinkhorn_converges_where_pot_hits_its_cap():
         P, log = ot.sinkhorn(a, a, C, res.eps, numItermax=10_000, stopThr=1e-9, log=True)
     assert log["niter"] >= 9_999 and any("did not converge" in str(w.message) for w in caught)
     assert float(np.sum(P * C)) == pytest.approx(res.cost, rel=1e-5)
+
+
+def _degenerate(kind: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(x, y, eps_rel) of inputs where a linear-domain kernel underflows or the problem degenerates."""
+    rng = np.random.default_rng(21)
+    if kind == "far-outliers":
+        x, y = _clouds(22, n=40, m=30, d=5)
+        x[:3] += 60.0
+        return x, y, 0.001
+    if kind == "constant-side":  # every pred cell identical (a model that predicts one cell)
+        x, y = _clouds(23, n=25, m=30, d=8)
+        return np.repeat(x[:1], 25, axis=0), y, 0.01
+    if kind == "single-cells":
+        x, y = _clouds(24, n=1, m=1, d=6, shift=2.0)
+        return x, y, 0.05
+    if kind == "large-scale":  # counts not log-transformed: costs ~1e6
+        return 300.0 * rng.gamma(1.0, size=(30, 10)), 300.0 * rng.gamma(1.2, size=(25, 10)), 0.002
+    if kind == "duplicates":  # many tied cells on both sides
+        x, y = _clouds(25, n=10, m=8, d=4)
+        return np.repeat(x, 4, axis=0), np.repeat(y, 5, axis=0), 0.005
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["far-outliers", "constant-side", "single-cells", "large-scale", "duplicates"])
+def test_sinkhorn_degenerate_inputs_stay_finite_and_agree_with_log_domain(kind):
+    x, y, eps_rel = _degenerate(kind)
+    stab = sinkhorn(x, y, eps_rel=eps_rel, tol=1e-9, max_iter=100_000)
+    exact = sinkhorn(x, y, eps_rel=eps_rel, tol=1e-9, max_iter=100_000, method="log")
+    for res in (stab, exact):
+        assert res.converged and np.isfinite(res.cost) and res.marginal_error < 1e-9, (kind, res.describe())
+    assert stab.cost == pytest.approx(exact.cost, rel=1e-7)
+    C = cdist(x, y, "sqeuclidean")
+    # the entropic cost lies between the cheapest row assignment and the independent coupling's cost
+    assert C.min(axis=1).mean() - 1e-9 <= stab.cost <= C.mean() + 1e-9
+
+
+@needs_pot
+def test_sinkhorn_iterations_are_pots_and_a_numerical_failure_switches_to_sinkhorn_log(monkeypatch):
+    import ot
+
+    calls = {"sinkhorn_stabilized": 0, "sinkhorn_log": 0}
+    real = {name: getattr(ot.bregman, name) for name in calls}
+    fail_at = {"call": -1}
+
+    def stabilized(*args, **kw):
+        calls["sinkhorn_stabilized"] += 1
+        P, log = real["sinkhorn_stabilized"](*args, **kw)
+        if calls["sinkhorn_stabilized"] == fail_at["call"]:  # what an overflowing kernel leaves behind
+            log["alpha"] = np.full_like(log["alpha"], np.inf)
+        return P, log
+
+    def log_domain(*args, **kw):
+        calls["sinkhorn_log"] += 1
+        return real["sinkhorn_log"](*args, **kw)
+
+    monkeypatch.setattr(ot.bregman, "sinkhorn_stabilized", stabilized)
+    monkeypatch.setattr(ot.bregman, "sinkhorn_log", log_domain)
+    x, y = _clouds(26, n=30, m=25, d=5)
+    plain = sinkhorn(x, y)
+    assert plain.converged and calls["sinkhorn_stabilized"] > 2 and calls["sinkhorn_log"] == 0
+    for k in calls:
+        calls[k] = 0
+    fail_at["call"] = 2  # fails on the second epsilon-scaling level
+    res = sinkhorn(x, y)
+    assert res.converged and calls["sinkhorn_stabilized"] == 2 and calls["sinkhorn_log"] > 0
+    assert np.isfinite(res.cost) and res.cost == pytest.approx(plain.cost, rel=1e-9)
+    for k in calls:
+        calls[k] = 0
+    assert sinkhorn(x, y, method="log").cost == pytest.approx(plain.cost, rel=1e-9)
+    assert calls["sinkhorn_stabilized"] == 0 and calls["sinkhorn_log"] > 0

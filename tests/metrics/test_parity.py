@@ -57,7 +57,7 @@ def test_validate_metrics_cli(monkeypatch, capsys):
 
 def test_distance_parity_rows_scperturb_and_pot():
     """validate-metrics checks E-distance against scperturb and Sinkhorn against POT."""
-    from perturbfm_metrics.distances import parity_rows
+    from perturbfm_metrics.parity import parity_rows
 
     inputs = parity.make_inputs(seed=0)
     rows = parity.distance_rows(inputs, seed=0)
@@ -72,3 +72,21 @@ def test_distance_parity_rows_scperturb_and_pot():
         assert r.verdict == PASS, r
         assert r.rel_diff is not None and r.rel_diff <= 1e-6 and r.ours > 0
     assert not any(r.verdict == parity.NO_CHECK for r in rows)
+
+
+def test_no_import_cycle_between_distances_and_parity():
+    """parity imports distances; distances imports nothing of parity, at import time or lazily."""
+    import ast
+    import subprocess
+    import sys
+
+    from perturbfm_metrics import distances
+
+    tree = ast.parse(open(distances.__file__).read())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any("parity" in m for m in imported), imported
+    proc = subprocess.run([sys.executable, "-c", "import sys, perturbfm_metrics.distances as d; "
+                           "assert 'perturbfm_metrics.parity' not in sys.modules; assert not hasattr(d, 'parity_rows')"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -7,24 +7,28 @@
 * :func:`edistance`: the energy distance ``2 E||X-Y|| - E||X-X'|| - E||Y-Y'||``.
 * :func:`sinkhorn`: entropic optimal transport between two point clouds (uniform
   weights, squared-Euclidean cost), returning ``<P, C>`` as POT's ``sinkhorn2``:
-  log-domain Sinkhorn with epsilon scaling, then Newton steps on the dual where
-  Sinkhorn's linear rate is too slow; convergence (iterations, final marginal
-  error) is always reported, never assumed.
+  POT's Sinkhorn solvers (stabilised, log-domain where the kernel underflows) with
+  epsilon scaling by warm starts, then Newton steps on the dual where Sinkhorn's
+  linear rate is too slow; convergence (iterations, final marginal error) is always
+  reported, never assumed.
 * :func:`gaussian_sym_kl`: per-gene symmetric KL divergence of Gaussian fits
   (sigma floored at :data:`KL_STD_FLOOR`).
 
 An optional ``device`` (e.g. ``"cuda"``) runs the distance GEMM with torch when
 torch is importable; otherwise everything is numpy. torch is imported lazily.
+Parity with the peers (scperturb, POT) is checked by :mod:`perturbfm_metrics.parity`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy.special import logsumexp
 
 #: relative scale of the entropic regularisation: eps = EPS_REL * mean cost.
 EPS_REL = 0.05
@@ -33,8 +37,9 @@ STD_EPS = 1e-8
 #: the kl key's Gaussian fits use sigma = max(std, KL_STD_FLOOR), in log1p units: about the quantisation
 #: s.d. (step / sqrt(12)) of a one-UMI step of 0.35 log1p units (1 UMI in a cell of ~25,000 UMIs, CP10k).
 KL_STD_FLOOR = 0.1
-#: Sinkhorn scalings are absorbed into the log potentials beyond exp(+-ABSORB).
-ABSORB = 50.0
+#: POT's stabilised Sinkhorn absorbs its scalings into the potentials when one exceeds this (POT's default,
+#: 1e3, recomputes the kernel every few iterations; 1e20 ~ exp(46) keeps u K v far from overflow).
+ABSORB_TAU = 1e20
 #: epsilon scaling: levels mean(C) x EPS_SCALING_FACTOR^k above the target eps.
 EPS_SCALING_FACTOR = 0.5
 #: each epsilon-scaling level runs until this L1 marginal error, or EPS_LEVEL_MAX_ITER iterations.
@@ -45,6 +50,9 @@ NEWTON_AFTER = 300
 MAX_NEWTON = 30
 #: Sinkhorn iterations at the target eps before a slow observed rate may hand over to Newton.
 MIN_BEFORE_NEWTON = 30
+#: with a Newton phase to hand over to, the target-eps iterations run in chunks of this many, the
+#: observed linear rate measured between chunks.
+SLOW_CHECK_EVERY = 10
 
 
 def _torch_or_none() -> Any:
@@ -179,8 +187,8 @@ class SinkhornResult:
         converged: whether the marginal error fell below ``tol``.
         n_iter: Sinkhorn iterations run (one row + one column update each), the
             epsilon-scaling levels included.
-        marginal_error: L1 violation of the row marginal at the end, measured after
-            a column update (so the column marginal is exact).
+        marginal_error: L1 violation of the marginal that was not updated last (the
+            other one is exact), at the end.
         eps: the regularisation used (absolute).
         n_newton: Newton steps on the dual taken after the Sinkhorn iterations.
         eps_levels: the regularisations of the epsilon-scaling schedule, the target
@@ -213,41 +221,106 @@ class SinkhornConvergenceError(RuntimeError):
     """Sinkhorn stopped at ``max_iter`` without reaching the tolerance."""
 
 
-def _lse(z: np.ndarray, axis: int) -> np.ndarray:
-    """Numerically stable log-sum-exp along ``axis`` (max-shifted; -inf rows stay -inf)."""
-    zmax = np.max(z, axis=axis, keepdims=True)
-    zmax = np.where(np.isfinite(zmax), zmax, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(zmax, axis=axis) + np.log(np.sum(np.exp(z - zmax), axis=axis))
+def import_pot() -> Any:
+    """``import ot`` (POT) with its numpy backend only.
+
+    POT probes every array library it finds at import (torch, jax, tensorflow, cupy),
+    which costs seconds and is never used here: the ``POT_BACKEND_DISABLE_*``
+    variables are set (unless already set) before the first import."""
+    for k in ("POT_BACKEND_DISABLE_PYTORCH", "POT_BACKEND_DISABLE_JAX", "POT_BACKEND_DISABLE_TENSORFLOW",
+              "POT_BACKEND_DISABLE_CUPY"):
+        os.environ.setdefault(k, "1")
+    import ot
+
+    return ot
 
 
 class _Dual:
-    """Log-domain Sinkhorn on the dual potentials ``f, g`` of one cost matrix.
-
-    The plan is ``P = exp((f_i + g_j - C_ij) / eps)``. ``stabilized`` iterations
-    run on the kernel ``K = exp((f + g - C) / eps)`` of the last absorbed
-    potentials with scalings ``u, v`` that are folded into ``f, g`` whenever they
-    leave ``[exp(-ABSORB), exp(ABSORB)]`` (Schmitzer 2019): algebraically the
-    log-sum-exp update shifted by the previous potentials, at the cost of a
-    matrix-vector product. Where a non-finite value appears anyway (a row whose
-    kernel underflowed entirely) the iterations continue with exact log-sum-exp
-    updates (``log``), which never overflow.
-    """
+    """The dual potentials ``f, g`` of one entropic OT problem (plan
+    ``P = exp((f_i + g_j - C_ij) / eps)``), advanced by POT's Sinkhorn solvers
+    (warm-started from the current potentials) and by Newton steps on the dual."""
 
     def __init__(self, C: np.ndarray, method: str) -> None:
         self.C = C
         n, m = C.shape
         self.a, self.b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
-        self.log_a, self.log_b = -math.log(n), -math.log(m)
+        self.log_b = -math.log(m)
         # double c-transform start: every row and column of the kernel has an entry 1
         self.f = C.min(axis=1)
         self.g = (C - self.f[:, None]).min(axis=0)
         self.log_mode = method == "log"
 
-    # ------------------------------------------------------------ helpers
     def plan(self, eps: float) -> np.ndarray:
         return np.exp((self.f[:, None] + self.g[None, :] - self.C) / eps)
 
+    def error(self, eps: float, P: np.ndarray | None = None) -> float:
+        """L1 violation of the worse marginal of the plan ``P`` (default: the plan of the
+        current potentials)."""
+        P = self.plan(eps) if P is None else P
+        return float(max(np.abs(P.sum(axis=1) - self.a).sum(), np.abs(P.sum(axis=0) - self.b).sum()))
+
+    # ------------------------------------------------------------ Sinkhorn (POT)
+    def _pot(self, eps: float, n_iter: int, stop: float) -> tuple[int, np.ndarray]:
+        """Up to ``n_iter`` POT Sinkhorn iterations at ``eps`` from the current potentials,
+        stopping once POT's L2 marginal error is at most ``stop``. ``"stabilized"``:
+        ``ot.bregman.sinkhorn_stabilized`` (scalings absorbed into the potentials); where it
+        meets a non-finite value (a row whose kernel underflowed entirely) the problem
+        switches for good to ``ot.bregman.sinkhorn_log`` (exact log-sum-exp updates, which
+        never overflow), restarted from the last finite potentials.
+
+        Returns:
+            ``(iterations run, plan of the new potentials)`` (the plan as POT returns it).
+        """
+        ot = import_pot()
+        f0, g0 = self.f, self.g
+        if not self.log_mode:
+            # an overflowing kernel is detected below and handed to the log-domain solver
+            with warnings.catch_warnings(record=True) as caught, np.errstate(over="ignore", invalid="ignore",
+                                                                               divide="ignore"):
+                warnings.simplefilter("always")
+                P, log = ot.bregman.sinkhorn_stabilized(self.a, self.b, self.C, eps, numItermax=n_iter,
+                                                        stopThr=stop, warmstart=(f0, g0), log=True, warn=False,
+                                                        print_period=10, tau=ABSORB_TAU)
+            f, g = np.asarray(log["alpha"], dtype=np.float64), np.asarray(log["beta"], dtype=np.float64)
+            numerical = any("Numerical errors" in str(w.message) for w in caught)
+            if not numerical and np.all(np.isfinite(f)) and np.all(np.isfinite(g)) and np.all(np.isfinite(P)):
+                self.f, self.g = f, g
+                return int(log["n_iter"]) + 1, np.asarray(P, dtype=np.float64)
+            self.log_mode = True
+        # POT also returns the scalings exp(log_u), exp(log_v), which overflow for far outliers at small eps:
+        # unused here (the potentials and the plan are finite)
+        with np.errstate(over="ignore"):
+            P, log = ot.bregman.sinkhorn_log(self.a, self.b, self.C, eps, numItermax=n_iter, stopThr=stop,
+                                             warmstart=(f0 / eps, g0 / eps), log=True, warn=False)
+        self.f = eps * np.asarray(log["log_u"], dtype=np.float64)
+        self.g = eps * np.asarray(log["log_v"], dtype=np.float64)
+        return int(log["niter"]) + 1, np.asarray(P, dtype=np.float64)
+
+    def iterate(self, eps: float, tol: float, budget: int, give_up_when_slow: bool = False) -> tuple[int, float]:
+        """Sinkhorn iterations at ``eps`` until the L1 marginal error is below ``tol`` or
+        ``budget`` iterations ran (or, with ``give_up_when_slow``, as soon as the observed
+        linear rate predicts that ``tol`` will not be reached within the budget; the
+        iterations then run in chunks of :data:`SLOW_CHECK_EVERY`). Returns
+        ``(iterations, error)``."""
+        if budget <= 0:
+            return 0, self.error(eps)
+        # POT stops on the L2 error of one marginal; L1 <= sqrt(m) L2, so this bound meets ``tol`` in L1
+        stop = tol / math.sqrt(max(self.C.shape))
+        it, err, prev = 0, math.inf, math.inf
+        while it < budget:
+            chunk = min(SLOW_CHECK_EVERY, budget - it) if give_up_when_slow else budget - it
+            done, P = self._pot(eps, chunk, stop)
+            it += done
+            prev, err = err, self.error(eps, P)
+            if err < tol or done < chunk:
+                break
+            if give_up_when_slow and it >= MIN_BEFORE_NEWTON and math.isfinite(prev) and err > 0:
+                rate = (err / prev) ** (1.0 / done)
+                if rate >= 1.0 or math.log(tol / err) / math.log(rate) > budget - it:
+                    break
+        return it, err
+
+    # ------------------------------------------------------------ Newton
     def col_update_plan(self, eps: float) -> np.ndarray:
         """Exact log-domain column update (afterwards the column marginal is ``b``);
         returns the plan of the updated potentials (one ``exp`` of the matrix)."""
@@ -260,58 +333,6 @@ class _Dual:
         z *= (self.b / s)[None, :]
         return z
 
-    def row_error(self, eps: float) -> float:
-        """L1 error of the row marginal of the current potentials (log-domain sums)."""
-        row = np.exp(_lse((self.f[:, None] + self.g[None, :] - self.C) / eps, axis=1))
-        return float(np.abs(row - self.a).sum())
-
-    # ------------------------------------------------------------ Sinkhorn
-    def iterate(self, eps: float, tol: float, budget: int, check_every: int,
-                give_up_when_slow: bool = False) -> tuple[int, float]:
-        """Sinkhorn iterations at ``eps`` until the row error is below ``tol`` or
-        ``budget`` iterations ran (or, with ``give_up_when_slow``, as soon as the
-        observed linear rate predicts that ``tol`` will not be reached within the
-        budget). Returns ``(iterations, row error)``; the potentials end absorbed
-        and column-exact."""
-        if budget <= 0:
-            return 0, self.row_error(eps)
-        a, b, C = self.a, self.b, self.C
-        it, err, prev = 0, np.inf, np.inf
-        if not self.log_mode:
-            K = self.plan(eps)
-            u, v = np.ones_like(a), np.ones_like(b)
-        while it < budget:
-            it += 1
-            if self.log_mode:
-                self.f = eps * (self.log_a - _lse((self.g[None, :] - C) / eps, axis=1))
-                self.g = eps * (self.log_b - _lse((self.f[:, None] - C) / eps, axis=0))
-            else:
-                with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                    u = a / (K @ v)
-                    v = b / (K.T @ u)
-                    ok = bool(np.all(np.isfinite(u)) and np.all(np.isfinite(v)) and u.min() > 0 and v.min() > 0)
-                if not ok:
-                    # fall back to exact log-sum-exp updates from the last absorbed potentials
-                    self.log_mode = True
-                    continue
-                if np.max(np.abs(np.log(u))) > ABSORB or np.max(np.abs(np.log(v))) > ABSORB:
-                    self.f, self.g = self.f + eps * np.log(u), self.g + eps * np.log(v)
-                    u, v = np.ones_like(a), np.ones_like(b)
-                    K = self.plan(eps)
-            if it % check_every == 0 or it == budget:
-                prev, err = err, (self.row_error(eps) if self.log_mode
-                                  else float(np.abs(u * (K @ v) - a).sum()))
-                if err < tol:
-                    break
-                if give_up_when_slow and it >= MIN_BEFORE_NEWTON and np.isfinite(prev) and err > 0:
-                    rate = (err / prev) ** (1.0 / check_every)
-                    if rate >= 1.0 or math.log(tol / err) / math.log(rate) > budget - it:
-                        break
-        if not self.log_mode:
-            self.f, self.g = self.f + eps * np.log(u), self.g + eps * np.log(v)
-        return it, err
-
-    # ------------------------------------------------------------ Newton
     def newton(self, eps: float, tol: float, max_steps: int) -> tuple[int, float]:
         """Damped Newton steps on the dual (Sinkhorn-Newton, Brauer et al. 2017), each
         followed by an exact column update, until the row error is below ``tol``.
@@ -353,7 +374,7 @@ class _Dual:
             step, accepted = 1.0, False
             while step > 1e-10:
                 f, g = self.f + step * df, self.g + step * dg
-                z = float(_lse(((f[:, None] + g[None, :] - self.C) / eps).ravel(), axis=0))
+                z = float(logsumexp((f[:, None] + g[None, :] - self.C) / eps))
                 if math.isfinite(z) and z < 700.0:
                     value = float(f @ self.a + g @ self.b) - eps * math.exp(z)
                     if value >= base + 1e-4 * step * slope:
@@ -370,8 +391,7 @@ class _Dual:
 
 
 def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: float | None = None,
-             tol: float = 1e-9, max_iter: int = 10_000, check_every: int = 10,
-             device: str | None = None, cost: np.ndarray | None = None,
+             tol: float = 1e-9, max_iter: int = 10_000, device: str | None = None, cost: np.ndarray | None = None,
              method: Literal["stabilized", "log"] = "stabilized", eps_scaling: bool = True,
              newton: bool = True, newton_after: int = NEWTON_AFTER, max_newton: int = MAX_NEWTON
              ) -> SinkhornResult:
@@ -379,22 +399,24 @@ def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: flo
 
     The cost is the squared Euclidean distance; the regularisation is
     ``eps = eps_rel * mean(C)`` (the ott-jax ``PointCloud`` relative-epsilon
-    convention) unless ``eps`` is given. The solver works on the dual potentials
-    in the log domain (no kernel entry over- or underflows):
+    convention) unless ``eps`` is given. The Sinkhorn iterations are POT's
+    (``ot.bregman.sinkhorn_stabilized``, or ``sinkhorn_log`` with ``method="log"``
+    and wherever the stabilised kernel meets a non-finite value), warm-started on
+    the dual potentials between the phases:
 
     1. **epsilon scaling**: Sinkhorn at ``eps_k = mean(C) * EPS_SCALING_FACTOR^k``
-       for every ``eps_k > eps`` (each level until an L1 row-marginal error below
+       for every ``eps_k > eps`` (each level until an L1 marginal error below
        ``EPS_LEVEL_TOL`` or ``EPS_LEVEL_MAX_ITER`` iterations), warm-starting the
        next level;
-    2. **Sinkhorn** at the target ``eps`` (log-stabilised, see :class:`_Dual`)
-       until the L1 row-marginal error is below ``tol``;
-    3. where that has not happened after ``newton_after`` target iterations,
-       **Newton steps** on the dual (Sinkhorn-Newton: the Hessian system solved
-       exactly through its Schur complement, backtracking on the dual objective,
-       an exact column update after each step), up to ``max_newton``; Sinkhorn's
-       linear rate can be arbitrarily slow when the plan is close to a permutation
-       (pred cells close to the true cells), Newton's local rate is quadratic.
-       If Newton stalls, Sinkhorn resumes until ``max_iter``.
+    2. **Sinkhorn** at the target ``eps`` until the L1 marginal error is below ``tol``;
+    3. where that has not happened after ``newton_after`` target iterations (or the
+       observed rate says it will not within them), **Newton steps** on the dual
+       (Sinkhorn-Newton: the Hessian system solved exactly through its Schur
+       complement, backtracking on the dual objective, an exact column update after
+       each step), up to ``max_newton``; Sinkhorn's linear rate can be arbitrarily
+       slow when the plan is close to a permutation (pred cells close to the true
+       cells), Newton's local rate is quadratic. If Newton stalls, Sinkhorn resumes
+       until ``max_iter``.
 
     The fixed point is the same whatever the path (the entropic problem has a
     unique solution), so a converged result equals POT's ``sinkhorn2`` at the
@@ -404,9 +426,8 @@ def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: flo
         x: ``[n, d]``; y: ``[m, d]``.
         eps_rel: relative regularisation (ignored when ``eps`` is given).
         eps: absolute regularisation.
-        tol: converged when the L1 row-marginal error (after a column update) is below this.
+        tol: converged when the L1 error of the marginal not updated last is below this.
         max_iter: maximum number of Sinkhorn (row + column) iterations, scaling levels included.
-        check_every: test convergence every this many iterations.
         device: optional torch device for the cost GEMM.
         cost: precomputed ``[n, m]`` cost (then ``x``/``y`` are not read).
         method: ``"stabilized"`` (default, absorbed scalings) or ``"log"`` (exact
@@ -444,16 +465,16 @@ def sinkhorn(x: np.ndarray, y: np.ndarray, *, eps_rel: float = EPS_REL, eps: flo
     levels.append(eps)
     it = 0
     for e in levels[:-1]:
-        done, _ = dual.iterate(e, max(tol, EPS_LEVEL_TOL), min(EPS_LEVEL_MAX_ITER, max_iter - it), check_every)
+        done, _ = dual.iterate(e, max(tol, EPS_LEVEL_TOL), min(EPS_LEVEL_MAX_ITER, max_iter - it))
         it += done
     first = min(newton_after, max_iter - it) if newton else max_iter - it
-    done, err = dual.iterate(eps, tol, first, check_every, give_up_when_slow=newton and max_newton > 0)
+    done, err = dual.iterate(eps, tol, first, give_up_when_slow=newton and max_newton > 0)
     it += done
     n_newton = 0
     if newton and max_newton > 0 and not err < tol:
         n_newton, err = dual.newton(eps, tol, max_newton)
     if not err < tol and it < max_iter:
-        done, err = dual.iterate(eps, tol, max_iter - it, check_every)
+        done, err = dual.iterate(eps, tol, max_iter - it)
         it += done
     P = dual.plan(eps)
     return SinkhornResult(float(np.sum(P * C)), bool(err < tol), it, float(err), eps, n_newton, levels)
@@ -506,116 +527,3 @@ def warn_not_converged(n_groups: int) -> None:
     """Emit the warning that accompanies groups whose Sinkhorn did not converge."""
     warnings.warn(f"Sinkhorn did not converge for {n_groups} group(s); see the metric's extra",
                   RuntimeWarning, stacklevel=2)
-
-
-# ------------------------------------------------------------------ parity with peers
-def _peer_version(dist: str, module: str) -> str | None:
-    import importlib
-    import importlib.metadata as md
-
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - not importable = not installed
-            return None
-        return "unknown version"
-
-
-def _parity_sets(adata: Any, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(group id, group cells, control cells of its context) for every perturbation group,
-    both sides seeded subsamples of at most 60 cells (keeps the peers' runtime small)."""
-    import scipy.sparse as sp
-    from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ensure_group_column
-
-    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    X = np.asarray(X, dtype=np.float64)
-    gid = ensure_group_column(adata).astype(str).to_numpy()
-    is_ctrl = adata.obs[CONTROL_COL].to_numpy(dtype=bool)
-    ctx = adata.obs[CONTEXT_COL].astype(str).to_numpy()
-    rng = np.random.default_rng([seed, 11])
-    out = []
-    for g in sorted(set(gid[~is_ctrl])):
-        rows = np.flatnonzero(gid == g)
-        crow = np.flatnonzero(is_ctrl & (ctx == ctx[rows[0]]))
-        rows = np.sort(rng.choice(rows, min(60, rows.size), replace=False))
-        crow = np.sort(rng.choice(crow, min(60, crow.size), replace=False))
-        out.append((g, X[rows], X[crow]))
-    return out
-
-
-def parity_rows(adata: Any, seed: int = 0, tol: float | None = None) -> list[Any]:
-    """Parity of the distribution metrics with their peers on ``adata`` (group cells vs
-    the context's control cells, every perturbation group).
-
-    * ``edistance_squared``: :func:`edistance` (``squared=True``, ``within="distinct"``) vs
-      ``scperturb.edist(dist="sqeuclidean", sample_correct=True)``;
-    * ``wasserstein``: :func:`sinkhorn` (eps = EPS_REL x mean cost, tol 1e-9) vs POT
-      ``ot.sinkhorn2`` with the same eps on ``ot.dist`` (squared Euclidean).
-
-    Returns :class:`perturbfm_metrics.parity.ParityRow` rows (``not installed`` where a
-    peer is missing, ``error`` where it raised).
-    """
-    import os
-
-    from perturbfm_metrics.parity import ERROR, NOT_INSTALLED, REL_TOL, ParityRow, _compare
-
-    tol = REL_TOL if tol is None else tol
-    sets = _parity_sets(adata, seed)
-    rows: list[Any] = []
-
-    def row(metric: str, ours: dict[str, float], peer: dict[str, float], pkg: str, note: str) -> Any:
-        return _compare(metric, ours, peer, pkg, tol, f"vs control cells; {note}")
-
-    # E-distance (squared, scperturb convention)
-    ver = _peer_version("scperturb", "scperturb")
-    metric = "distances.edistance_squared"
-    if ver is None:
-        rows.append(ParityRow(metric, None, None, "scperturb", None, None, tol, NOT_INSTALLED))
-    else:
-        try:
-            import anndata as ad
-            import pandas as pd
-            import scperturb
-
-            ours, peer = {}, {}
-            for g, x, y in sets:
-                ours[g] = edistance(x, y, squared=True, within="distinct")
-                obs = pd.DataFrame({"g": ["x"] * len(x) + ["y"] * len(y)},
-                                   index=[str(i) for i in range(len(x) + len(y))])
-                a = ad.AnnData(np.zeros((len(obs), 1)), obs=obs)
-                a.obsm["cells"] = np.vstack([x, y])
-                est = scperturb.edist(a, obs_key="g", obsm_key="cells", dist="sqeuclidean",
-                                      sample_correct=True, n_jobs=1, verbose=False)
-                peer[g] = float(est.loc["x", "y"])
-            rows.append(row(metric, ours, peer, f"scperturb {ver}", "sqeuclidean, sample_correct=True"))
-        except Exception as exc:  # noqa: BLE001 - the peer failing is reported, not hidden
-            rows.append(ParityRow(metric, None, None, f"scperturb {ver}", None, None, tol, ERROR,
-                                  f"{type(exc).__name__}: {exc}"))
-    # entropic OT (POT sinkhorn2 at the same eps)
-    ver = _peer_version("POT", "ot")
-    metric = "distances.wasserstein"
-    if ver is None:
-        rows.append(ParityRow(metric, None, None, "POT", None, None, tol, NOT_INSTALLED))
-    else:
-        try:
-            for k in ("POT_BACKEND_DISABLE_PYTORCH", "POT_BACKEND_DISABLE_JAX", "POT_BACKEND_DISABLE_TENSORFLOW",
-                      "POT_BACKEND_DISABLE_CUPY"):
-                os.environ.setdefault(k, "1")
-            import ot
-
-            ours, peer = {}, {}
-            for g, x, y in sets:
-                res = sinkhorn(x, y, tol=1e-12, max_iter=100_000).check()
-                ours[g] = res.cost
-                C = ot.dist(x, y)
-                a, b = np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y))
-                peer[g] = float(ot.sinkhorn2(a, b, C, res.eps, method="sinkhorn_log", numItermax=100_000,
-                                             stopThr=1e-12))
-            rows.append(row(metric, ours, peer, f"POT {ver}",
-                            f"eps = {EPS_REL} x mean cost, sinkhorn_log, stopThr 1e-12"))
-        except Exception as exc:  # noqa: BLE001
-            rows.append(ParityRow(metric, None, None, f"POT {ver}", None, None, tol, ERROR,
-                                  f"{type(exc).__name__}: {exc}"))
-    return rows

@@ -6,10 +6,10 @@ the prediction's control cells equal to the real control cells (so cell-eval's
 "each side's own controls" equals PerturbFM's "true control mean" rule).
 
 Peers: cell-eval (``pearson_delta``, ``mse``, ``mae``, ``discrimination_score_l1``,
-``overlap_at_N``). Distribution-metric peers (scperturb, POT, pertpy) are checked
-by :mod:`perturbfm_metrics.distances` when it exposes
-``parity_rows(adata, seed) -> list[ParityRow]``; otherwise they are listed.
+``overlap_at_N``); scperturb (squared E-distance) and POT (entropic OT) for the
+distribution metrics of :mod:`perturbfm_metrics.distances` (:func:`parity_rows`).
 A peer that is not installed is listed as ``not installed``, never as a pass.
+This module imports :mod:`perturbfm_metrics.distances`, never the other way round.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from perturbfm.interfaces import Prediction
 from perturbfm.testing import make_canonical_adata
 
 from perturbfm_metrics.basic import BasicPanel
+from perturbfm_metrics.distances import EPS_REL, edistance, import_pot, sinkhorn
 from perturbfm_metrics.vcc import VccPanel
 
 REL_TOL = 1e-6
@@ -42,7 +43,6 @@ CELL_EVAL_KEYS = {
     ("vcc", "discrimination_score_l1"): "discrimination_score_l1",
     ("vcc", "overlap_at_N"): "overlap_at_N",
 }
-OTHER_PEERS = {"scperturb": "scperturb", "POT": "ot", "pertpy": "pertpy"}
 
 
 @dataclass
@@ -78,6 +78,18 @@ def _version(dist: str) -> str | None:
         return md.version(dist)
     except md.PackageNotFoundError:
         return None
+
+
+def _peer_version(dist: str, module: str) -> str | None:
+    """The installed version of a peer; ``"unknown version"`` when it imports without metadata."""
+    ver = _version(dist)
+    if ver is not None:
+        return ver
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - not importable = not installed
+        return None
+    return "unknown version"
 
 
 def make_inputs(seed: int = 0) -> ParityInputs:
@@ -182,28 +194,91 @@ def cell_eval_rows(inputs: ParityInputs, tol: float = REL_TOL) -> list[ParityRow
     return [_compare(f"{p}.{k}", mine[(p, k)], peer[name], pkg, tol) for (p, k), name in CELL_EVAL_KEYS.items()]
 
 
-def distance_rows(inputs: ParityInputs, seed: int = 0) -> list[ParityRow]:
-    """Rows of the distribution-metric peers, via ``perturbfm_metrics.distances.parity_rows``."""
-    hook = None
+def _parity_sets(adata: Any, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(group id, group cells, control cells of its context) for every perturbation group,
+    both sides seeded subsamples of at most 60 cells (keeps the peers' runtime small)."""
+    import scipy.sparse as sp
+    from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ensure_group_column
+
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    X = np.asarray(X, dtype=np.float64)
+    gid = ensure_group_column(adata).astype(str).to_numpy()
+    is_ctrl = adata.obs[CONTROL_COL].to_numpy(dtype=bool)
+    ctx = adata.obs[CONTEXT_COL].astype(str).to_numpy()
+    rng = np.random.default_rng([seed, 11])
+    out = []
+    for g in sorted(set(gid[~is_ctrl])):
+        rows = np.flatnonzero(gid == g)
+        crow = np.flatnonzero(is_ctrl & (ctx == ctx[rows[0]]))
+        rows = np.sort(rng.choice(rows, min(60, rows.size), replace=False))
+        crow = np.sort(rng.choice(crow, min(60, crow.size), replace=False))
+        out.append((g, X[rows], X[crow]))
+    return out
+
+
+def _edistance_row(sets: list[tuple[str, np.ndarray, np.ndarray]], tol: float) -> ParityRow:
+    """:func:`edistance` (``squared=True``, ``within="distinct"``) vs
+    ``scperturb.edist(dist="sqeuclidean", sample_correct=True)``."""
+    metric = "distances.edistance_squared"
+    ver = _peer_version("scperturb", "scperturb")
+    if ver is None:
+        return ParityRow(metric, None, None, "scperturb", None, None, tol, NOT_INSTALLED)
     try:
-        hook = getattr(importlib.import_module("perturbfm_metrics.distances"), "parity_rows", None)
-    except Exception:  # noqa: BLE001 - a broken module is reported as no check below
-        hook = None
-    if hook is not None:
-        return list(hook(inputs.truth, seed))
-    rows = []
-    for dist, module in OTHER_PEERS.items():
-        ver = _version(dist)
-        if ver is None:
-            try:
-                importlib.import_module(module)
-                ver = "unknown version"
-            except Exception:  # noqa: BLE001
-                rows.append(ParityRow("*", None, None, dist, None, None, REL_TOL, NOT_INSTALLED))
-                continue
-        rows.append(ParityRow("*", None, None, f"{dist} {ver}", None, None, REL_TOL, NO_CHECK,
-                              "perturbfm_metrics.distances exposes no parity_rows"))
-    return rows
+        import scperturb
+
+        mine, peer = {}, {}
+        for g, x, y in sets:
+            mine[g] = edistance(x, y, squared=True, within="distinct")
+            obs = pd.DataFrame({"g": ["x"] * len(x) + ["y"] * len(y)}, index=[str(i) for i in range(len(x) + len(y))])
+            a = ad.AnnData(np.zeros((len(obs), 1)), obs=obs)
+            a.obsm["cells"] = np.vstack([x, y])
+            est = scperturb.edist(a, obs_key="g", obsm_key="cells", dist="sqeuclidean", sample_correct=True,
+                                  n_jobs=1, verbose=False)
+            peer[g] = float(est.loc["x", "y"])
+        return _compare(metric, mine, peer, f"scperturb {ver}", tol,
+                        "vs control cells; sqeuclidean, sample_correct=True")
+    except Exception as exc:  # noqa: BLE001 - the peer failing is reported, not hidden
+        return ParityRow(metric, None, None, f"scperturb {ver}", None, None, tol, ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def _wasserstein_row(sets: list[tuple[str, np.ndarray, np.ndarray]], tol: float) -> ParityRow:
+    """:func:`sinkhorn` (eps = EPS_REL x mean cost, tol 1e-12: epsilon scaling, warm starts and
+    Newton steps around POT's iterations) vs plain POT ``ot.sinkhorn2(method="sinkhorn_log")``
+    at the same eps on ``ot.dist`` (squared Euclidean)."""
+    metric = "distances.wasserstein"
+    ver = _peer_version("POT", "ot")
+    if ver is None:
+        return ParityRow(metric, None, None, "POT", None, None, tol, NOT_INSTALLED)
+    try:
+        ot = import_pot()
+        mine, peer = {}, {}
+        for g, x, y in sets:
+            res = sinkhorn(x, y, tol=1e-12, max_iter=100_000).check()
+            mine[g] = res.cost
+            a, b = np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y))
+            peer[g] = float(ot.sinkhorn2(a, b, ot.dist(x, y), res.eps, method="sinkhorn_log", numItermax=100_000,
+                                         stopThr=1e-12))
+        return _compare(metric, mine, peer, f"POT {ver}", tol,
+                        f"vs control cells; eps = {EPS_REL} x mean cost, sinkhorn_log, stopThr 1e-12")
+    except Exception as exc:  # noqa: BLE001 - the peer failing is reported, not hidden
+        return ParityRow(metric, None, None, f"POT {ver}", None, None, tol, ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def parity_rows(adata: Any, seed: int = 0, tol: float | None = None) -> list[ParityRow]:
+    """Parity of the distribution metrics with their peers on ``adata`` (group cells vs
+    the context's control cells, every perturbation group): the squared E-distance
+    against scperturb and the entropic OT cost against POT.
+
+    Returns one :class:`ParityRow` per metric (``not installed`` where a peer is
+    missing, ``error`` where it raised)."""
+    tol = REL_TOL if tol is None else tol
+    sets = _parity_sets(adata, seed)
+    return [_edistance_row(sets, tol), _wasserstein_row(sets, tol)]
+
+
+def distance_rows(inputs: ParityInputs, seed: int = 0) -> list[ParityRow]:
+    """Rows of the distribution-metric peers on the parity input (:func:`parity_rows`)."""
+    return parity_rows(inputs.truth, seed)
 
 
 def run_parity(seed: int = 0, tol: float = REL_TOL) -> list[ParityRow]:
