@@ -192,7 +192,7 @@ def bootstrap_intervals(samples: Sequence[Iterable[Any] | np.ndarray], *, confid
     floating-point rounding)."""
     xs = [_clean(s) for s in samples]
     out: list[Interval | None] = [None] * len(xs)
-    base = {"confidence_level": float(confidence), "statistic": statistic}
+    base: dict[str, Any] = {"confidence_level": float(confidence), "statistic": statistic}
     pending: dict[int, list[int]] = {}
     for i, x in enumerate(xs):
         n = int(x.size)

@@ -63,7 +63,7 @@ def welch_t_cells(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na, nb = a.shape[0], b.shape[0]
     va = a.var(axis=0, ddof=1) if na >= 2 else np.full(a.shape[1], np.nan)
     vb = b.var(axis=0, ddof=1) if nb >= 2 else np.full(b.shape[1], np.nan)
-    return welch_t(a.mean(axis=0)[None], va[None], [na], b.mean(axis=0)[None], vb[None], [nb])[0]
+    return welch_t(a.mean(axis=0)[None], va[None], np.array([na]), b.mean(axis=0)[None], vb[None], np.array([nb]))[0]
 
 
 def de_scores_cells(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -152,7 +152,11 @@ class ScPerturBenchPanel(MetricPanel):
         ids = data.group_ids
         degs = deg_ranking(data, TOP_K)
         k = degs.k
-        ed, ed_sq, ws, kl, common = {}, {}, {}, {}, {}
+        ed: dict[str, float] = {}
+        ed_sq: dict[str, float] = {}
+        ws: dict[str, float] = {}
+        kl: dict[str, float] = {}
+        common: dict[str, float] = {}
         few: dict[str, str] = {}
         not_conv: dict[str, str] = {}
         pred_fallback: dict[str, str] = {}
@@ -256,8 +260,8 @@ def _de_scores_moments(a: np.ndarray, mean_c: np.ndarray, var_c: np.ndarray, n_c
         reason = (f"{a.shape[0]} predicted / {n_c} control cell(s): variance undefined, "
                   "genes ranked by |mean_pred - mean_ctrl|")
         return np.abs(a.mean(axis=0) - mean_c), reason
-    t = welch_t(a.mean(axis=0)[None], a.var(axis=0, ddof=1)[None], [a.shape[0]], mean_c[None], var_c[None],
-                [n_c])[0]
+    t = welch_t(a.mean(axis=0)[None], a.var(axis=0, ddof=1)[None], np.array([a.shape[0]]), mean_c[None],
+                var_c[None], np.array([n_c]))[0]
     return np.abs(t), None
 
 

@@ -185,8 +185,8 @@ def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     p: dict[str, Any] = {}
     for k, default in _INT_OPTIONS.items():
         p[k] = _parse_int(k, options[k]) if k in options and options[k] is not None else default
-    for k, default in _FLOAT_OPTIONS.items():
-        p[k] = _parse_float(k, options[k]) if k in options and options[k] is not None else default
+    for k, fdefault in _FLOAT_OPTIONS.items():
+        p[k] = _parse_float(k, options[k]) if k in options and options[k] is not None else fdefault
     _check(p["seed"] >= 0, "seed", f"must be >= 0, got {p['seed']}", "use a non-negative integer seed")
     _check(p["n_genes"] >= 10, "n_genes", f"must be >= 10, got {p['n_genes']}", "use at least 10 genes")
     _check(p["n_contexts"] >= 1, "n_contexts", f"must be >= 1, got {p['n_contexts']}", "use e.g. 3")

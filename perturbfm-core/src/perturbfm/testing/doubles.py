@@ -15,6 +15,7 @@ from perturbfm.interfaces import (
     MetricPanel,
     MetricSpec,
     MetricValue,
+    NotApplicable,
     SplitAssignment,
     SplitGenerator,
 )
@@ -36,7 +37,7 @@ class MeanErrorPanel(MetricPanel):
     name = "test-mean-error"
     metrics = {"mean_abs_error": MetricSpec("mean_g |pred delta - true delta| (test double)", "", False)}
 
-    def compute(self, data: Any) -> dict[str, MetricValue]:
+    def compute(self, data: Any) -> dict[str, MetricValue | NotApplicable]:
         err = np.abs(data.pred_delta - data.true_delta).mean(axis=1)
         return {"mean_abs_error": MetricValue(per_group=dict(zip(data.group_ids, err.tolist())))}
 

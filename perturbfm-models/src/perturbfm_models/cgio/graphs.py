@@ -188,7 +188,9 @@ def go_graph(table: GoTable, universe: Sequence[str], *, k: int, min_sim: float)
         for i in range(sim.shape[0]):
             sim[i, start + i] = 0.0  # no self loops
         r, c, v = _topk_edges(sim, k, min_sim, row_offset=start)
-        srcs.append(r), dsts.append(c), ws.append(v)
+        srcs.append(r)
+        dsts.append(c)
+        ws.append(v)
     src, dst, w = (np.concatenate(x) for x in (srcs, dsts, ws))
     n_annot = sum(g in table.index for g in genes)
     return GeneGraph("go", genes, src, dst, w.astype(np.float32), {

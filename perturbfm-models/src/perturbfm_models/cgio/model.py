@@ -4,6 +4,7 @@ low-rank operator, mean and variance heads (plain torch, no GNN library)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,6 +56,8 @@ class CGIONet(nn.Module):
       head plus a per-gene base, always > 0.
     """
 
+    measured: torch.Tensor  # a registered buffer: the measured genes' node indices
+
     def __init__(self, spec: NetSpec, adjs: list[sp.spmatrix], basis: np.ndarray,
                  gene_bias: np.ndarray, gene_logvar: np.ndarray, device: torch.device) -> None:
         super().__init__()
@@ -69,7 +72,7 @@ class CGIONet(nn.Module):
         nn.init.normal_(self.ctx_emb.weight, std=0.1)
         gate_in = 2 * h + spec.n_cov + n_g
         self.gate = nn.Sequential(nn.Linear(gate_in, h), nn.ReLU(), nn.Linear(h, n_g))
-        nn.init.constant_(self.gate[2].bias, 2.0)  # graphs start trusted (σ(2) ≈ 0.88)
+        nn.init.constant_(cast(nn.Linear, self.gate[2]).bias, 2.0)  # graphs start trusted (σ(2) ≈ 0.88)
         self.trunk = nn.Sequential(
             nn.Linear(2 * h + spec.n_cov, 2 * h), nn.ReLU(), nn.Dropout(spec.dropout), nn.Linear(2 * h, h), nn.ReLU()
         )
