@@ -20,7 +20,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from perturbfm.errors import PluginError
@@ -63,6 +64,21 @@ def _worker_init(parent_pid: int) -> None:
     """Initializer of every process-executor worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
     _die_with_parent(parent_pid)
+
+
+@contextmanager
+def _sigint_ignored_while_spawning() -> Iterator[None]:
+    """Workers are spawned by ``submit``; an ignored signal stays ignored across exec,
+    so a Ctrl-C reaching the process group never prints a traceback from a worker
+    that is still importing (the parent alone handles it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
 
 
 def _kill_pool(pool: Any, grace: float = 5.0) -> None:
@@ -115,7 +131,8 @@ class ProcessExecutor(Executor):
         pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                    initargs=(os.getpid(),))
         try:
-            futures = [pool.submit(fn, job) for job in jobs]
+            with _sigint_ignored_while_spawning():  # workers start with SIGINT ignored, before any import
+                futures = [pool.submit(fn, job) for job in jobs]
             out = [f.result() for f in futures]
         except BaseException:  # Ctrl-C, SIGTERM turned into an exception, a broken pool: no worker survives
             _kill_pool(pool)

@@ -196,7 +196,8 @@ def check_run_dir(d: Path, *, model: str, config: dict[str, Any], split_id: str,
         if st.get("status") == "succeeded":
             return RunCheck("damaged", d, exc.reason, str(exc.file))
         return RunCheck("interrupted" if st.get("status") != "failed" else "failed", d, exc.reason)
-    if prov["config_hash"] != want or prov["split"]["id"] != split_id:
+    if prov["split"]["id"] != split_id or (prov["config_hash"] != want
+                                           and not _same_config(d, model, config, prov["config_hash"])):
         return RunCheck("foreign", d, f"run {d.name} is not a run of this cell (config hash "
                                       f"{prov['config_hash'][:12]}, split {prov['split']['id'][:12]}; the cell wants "
                                       f"config hash {want[:12]}, split {split_id[:12]}); not trusted")
@@ -210,6 +211,28 @@ def check_run_dir(d: Path, *, model: str, config: dict[str, Any], split_id: str,
     if status == "failed":
         return RunCheck("failed", d, str(st.get("error") or "")[:500] or None)
     return RunCheck("interrupted", d)
+
+
+def _subset(part: Any, whole: Any) -> bool:
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and _subset(v, whole[k]) for k, v in part.items())
+    return bool(part == whole)
+
+
+def _same_config(d: Path, model: str, config: dict[str, Any], recorded_hash: str) -> bool:
+    """A run whose config hash differs from the cell's (e.g. the resolver now adds a
+    default) is still this cell's run when its ``config.resolved.yaml`` hashes to the
+    hash its provenance records and agrees with every value the cell sets."""
+    import yaml
+
+    try:
+        resolved = yaml.safe_load((d / "config.resolved.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(resolved, dict) or resolved.get("model_name") != model:
+        return False
+    body = {k: v for k, v in resolved.items() if k != "split"}
+    return sha256_json(body) == recorded_hash and _subset(config, body)
 
 
 def scan_runs(runs_dir: Path) -> dict[tuple[str, str], list[Path]]:

@@ -174,13 +174,13 @@ def write_leaderboards(out_root: Path, status: dict[str, Any]) -> list[dict[str,
 def _board_key(split: str, cells: list[dict[str, Any]]) -> str:
     """What a split's leaderboard depends on: its runs (id, label) and their metrics.json."""
     parts = []
-    for c in sorted(cells, key=lambda c: (str(c.get("run_id") or c["run_dir"]), str(c["label"]))):
+    for c in sorted(cells, key=lambda c: (Path(c["run_dir"]).name, str(c["label"]))):
         try:
             st = (Path(c["run_dir"]) / "metrics.json").stat()
             fp = [st.st_size, st.st_mtime_ns]
         except OSError:
             fp = None
-        parts.append([str(c["run_dir"]), str(c["label"]), fp])
+        parts.append([Path(c["run_dir"]).name, str(c["label"]), fp])
     return sha256_json({"split": split, "runs": parts})[:32]
 
 

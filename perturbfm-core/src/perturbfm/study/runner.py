@@ -241,7 +241,7 @@ def _run_locked(spec: StudySpec, st: ArtifactStore, study_dir: Path, ex: Any, ex
     for e in plan.exclusions:
         say(f"excluded {e.kind} {e.entry} ({e.cells} cells): {e.reason}")
     previous, recovery, scan = _prepare_state(study_dir, plan, rebuild_status, say)
-    (study_dir / STOP_FILE).unlink(missing_ok=True)
+    _clear_stop(study_dir)
     cells = reconcile(study_dir, plan.cells, previous, runs_dir=st.runs_dir, scan=scan)
     if recovery is not None:
         recovery["recovered"] = sum(1 for c in cells.values() if c["status"] == "succeeded")
@@ -304,6 +304,16 @@ def _run_locked(spec: StudySpec, st: ArtifactStore, study_dir: Path, ex: Any, ex
     if progress is not None:
         progress(_progress_event(out.status["cells"], last, len(plan.cells)))
     return out
+
+
+def _clear_stop(study_dir: Path) -> None:
+    stop = study_dir / STOP_FILE
+    try:
+        stop.unlink(missing_ok=True)
+    except OSError as exc:  # a directory or an unremovable file where the STOP marker goes
+        raise PerturbFMError(f"cannot remove the study's stop marker: {exc.strerror or exc}", file=str(stop),
+                             field=STOP_FILE, fix=f"remove it (rm -r {stop}) and rerun; the study writes it only "
+                                                  "to stop on incomplete metric panels") from exc
 
 
 def _strs(xs: Any) -> list[str]:

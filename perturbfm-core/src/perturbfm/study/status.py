@@ -219,6 +219,10 @@ def run_lock(study_dir: Path, study_file: str) -> Iterator[None]:
             file=study_file, field="study_status.json",
             fix=f"wait for it to finish (watch {study_dir / STATUS_MD}); the lock is released as soon as that "
                 "process exits, even if it is killed, so then rerun the same command") from exc
+    except OSError as exc:  # a read-only or full store
+        raise PerturbFMError(f"cannot create the study's lock file: {exc.strerror or exc}",
+                             file=str(study_dir / RUN_LOCK), field="--store",
+                             fix=f"make {study_dir} writable (or choose another store with --store) and rerun") from exc
     try:
         yield
     finally:
