@@ -431,7 +431,7 @@ def _descendants(pid: int) -> set[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 @pytest.mark.parametrize(("sig", "when", "resume"), [
-    ("SIGKILL", "planning", False), ("SIGKILL", "first cell running", False), ("SIGKILL", "cells finishing", True),
+    ("SIGKILL", "planning", False), ("SIGKILL", "first cell running", False), ("SIGKILL", "cells finishing", False),
     ("SIGTERM", "first cell running", True), ("SIGINT", "cells finishing", False),
 ])
 def test_killed_study_leaves_no_worker(tmp_path: Path, sig: str, when: str, resume: bool) -> None:

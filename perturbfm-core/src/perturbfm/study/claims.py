@@ -138,7 +138,7 @@ def evaluate_claim(claim: dict[str, Any], splits: list[str], seeds: list[int], l
                     missing.append(f"run {claim[side]} on {sname} seed {seed} ({found})")
                     continue
                 try:
-                    m = read_run_metrics(found)
+                    m = read_run_metrics(found, require_global=False)
                 except RunDamaged as exc:
                     missing.append(f"run {claim[side]} on {sname} seed {seed} (damaged: {exc})")
                     continue

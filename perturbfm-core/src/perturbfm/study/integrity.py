@@ -99,10 +99,12 @@ def _check_values(path: Path, where: str, vals: Any) -> None:
             raise RunDamaged(path, f"{where}[{g!r}] is {v!r}, not a finite number")
 
 
-def read_run_metrics(run_dir: str | Path) -> dict[str, Any]:
+def read_run_metrics(run_dir: str | Path, *, require_global: bool = True) -> dict[str, Any]:
     """``metrics.json`` of a run, checked: an object whose ``panels`` map panel ->
     ``metrics`` -> entries with a finite ``global`` (or ``not_applicable``), finite
-    calibrated and per-group values. Raises :class:`RunDamaged` otherwise."""
+    calibrated and per-group values. Raises :class:`RunDamaged` otherwise.
+    ``require_global=False``: a reader of per-group values only (claims) lets an entry
+    without ``global`` through; a ``global`` that is there must still be finite."""
     path = Path(run_dir) / "metrics.json"
     m = read_json_object(path)
     panels = m.get("panels")
@@ -117,7 +119,7 @@ def read_run_metrics(run_dir: str | Path) -> dict[str, Any]:
             where = f"panels.{pname}.metrics.{key}"
             if not isinstance(e, dict):
                 raise RunDamaged(path, f"{where} is a {type(e).__name__}, not a metric entry")
-            if "not_applicable" not in e and not _finite(e.get("global")):
+            if "not_applicable" not in e and not _finite(e.get("global")) and (require_global or "global" in e):
                 raise RunDamaged(path, f"{where}.global is {e.get('global')!r}, not a finite number")
             cal = e.get("calibrated")
             if cal is not None:
@@ -142,6 +144,31 @@ def read_run_provenance(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(split, dict) or not isinstance(split.get("id"), str):
         raise RunDamaged(path, "`split.id` is missing or not a string")
     return p
+
+
+#: (path, size, mtime_ns) -> the problem of a metrics.json, or None: the status monitor
+#: checks every finished cell each second, a file is parsed again only when it changed.
+_METRICS_CHECKED: dict[tuple[str, int, int], str | None] = {}
+
+
+def _metrics_problem(path: Path) -> str | None:
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _METRICS_CHECKED:
+        return _METRICS_CHECKED[key]
+    try:
+        read_run_metrics(path.parent)
+        problem = None
+    except RunDamaged as exc:
+        problem = exc.reason
+    if key is not None:
+        if len(_METRICS_CHECKED) > 100_000:
+            _METRICS_CHECKED.clear()
+        _METRICS_CHECKED[key] = problem
+    return problem
 
 
 def safe_run_id(run_id: Any) -> bool:
@@ -203,10 +230,9 @@ def check_run_dir(d: Path, *, model: str, config: dict[str, Any], split_id: str,
                                       f"config hash {want[:12]}, split {split_id[:12]}); not trusted")
     status = st.get("status")
     if status == "succeeded":
-        try:
-            read_run_metrics(d)
-        except RunDamaged as exc:
-            return RunCheck("damaged", d, exc.reason, str(exc.file))
+        problem = _metrics_problem(d / "metrics.json")
+        if problem is not None:
+            return RunCheck("damaged", d, problem, str(d / "metrics.json"))
         return RunCheck("succeeded", d)
     if status == "failed":
         return RunCheck("failed", d, str(st.get("error") or "")[:500] or None)

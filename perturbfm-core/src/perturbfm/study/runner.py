@@ -6,6 +6,11 @@ Layout under ``<store>/studies/<name>/``: ``study.resolved.yaml``,
 ``cells/<key>.json`` (worker records), ``study_status.json`` / ``.md``,
 ``summary.csv`` / ``.json``, ``claims.json``, ``report.html``,
 ``provenance_summary.md``.
+
+One invocation per study at a time (a file lock; see :mod:`perturbfm.study.status`
+for how damaged or untrusted state is handled). While the executor runs, SIGTERM
+and SIGHUP (like Ctrl-C) end it: the executor kills its workers and the status
+says ``interrupted``; rerunning the same command continues the study.
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ def _signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    names = [n for n in ("SIGTERM", "SIGHUP")  # an ignored signal (nohup) stays ignored
+             if hasattr(signal, n) and signal.getsignal(getattr(signal, n)) is not signal.SIG_IGN]
     old = {n: signal.getsignal(getattr(signal, n)) for n in names}
 
     def handler(signum: int, _frame: Any) -> None:
