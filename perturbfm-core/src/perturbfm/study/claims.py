@@ -7,13 +7,17 @@ deterministic model run with several seeds counts once; ``n`` is the number of
 groups. Intervals and tests come from :mod:`perturbfm.stats`.
 
 A claim is ``supported``, ``refuted`` or ``inconclusive``; missing runs or
-metrics make it ``inconclusive: missing ...``, never supported. The direction
-comes from each metric's ``higher_is_better`` in ``metrics.json``.
+metrics (or a ``metrics.json`` that no longer reads back) make it
+``inconclusive: missing ...``, never supported. The direction comes from each
+metric's ``higher_is_better`` in ``metrics.json``.
+
+Every claim carries ``synthetic`` (true when any split it draws on is on
+simulated data) and, then, ``synthetic_note``; ``claims.json`` says the same
+at its top level.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,10 @@ from typing import Any
 import numpy as np
 
 from perturbfm import stats
+from perturbfm.study.integrity import RunDamaged, read_run_metrics
+
+SYNTHETIC_NOTE = ("SYNTHETIC DATA: this claim is tested on simulated data, not on a real screen; it says nothing "
+                  "about real perturbation responses")
 
 TESTS = ("bootstrap", "wilcoxon")
 CLAIM_KEYS = {"id", "statement", "better", "worse", "metric", "split", "groups", "test", "alpha", "n_boot", "seed"}
@@ -129,7 +137,11 @@ def evaluate_claim(claim: dict[str, Any], splits: list[str], seeds: list[int], l
                 if isinstance(found, str):
                     missing.append(f"run {claim[side]} on {sname} seed {seed} ({found})")
                     continue
-                m = json.loads((Path(found) / "metrics.json").read_text())
+                try:
+                    m = read_run_metrics(found, require_global=False)
+                except RunDamaged as exc:
+                    missing.append(f"run {claim[side]} on {sname} seed {seed} (damaged: {exc})")
+                    continue
                 dataset = str(m.get("dataset") or sname)
                 e = _metric_entry(m, str(claim["metric"]))
                 if isinstance(e, str):
@@ -176,6 +188,29 @@ def evaluate_claim(claim: dict[str, Any], splits: list[str], seeds: list[int], l
 
 
 def evaluate_claims(claims: list[dict[str, Any]], splits: list[str], seeds: list[int], lookup: RunLookup,
-                    split_labels: Callable[[str], dict[str, str] | None]) -> list[dict[str, Any]]:
-    """Evaluate every claim of a study."""
-    return [evaluate_claim(c, splits, seeds, lookup, split_labels) for c in claims]
+                    split_labels: Callable[[str], dict[str, str] | None], *,
+                    synthetic: dict[str, bool] | None = None) -> list[dict[str, Any]]:
+    """Evaluate every claim of a study; ``synthetic``: split name -> whether its data
+    are simulated (each claim is marked from the splits it draws on)."""
+    out = []
+    for c in claims:
+        res = evaluate_claim(c, splits, seeds, lookup, split_labels)
+        if synthetic is not None:
+            scope = [c["split"]] if c.get("split") in splits else list(splits)
+            syn = sorted(s for s in scope if synthetic.get(s))
+            res["synthetic"] = bool(syn)
+            if syn:
+                res["synthetic_splits"] = syn
+                res["synthetic_note"] = SYNTHETIC_NOTE
+        out.append(res)
+    return out
+
+
+def claims_document(claims: list[dict[str, Any]], synthetic: dict[str, bool]) -> dict[str, Any]:
+    """The content of ``claims.json``: the claims and the study-level synthetic mark."""
+    syn = sorted(s for s, v in synthetic.items() if v)
+    doc: dict[str, Any] = {"synthetic": bool(syn), "synthetic_splits": syn}
+    if syn:
+        doc["synthetic_note"] = ("SYNTHETIC DATA: splits " + ", ".join(syn) + " are on simulated data; no claim "
+                                 "tested on them is evidence about a real screen")
+    return {**doc, "claims": claims}

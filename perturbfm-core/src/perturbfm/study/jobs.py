@@ -24,17 +24,36 @@ from perturbfm.store import utc_now
 STOP_FILE = "STOP"
 
 
+def read_stop(study_dir: str | Path) -> str | None:
+    """The reason written to ``STOP``, or None when the study is not stopped."""
+    p = Path(study_dir) / STOP_FILE
+    if not p.exists():
+        return None
+    try:
+        return p.read_bytes().decode("utf-8", errors="replace").strip() or "(no reason recorded)"
+    except OSError as exc:
+        return f"(the STOP file cannot be read: {exc.strerror or exc})"
+
+
 def cell_record_path(study_dir: str | Path, key: str) -> Path:
     return Path(study_dir) / "cells" / f"{key}.json"
 
 
 def read_cell_record(study_dir: str | Path, key: str) -> dict[str, Any] | None:
-    """The worker's record of a cell, or None."""
+    """The worker's record of a cell, or None (absent, or not a well-formed record)."""
     p = cell_record_path(study_dir, key)
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        rec = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing, truncated, not UTF-8, not JSON
         return None
+    if not isinstance(rec, dict):
+        return None
+    for f in ("run_id", "run_dir", "state", "status"):
+        if rec.get(f) is not None and not isinstance(rec[f], str):
+            return None  # a record of the wrong shape is no record: the status and the store decide
+    if not isinstance(rec.get("previous_attempts", []), list):
+        rec["previous_attempts"] = []
+    return rec
 
 
 class _CellObserver:
@@ -62,8 +81,9 @@ def run_cell_job(job: dict[str, Any]) -> dict[str, Any]:
 
     study_dir, key = job["study_dir"], job["key"]
     stop = Path(study_dir) / STOP_FILE
-    if stop.exists():
-        return {"key": key, "status": "skipped", "reason": "the study was stopped: " + stop.read_text().strip()}
+    reason = read_stop(study_dir)
+    if reason is not None:
+        return {"key": key, "status": "skipped", "reason": "the study was stopped: " + reason}
     prev = read_cell_record(study_dir, key) or {}
     attempts = list(prev.get("previous_attempts", [])) + ([prev["run_id"]] if prev.get("run_id") else [])
     registry = get_registry()

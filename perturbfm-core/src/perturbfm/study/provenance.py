@@ -10,6 +10,7 @@ from typing import Any
 
 from perturbfm.report import verification_state
 from perturbfm.store import ArtifactStore
+from perturbfm.study.integrity import RunDamaged, read_json_object
 from perturbfm.study.plan import Plan
 from perturbfm.study.spec import StudySpec
 
@@ -20,9 +21,10 @@ def _run_prov(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for c in cells.values():
         if c["label"] in out or not c.get("run_dir"):
             continue
-        p = Path(c["run_dir"]) / "provenance.json"
-        if p.is_file():
-            out[c["label"]] = json.loads(p.read_text())
+        try:
+            out[c["label"]] = read_json_object(Path(c["run_dir"]) / "provenance.json")
+        except RunDamaged:  # missing or damaged: its provenance is not used
+            continue
     return out
 
 
@@ -35,7 +37,7 @@ def provenance_md(spec: StudySpec, plan: Plan, store: ArtifactStore, cells: dict
         L.append("No datasets were declared by the study.")
     prov_by_label = _run_prov(cells)
     verif_by_ds = {p["dataset"]["hash"]: p["dataset"].get("verification") for p in prov_by_label.values()
-                   if "dataset" in p}
+                   if isinstance(p.get("dataset"), dict) and isinstance(p["dataset"].get("hash"), str)}
     for name, d in spec.datasets.items():
         h = plan.datasets.get(name)
         L.append(f"### {name}")
@@ -73,7 +75,7 @@ def provenance_md(spec: StudySpec, plan: Plan, store: ArtifactStore, cells: dict
             L += [f"- model `{v.model}`: EXCLUDED ({reason})", ""]
             continue
         pm = prov_by_label.get(v.label, {}).get("model")
-        if pm:
+        if isinstance(pm, dict):
             L.append(f"- model `{v.model}` from distribution `{pm.get('distribution')}` version {pm.get('version')}")
         else:
             L.append(f"- model `{v.model}`: no finished run recorded its distribution and version yet.")

@@ -1,29 +1,51 @@
 """A study's ``report.html``: banners, status, mean +- sd per label x split over
-seeds, plots, claims with status, exclusions and links to run reports."""
+seeds, plots, claims with status, exclusions and links to run reports.
+
+Results on simulated data are marked everywhere they appear: a study banner, a
+``data`` column (``SYNTHETIC`` / ``real``) in the results, claims and runs tables.
+Run files that no longer read back are skipped here (the status marks the cell
+damaged), never a crash."""
 
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from perturbfm.fsio import atomic_write_text
+from perturbfm.fsio import atomic_write_json, atomic_write_text
+from perturbfm.hashing import sha256_json
 from perturbfm.report import _CSS, _png, _Raw, _table, banners
+from perturbfm.study.integrity import RunDamaged, read_json_object
+
+LEADERBOARDS_INDEX = "leaderboards.json"
 
 
-def _study_banners(cells: dict[str, dict[str, Any]]) -> list[str]:
+def _data_mark(synthetic: Any) -> str:
+    return "SYNTHETIC" if synthetic else "real" if synthetic is not None else "?"
+
+
+def _study_banners(cells: dict[str, dict[str, Any]], status: dict[str, Any]) -> list[str]:
     seen: list[str] = []
+    syn = status.get("synthetic_datasets") or []
+    if syn:
+        seen.append(f"SYNTHETIC DATA: dataset{'s' if len(syn) > 1 else ''} {', '.join(syn)} of this study "
+                    f"{'are' if len(syn) > 1 else 'is'} simulated, not a real screen; results and claims on "
+                    f"{'them' if len(syn) > 1 else 'it'} are marked SYNTHETIC and say nothing about real responses")
     for c in cells.values():
         if c["status"] != "succeeded":
             continue
         d = Path(c["run_dir"])
-        m = json.loads((d / "metrics.json").read_text())
-        p = json.loads((d / "provenance.json").read_text())
+        try:
+            m = read_json_object(d / "metrics.json")
+            p = read_json_object(d / "provenance.json")
+        except RunDamaged:
+            continue
         for b in banners(m, p):
+            if syn and b.startswith("SYNTHETIC"):
+                continue
             text = f"{b} (split {c['split']})" if b.startswith("UNVERIFIED") else b
             if text not in seen:
                 seen.append(text)
@@ -37,7 +59,8 @@ def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, 
     cells = status.get("cells", {})
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM study {html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>"]
-    parts += [f"<p class='banner'>{html.escape(b)}</p>" for b in _study_banners(cells)]
+    parts += [f"<p class='banner'>{html.escape(b)}</p>" for b in _study_banners(cells, status)]
+    syn_splits = set(status.get("synthetic_splits") or [])
     parts.append(f"<h1>Study {html.escape(name)}</h1>")
     parts.append(f"<p>phase <b>{html.escape(str(status.get('phase')))}</b>; "
                  f"{sum(1 for c in cells.values() if c['status'] == 'succeeded')} of {len(cells)} runs succeeded. "
@@ -50,21 +73,24 @@ def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, 
         groups.setdefault((r["label"], r["split"]), []).append(r)
     trows = []
     for (label, split), rs in groups.items():
+        syn_rows = [r.get("synthetic") for r in rs if r.get("synthetic") is not None]
         ok = [r for r in rs if r["status"] == "succeeded"]
         cellv = []
         for col in columns:
             vals = [r[col] for r in ok if r.get(col) is not None]
             cellv.append(f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.2g}" if vals else "–")
-        trows.append([label, split, f"{len(ok)}/{len(rs)}"] + cellv)
-    parts.append(_table(["label", "split", "runs ok"] + columns, trows))
+        mark = _data_mark(any(syn_rows) or split in syn_splits if syn_rows or syn_splits else None)
+        trows.append([label, split, mark, f"{len(ok)}/{len(rs)}"] + cellv)
+    parts.append(_table(["label", "split", "data", "runs ok"] + columns, trows))
     if columns and any(r["status"] == "succeeded" for r in rows):
         parts.append(_bars(groups, columns[:4]))
     if leaderboards is not None or status.get("phase") not in (None, "complete"):
         parts.append(_leaderboards_html(leaderboards))
     parts.append("<h2>Claims</h2>")
     if claims:
-        parts.append(_table(["id", "statement", "status", "test", "n", "statistic", "CI / p", "reason"], [
-            [c["id"], c.get("statement") or "", _Raw(f"<b>{html.escape(c['status'])}</b>"), c["test"], c.get("n", 0),
+        parts.append(_table(["id", "statement", "data", "status", "test", "n", "statistic", "CI / p", "reason"], [
+            [c["id"], c.get("statement") or "", _data_mark(c.get("synthetic")),
+             _Raw(f"<b>{html.escape(c['status'])}</b>"), c["test"], c.get("n", 0),
              c.get("statistic", ""), str(c.get("ci") or c.get("p_value") or ""), c.get("reason", "")]
             for c in claims]))
     else:
@@ -73,8 +99,9 @@ def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, 
     parts.append(_table(["kind", "entry", "cells", "reason"], [[e.kind, e.entry, e.cells, e.reason] for e in exclusions])
                  if exclusions else "<p>Nothing was excluded.</p>")
     parts.append("<h2>Runs</h2>")
-    parts.append(_table(["label", "split", "seed", "status", "run"], [
-        [c["label"], c["split"], c["seed"], c["status"],
+    parts.append(_table(["label", "split", "data", "seed", "status", "run"], [
+        [c["label"], c["split"], _data_mark(c["split"] in syn_splits if "synthetic_splits" in status else None),
+         c["seed"], c["status"],
          _Raw(f"<a href='{html.escape(str(c['run_dir']))}/report.html'>{html.escape(c['run_id'])}</a>")
          if c.get("run_id") else ""] for c in cells.values()]))
     parts.append("</body></html>")
@@ -116,9 +143,14 @@ def write_leaderboards(out_root: Path, status: dict[str, Any]) -> list[dict[str,
         if c.get("status") == "succeeded" and c.get("run_dir"):
             by_split.setdefault(str(c["split"]), []).append(c)
     out: list[dict[str, Any]] = []
+    cache = _cached_boards(out_root)
     for split, cs in sorted(by_split.items()):
         folder = re.sub(r"[^A-Za-z0-9_.-]", "_", split)
-        entry: dict[str, Any] = {"split": split, "link": f"{out_root.name}/{folder}/compare.html"}
+        key = _board_key(split, cs)
+        if key in cache and cache[key]["split"] == split and (out_root / folder / "compare.html").is_file():
+            out.append(cache[key])
+            continue
+        entry: dict[str, Any] = {"split": split, "link": f"{out_root.name}/{folder}/compare.html", "key": key}
         try:
             res = compare_runs([c["run_dir"] for c in cs], out_root / folder, labels=[c["label"] for c in cs])
         except Exception as exc:  # the study report is still written; the reason is shown
@@ -132,7 +164,42 @@ def write_leaderboards(out_root: Path, status: dict[str, Any]) -> list[dict[str,
             if r["kind"] == "model" and not r.get("not_applicable")]
         entry["reference"] = res["reference"]
         out.append(entry)
+    try:
+        atomic_write_json(out_root / LEADERBOARDS_INDEX, {"boards": [b for b in out if "error" not in b]})
+    except (OSError, ValueError, TypeError):  # a cache only: the report is still written
+        pass
     return out
+
+
+def _board_key(split: str, cells: list[dict[str, Any]]) -> str:
+    """What a split's leaderboard depends on: its runs (id, label) and their metrics.json."""
+    parts = []
+    for c in sorted(cells, key=lambda c: (Path(c["run_dir"]).name, str(c["label"]))):
+        try:
+            st = (Path(c["run_dir"]) / "metrics.json").stat()
+            fp = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            fp = None
+        parts.append([Path(c["run_dir"]).name, str(c["label"]), fp])
+    return sha256_json({"split": split, "runs": parts})[:32]
+
+
+def _cached_boards(out_root: Path) -> dict[str, dict[str, Any]]:
+    """Leaderboards written by an earlier invocation, by key (reused when nothing they depend on changed)."""
+    try:
+        boards = read_json_object(out_root / LEADERBOARDS_INDEX).get("boards")
+    except RunDamaged:
+        return {}
+    if not isinstance(boards, list):
+        return {}
+    return {b["key"]: b for b in boards if _board_ok(b)}
+
+
+def _board_ok(b: Any) -> bool:
+    """A cached board has the shape the report renders (anything else is recomputed)."""
+    return (isinstance(b, dict) and all(isinstance(b.get(k), str) for k in ("key", "split", "link"))
+            and isinstance(b.get("rows"), list) and all(isinstance(r, list) and len(r) == 7 for r in b["rows"])
+            and all(isinstance(x, (str, int, float)) for r in b["rows"] for x in r))
 
 
 def _verdict(row: dict[str, Any], key: str) -> str:
