@@ -44,8 +44,10 @@ For each evaluated group ``g`` and each metric, with ``u`` the model's raw value
     is shared-control inflation.
 
 ``train_mean`` (runs whose split has training groups)
-    The value of the ``train-mean`` model (mean training delta of the context) on
-    the same groups, when that model is installed.
+    The *training mean* (the mean training delta of the group's context, or of all
+    training groups where the context has none; computed by the core from the
+    split's training groups, :meth:`perturbfm.training.TrainingData.training_mean`)
+    scored on the same groups.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ DEFINITIONS = {
     "groups' aggregates",
     "indep_ctrl": "delta-based metrics with the truth referenced to one half of the context's control cells "
     "and the prediction to the other (shows shared-control inflation)",
-    "train_mean": "the train-mean model (mean training delta of the context) on the same groups",
+    "train_mean": "the training mean (mean training delta of the group's context; of all training groups where "
+    "the context has none) on the same groups",
 }
 
 
