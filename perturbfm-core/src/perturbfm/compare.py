@@ -1,5 +1,8 @@
 """The comparison report ("leaderboard") of several runs on the same split(s).
 
+(Over 400 lines on purpose: one table of paired statistics per stratum and its three
+renderings, JSON, CSV and HTML, which must stay column-for-column identical.)
+
 :func:`compare_runs` reads the runs' ``metrics.json`` and writes, into ``out_dir``,
 ``compare.html`` (jinja2 template ``templates/compare.html.j2``, plots embedded),
 ``compare.json`` and ``compare.csv``. For every panel / metric and every stratum

@@ -80,7 +80,7 @@ class SplitAssignment:
         assignments: group id -> one of ``train``, ``val``, ``test``, ``calibration``.
         ood: optional group id -> True (out of distribution) / False, for the
             groups evaluated; used by ``ood_auroc``.
-        labels: optional group id -> subgroup label (e.g. GEARS ``combo_seen1``).
+        labels: optional group id -> subgroup label (e.g. ``combo_seen1`` for a combination with one seen single).
         notes: free text kept in the split (what was held out and why).
     """
 

@@ -1,6 +1,10 @@
 """References every metric is calibrated against, computed by the harness from the
 data alone, and the calibrated scores.
 
+(Over 400 lines on purpose: the references, their definitions in ``DEFINITIONS``
+and the calibrated score built from them are one contract; split apart, a
+definition would drift from the code that computes it.)
+
 For each evaluated group ``g`` and each metric, with ``u`` the model's raw value:
 
 ``baseline`` (``b``)

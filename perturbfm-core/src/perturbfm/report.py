@@ -220,9 +220,8 @@ def render_sections(sections: Any) -> str:
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v) if math.isfinite(float(v)) else None
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    return float(v) if ok else None
 
 
 def _render_section(sec: Any) -> str:
@@ -280,7 +279,7 @@ def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
                      "" if r["n_unresolvable"] is None else f"{r['n_unresolvable']} / {r['n_resolved']}",
                      r["n_not_applicable_groups"] or ""])
     out.append(_table(["panel", "metric", "better", "raw", "calibrated", "baseline", "replicate", "indep. ctrl",
-                       "train-mean", "unresolvable / resolved groups", "groups declared n/a"], rows))
+                       "training mean", "unresolvable / resolved groups", "groups declared n/a"], rows))
     unsplit = refs.get("unsplittable_groups") or {}
     if unsplit:
         out.append(f"<p>{len(unsplit)} groups could not be split for the replicate: "
