@@ -434,3 +434,65 @@ def test_the_core_pipeline_names_no_first_party_plugin() -> None:
     hits = [f"{p.name}:{i + 1}: {line.strip()}" for p in _files()
             for i, line in enumerate(p.read_text().splitlines()) if pat.search(line)]
     assert hits == [], hits
+
+
+# --------------------------------------------------------------------------- panels returning junk
+def _junk_panel(result):
+    from perturbfm.interfaces import MetricPanel, MetricSpec
+
+    class Junk(MetricPanel):
+        name = "junk"
+        metrics = {"score": MetricSpec(definition="x")}
+
+        def compute(self, data):
+            if isinstance(result, BaseException):
+                raise result
+            return result(data) if callable(result) else result
+
+    return Junk()
+
+
+def _per_group(value):
+    from perturbfm.interfaces import MetricValue
+
+    return lambda data: {"score": MetricValue(per_group={g: value for g in data.group_ids})}
+
+
+@pytest.mark.parametrize("result,needle", [
+    ([1, 2], "list"), ("score", "str"), (None, "NoneType"), (SystemExit(0), "SystemExit"),
+    ({"score": "0.5"}, "str"), ({"score": 3}, "int"),
+    (_per_group("abc"), "per_group"), (_per_group(None), "per_group"), (_per_group(float("nan")), "non-finite"),
+    (_per_group(np.array([1.0, 2.0])), "per_group"),
+    (lambda d: {"score": __import__("perturbfm.interfaces").interfaces.MetricValue(
+        per_group={g: 1.0 for g in d.group_ids}, extra={"o": object()})}, "extra"),
+    (lambda d: {"score": __import__("perturbfm.interfaces").interfaces.MetricValue(
+        per_group={g: 1.0 for g in d.group_ids}, not_applicable_groups=[1])}, "not_applicable_groups"),
+    ({"score": __import__("perturbfm.interfaces").interfaces.NotApplicable(None)}, "reason"),
+])
+def test_panels_returning_junk_are_named_problems(adata: ad.AnnData, result, needle: str) -> None:
+    from perturbfm.errors import PanelIncompleteError
+    from perturbfm.evaluation import evaluate_panels
+
+    groups, ctrl = _split(adata)
+    data = build_eval_data(adata, groups, ctrl, Prediction([g.group_id for g in groups],
+                                                           np.zeros((len(groups), adata.n_vars))))
+    with pytest.raises(PanelIncompleteError) as err:
+        evaluate_panels([_junk_panel(result)], data)
+    assert err.value.problems[0][0] == "junk" and needle in err.value.problems[0][2], err.value.problems
+
+
+def test_numpy_values_in_panels_are_converted(adata: ad.AnnData) -> None:
+    import json
+
+    from perturbfm.evaluation import evaluate_panels
+    from perturbfm.interfaces import MetricValue
+
+    groups, ctrl = _split(adata)
+    data = build_eval_data(adata, groups, ctrl, Prediction([g.group_id for g in groups],
+                                                           np.zeros((len(groups), adata.n_vars))))
+    out = evaluate_panels([_junk_panel(lambda d: {"score": MetricValue(
+        per_group={g: np.float32(0.5) for g in d.group_ids}, extra={"curve": np.arange(2.0), "n": np.int64(2)})})],
+        data)
+    entry = out["junk"]["metrics"]["score"]
+    assert entry["global"] == 0.5 and entry["extra"] == {"curve": [0.0, 1.0], "n": 2}
+    json.dumps(out, allow_nan=False)

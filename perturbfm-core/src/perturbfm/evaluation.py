@@ -11,9 +11,10 @@ import anndata as ad
 import numpy as np
 
 from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ControlStats, GroupInfo, ensure_group_column, grouped_moments
-from perturbfm.errors import PanelIncompleteError, PredictionError
+from perturbfm.errors import PanelIncompleteError, PluginError, PredictionError
 from perturbfm.evaldata import DEFAULT_MAX_CELLS, EvalData, check_sampling
 from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable, Prediction
+from perturbfm.plain import plain_json
 
 __all__ = ["CONVENTIONS", "DEFAULT_MAX_CELLS", "EvalData", "aggregate", "build_eval_data", "check_metric_value",
            "evaluate_panels", "select_panels", "validate_prediction"]
@@ -157,10 +158,38 @@ def aggregate(value: MetricValue, groups: Sequence[GroupInfo]) -> dict[str, Any]
     return out
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _shape_problem(v: MetricValue) -> str:
+    """Why the containers of ``v`` are malformed ("" when they are not)."""
+    for name in ("per_group", "per_context"):
+        level = getattr(v, name)
+        if level is None:
+            continue
+        if not isinstance(level, Mapping):
+            return f"{name} is a {type(level).__name__}, expected a dict of numbers"
+        for k, x in level.items():
+            if not isinstance(k, str):
+                return f"{name} has a {type(k).__name__} key {k!r}, expected group/context id strings"
+            if not _is_number(x):
+                return f"{name}[{k!r}] is a {type(x).__name__} ({str(x)[:40]!r}), expected a number"
+    if not isinstance(v.extra, Mapping):
+        return f"extra is a {type(v.extra).__name__}, expected a dict"
+    if not isinstance(v.not_applicable_groups, Mapping) or not all(
+            isinstance(k, str) and isinstance(r, str) for k, r in v.not_applicable_groups.items()):
+        return "not_applicable_groups must map group id strings to reason strings"
+    return ""
+
+
 def check_metric_value(v: Any, wanted: set[str]) -> str:
     """Why ``v`` is not a complete, finite metric value for the groups ``wanted`` ("" when it is)."""
     if not isinstance(v, MetricValue):
         return f"returned {type(v).__name__}, expected MetricValue or NotApplicable"
+    shape = _shape_problem(v)
+    if shape:
+        return shape
     bad = v.non_finite()
     if bad:
         return f"non-finite for {', '.join(bad[:5])}"
@@ -199,10 +228,12 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
     for panel in panels:
         try:
             values = panel.compute(data)
-            if not isinstance(values, dict):
-                raise TypeError(f"compute returned {type(values).__name__}, expected a dict of metric values")
-        except Exception as exc:  # recorded as a problem of this panel, never swallowed
+        except (Exception, SystemExit) as exc:  # recorded as a problem of this panel, never swallowed
             problems.append((panel.name, "*", f"panel raised {type(exc).__name__}: {exc}"))
+            continue
+        if not isinstance(values, dict):
+            problems.append((panel.name, "*", f"compute returned {type(values).__name__}, expected a dict of "
+                                              "metric values"))
             continue
         section: dict[str, Any] = {}
         for key, spec in panel.metrics.items():
@@ -217,7 +248,7 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
                 problems.append((panel.name, key, "missing"))
                 continue
             if isinstance(v, NotApplicable):
-                if not v.reason.strip():
+                if not isinstance(v.reason, str) or not v.reason.strip():
                     problems.append((panel.name, key, "not applicable without a reason"))
                     continue
                 entry["not_applicable"] = v.reason
@@ -240,6 +271,12 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
             if not math.isfinite(agg["global"]):
                 problems.append((panel.name, key, "global value is not finite"))
                 continue
+            if "extra" in agg:
+                try:
+                    agg["extra"] = plain_json(agg["extra"], "extra", f"panel {panel.name!r} key {key!r}")
+                except PluginError as exc:
+                    problems.append((panel.name, key, exc.message))
+                    continue
             entry.update(agg)
             section[key] = entry
         extra = sorted(set(values) - set(panel.metrics))

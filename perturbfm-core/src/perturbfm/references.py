@@ -361,7 +361,7 @@ def _safe_compute(panel: MetricPanel, data: EvalData | None, why_none: str) -> d
         values = panel.compute(data)
         if not isinstance(values, dict):
             raise TypeError(f"compute returned {type(values).__name__}")
-    except Exception as exc:  # reported per metric, never swallowed
+    except (Exception, SystemExit) as exc:  # reported per metric, never swallowed
         return {k: NotApplicable(f"the panel raised {type(exc).__name__}: {exc}") for k in panel.metrics}
     wanted = {g.group_id for g in data.groups}
     out: dict[str, MetricValue | NotApplicable] = {}

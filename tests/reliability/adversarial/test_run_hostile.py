@@ -180,7 +180,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _install(target)
     store = root / "store"
     base_env = {"PYTHONPATH": str(target)}
-    a = check(attempt("import", 1, ["--json", "data", "import", "--adapter", "synthetic", "--opt", "n_genes=24",
+    a = check(attempt("import", 1, ["data", "import", "--adapter", "synthetic", "--opt", "n_genes=24",
                                      "--opt", "n_singles=6", "--opt", "n_doubles=2", "--opt", "cells_per_group=10",
                                      "--opt", "n_control=40"], store=store, expect_error=False, env=base_env))
     ds = _last_id(a.stdout)
@@ -190,19 +190,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _last_id(stdout: str) -> str:
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            for key in ("id", "hash", "dataset", "split_id"):
-                if isinstance(obj.get(key), str):
-                    return obj[key]
-        if line and " " not in line:
-            return line
-    raise AssertionError(f"no id in {stdout!r}")
+    """The id a command prints alone on its last line."""
+    lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
+    assert lines and " " not in lines[-1], stdout
+    return lines[-1]
 
 
 def _runs(store: Path) -> set[Path]:
