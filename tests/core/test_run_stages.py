@@ -496,3 +496,133 @@ def test_numpy_values_in_panels_are_converted(adata: ad.AnnData) -> None:
     entry = out["junk"]["metrics"]["score"]
     assert entry["global"] == 0.5 and entry["extra"] == {"curve": [0.0, 1.0], "n": 2}
     json.dumps(out, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- whole runs, in process
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import contextlib
+    import io
+
+    from perturbfm.cli import main
+
+    store = tmp_path_factory.mktemp("run-stages-store")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--store", str(store), "data", "import", "--adapter", "synthetic", "--opt", "n_genes=24",
+                     "--opt", "n_singles=6", "--opt", "n_doubles=2", "--opt", "cells_per_group=10",
+                     "--opt", "n_control=40"]) == 0
+    ds = out.getvalue().strip().splitlines()[-1].strip()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--store", str(store), "splits", "create", "--dataset", ds, "--generator", "random-groups",
+                     "--test-fraction", "0.4"]) == 0
+    return {"store": store, "split": out.getvalue().strip().splitlines()[-1].strip()}
+
+
+def _registry(behaviour: str):
+    from types import SimpleNamespace
+
+    from perturbfm import hookimpl
+    from perturbfm.plugins import PluginRegistry
+
+    class Slow(Model):
+        name = "slow-model"
+
+        def fit(self, train, val, config):
+            self.g = len(train.genes)
+            if behaviour == "hang":
+                time.sleep(60)
+
+        def predict(self, queries):
+            return Prediction([q.group_id for q in queries], np.zeros((len(queries), self.g)))
+
+        def diagnostics(self):
+            return {"loss": np.float64(0.5)} if behaviour == "numpy" else {}
+
+    @hookimpl
+    def pfm_register_models():
+        return [Slow]
+
+    @hookimpl
+    def pfm_run_started(run_dir, run_info):
+        if behaviour == "observer_exit":
+            raise SystemExit(0)
+
+    return PluginRegistry(extra_plugins=[("test-slow", SimpleNamespace(pfm_register_models=pfm_register_models,
+                                                                        pfm_run_started=pfm_run_started))])
+
+
+def _store(run_env: dict):
+    from perturbfm.store import ArtifactStore
+
+    return ArtifactStore(run_env["store"])
+
+
+def test_a_run_writes_every_document_once_in_order(run_env: dict) -> None:
+    import json
+
+    from perturbfm.run import execute_run
+
+    res = execute_run(_store(run_env), model="slow-model", split=run_env["split"], sets=["run.panels=[basic]"],
+                      registry=_registry("numpy"))
+    assert res.status == "succeeded", res.error
+    status = json.loads((res.run_dir / "run_status.json").read_text())
+    assert list(status["stages"]) == ["setup", "load", "fit", "predict", "calibration", "evaluate", "predictions",
+                                      "documents", "report"]
+    for name in ("config.resolved.yaml", "parameters.csv", "predictions.h5ad", "calibration.json",
+                 "provenance.json", "metrics.json", "report.html"):
+        assert (res.run_dir / name).is_file(), name
+    prov = json.loads((res.run_dir / "provenance.json").read_text())
+    assert "spec" in prov["model"]  # one write, with the fitted model's spec
+    assert res.metrics["model_diagnostics"] == {"loss": 0.5}
+
+
+def test_a_hanging_model_times_out_in_process(run_env: dict) -> None:
+    import json
+
+    from perturbfm.run import execute_run
+
+    t0 = time.monotonic()
+    res = execute_run(_store(run_env), model="slow-model", split=run_env["split"],
+                      sets=["run.panels=[basic]", "run.timeout_s=1"], registry=_registry("hang"))
+    assert res.status == "failed" and time.monotonic() - t0 < 30
+    status = json.loads((res.run_dir / "run_status.json").read_text())
+    assert status["timed_out"] is True and "timed out" in status["error"] and status["failed_stage"] == "fit"
+    assert (res.run_dir / "provenance.json").is_file() and not (res.run_dir / "metrics.json").exists()
+
+
+def test_an_observer_exit_is_recorded_and_the_run_succeeds(run_env: dict) -> None:
+    from perturbfm.run import execute_run
+
+    res = execute_run(_store(run_env), model="slow-model", split=run_env["split"], sets=["run.panels=[basic]"],
+                      registry=_registry("observer_exit"))
+    assert res.status == "succeeded"
+    import json
+
+    status = json.loads((res.run_dir / "run_status.json").read_text())
+    assert len(status["observer_errors"]) == 1
+    assert status["observer_errors"][0].endswith("test-slow.pfm_run_started: SystemExit: 0")
+
+
+@pytest.mark.parametrize("target", ["config.resolved.yaml", "calibration.json", "metrics.json", "predictions.h5ad"])
+def test_a_write_failure_fails_the_run_cleanly(run_env: dict, monkeypatch, target: str) -> None:
+    import json
+
+    from perturbfm.run import execute_run
+    from perturbfm.run import writer as W
+
+    real = W.RunWriter._write
+
+    def failing(self, name, fn, what):
+        if name == target:
+            raise W.write_error(OSError(errno.ENOSPC, "No space left on device"), self.dir / name, what)
+        return real(self, name, fn, what)
+
+    monkeypatch.setattr(W.RunWriter, "_write", failing)
+    res = execute_run(_store(run_env), model="slow-model", split=run_env["split"], sets=["run.panels=[basic]"],
+                      registry=_registry(""))
+    assert res.status == "failed" and res.error.file == str(res.run_dir / target)
+    status = json.loads((res.run_dir / "run_status.json").read_text())
+    assert status["status"] == "failed" and "df -h" in status["error"]
+    assert not (res.run_dir / "metrics.json").exists()

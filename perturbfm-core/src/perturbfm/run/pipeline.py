@@ -41,8 +41,9 @@ def execute_run(
     ctx = stages.resolve(store, registry, model=model, split=split, config_file=config_file, sets=sets, say=say)
     stages.create(ctx)
     assert ctx.run_dir is not None
-    _observe(ctx, "pfm_run_started")
     try:
+        stages.setup(ctx)
+        _observe(ctx, "pfm_run_started")
         deadline = Deadline(ctx.timeout_s)
         stages.load(ctx)
         stages.fit(ctx, deadline)
@@ -93,7 +94,7 @@ def _fail(ctx: RunContext, exc: PerturbFMError, **info: Any) -> RunResult:
     """Record the failure (status first, then a provenance record if none was written), run the observers."""
     assert ctx.run_dir is not None
     ctx.writer.finish("failed", error=exc.render(), failed_stage=_next_stage(ctx), **info)
-    if "provenance.json" not in ctx.writer.written:
+    if "provenance.json" not in ctx.writer.written and ctx.provenance:
         try:
             ctx.writer.json("provenance.json", ctx.provenance, "the provenance record")
         except PerturbFMError as perr:

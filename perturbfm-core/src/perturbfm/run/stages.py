@@ -1,7 +1,7 @@
 """The stages of a run, each a function of the :class:`~perturbfm.run.context.RunContext`:
 
-resolve -> create -> load -> fit -> predict -> evaluate (panels, references,
-calibration) -> documents -> report.
+resolve -> create -> setup -> load -> fit -> predict -> evaluate (panels,
+references, calibration) -> documents -> report.
 
 Only :func:`resolve` runs before the run directory exists; its errors are raised to
 the caller. Every document is written once, by the run's
@@ -63,10 +63,14 @@ def resolve(store: Any, registry: Any, *, model: str, split: str, config_file: s
 
 
 def create(ctx: RunContext) -> None:
-    """The run directory (exclusive), its status, the resolved config and the parameter ledger."""
+    """The run directory (exclusive) and its first status; from here on the run always ends with a status."""
     ctx.run_dir = create_run_dir(Path(ctx.store.runs_dir), ctx.run_id)
     ctx.run_id = ctx.run_dir.name
     ctx.writer = RunWriter(ctx.run_dir, ctx.run_id)
+
+
+def setup(ctx: RunContext) -> None:
+    """The provenance record (written at the end), the resolved config and the parameter ledger."""
     ctx.provenance = _provenance(ctx)
     ctx.writer.yaml("config.resolved.yaml", {"model_name": ctx.model_name, "split": ctx.split.id, **ctx.config},
                     "the resolved configuration")
