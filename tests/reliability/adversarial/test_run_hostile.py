@@ -238,7 +238,7 @@ def test_observer_cannot_leave_metrics_in_a_failed_run(env: dict, failure: str, 
     model = "hostile-model" if failure.startswith("model_") else "train-mean"
     a, status, run_dir = _run(env, f"observer writes metrics.json after {failure}{then}", 1,
                               f"finished_write_metrics+{failure}{then}", model=model, panels="[basic,hostile]",
-                              expect_error=True, must_name=("fix",))
+                              expect_error=True, must_name=("status: failed",))
     check(a)
     assert status is not None and status["status"] == "failed"
     assert not (run_dir / "metrics.json").exists()
