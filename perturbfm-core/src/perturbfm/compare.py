@@ -1,5 +1,8 @@
 """The comparison report ("leaderboard") of several runs on the same split(s).
 
+(Over 400 lines on purpose: one table of paired statistics per stratum and its three
+renderings, JSON, CSV and HTML, which must stay column-for-column identical.)
+
 :func:`compare_runs` reads the runs' ``metrics.json`` and writes, into ``out_dir``,
 ``compare.html`` (jinja2 template ``templates/compare.html.j2``, plots embedded),
 ``compare.json`` and ``compare.csv``. For every panel / metric and every stratum
@@ -9,7 +12,7 @@ OOD vs in-distribution) it gives, per model:
 * the raw value and the calibrated value (``(u - b) / (r - b)``, 0 = mean-response
   baseline, 1 = split-half replicate, higher is better), each as the mean over
   held-out groups with a 95 % bootstrap interval;
-* the paired difference to the reference model (default ``train-mean``) with its
+* the paired difference to the reference model (default from :mod:`perturbfm.defaults`) with its
   95 % paired bootstrap interval, the Wilcoxon signed-rank p-value and a verdict
   ``better`` / ``worse`` / ``tie`` (``undefined`` when there is no interval);
 
@@ -36,15 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from perturbfm import stats
+from perturbfm.defaults import COMPARE_REFERENCE
 from perturbfm.errors import PerturbFMError
 from perturbfm.fsio import atomic_write_json, atomic_write_text
 
 SCHEMA = "perturbfm.compare/1"
-DEFAULT_REFERENCE = "train-mean"
+DEFAULT_REFERENCE = COMPARE_REFERENCE
 UNDEFINED = "–"
 #: Row kinds besides the models: data-derived references stored in every metric entry.
 REF_ROWS = {"baseline": "baseline (mean response)", "replicate": "replicate (split-half)"}
-EMBEDDED_TM = "train-mean (metrics.json reference)"
+EMBEDDED_TM = f"{COMPARE_REFERENCE} (metrics.json reference)"
 
 
 @dataclass
@@ -418,7 +422,7 @@ def compare(runs: Sequence[RunInput], *, reference: str = DEFAULT_REFERENCE, con
             else:
                 ref_why += f" and metrics.json has no train_mean reference ({tm_all.not_applicable})"
         if ref_source == "unavailable" and reference not in by_label and reference != DEFAULT_REFERENCE:
-            ref_why += " (only train-mean can be taken from metrics.json)"
+            ref_why += f" (only {DEFAULT_REFERENCE} can be taken from metrics.json)"
         m_out: dict[str, Any] = {
             "id": f"{panel}.{key}", "panel": panel, "key": key, "definition": first.get("definition"),
             "variant": first.get("variant"), "higher_is_better": hib, "level": level,

@@ -24,6 +24,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "ensemble_mode": "seeds",
     "conformal": False,
     "conformal_mondrian": False,
+    "timeout_s": None,  # seconds for fit + predict together; None: no limit (perturbfm.run.guards)
 }
 ENSEMBLE_MODES = ("seeds", "bootstrap")
 

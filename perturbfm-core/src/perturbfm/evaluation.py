@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import anndata as ad
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
-from perturbfm.dataset import (
-    CONTEXT_COL,
-    CONTROL_COL,
-    ControlStats,
-    GroupInfo,
-    dense_rows,
-    ensure_group_column,
-    grouped_moments,
-)
-from perturbfm.errors import PanelIncompleteError, PredictionError
+from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ControlStats, GroupInfo, ensure_group_column, grouped_moments
+from perturbfm.errors import PanelIncompleteError, PluginError, PredictionError
+from perturbfm.evaldata import DEFAULT_MAX_CELLS, EvalData, check_sampling
 from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable, Prediction
+from perturbfm.plain import plain_json
 
-DEFAULT_MAX_CELLS = 2000
+__all__ = ["CONVENTIONS", "DEFAULT_MAX_CELLS", "EvalData", "aggregate", "build_eval_data", "check_metric_value",
+           "evaluate_panels", "select_panels", "validate_prediction"]
 
 CONVENTIONS = {
     "expression_space": "X of the dataset artifact (log1p-normalised)",
@@ -36,119 +27,6 @@ CONVENTIONS = {
     "deg_test": "Welch t-test of the group's true cells vs the context's control cells, ranked by |t|; "
     "DEG sets come from the truth only",
 }
-
-
-@dataclass
-class EvalData:
-    """Everything a metric panel needs, for the evaluated groups.
-
-    Arrays are ``[n_groups, n_genes]`` in the order of :attr:`groups`.
-    """
-
-    genes: list[str]
-    groups: list[GroupInfo]
-    true_mean: np.ndarray
-    true_var: np.ndarray
-    ctrl_mean: np.ndarray
-    pred_delta: np.ndarray
-    pred_var: np.ndarray | None
-    control_var: dict[str, np.ndarray]
-    control_n: dict[str, int]
-    seed: int = 0
-    max_cells: int = DEFAULT_MAX_CELLS
-    ood: dict[str, bool] | None = None
-    adata: ad.AnnData | None = None
-    pred_cells_given: dict[str, np.ndarray] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_true(self) -> np.ndarray:
-        return np.array([g.n_cells for g in self.groups], dtype=np.int64)
-
-    @property
-    def group_ids(self) -> list[str]:
-        return [g.group_id for g in self.groups]
-
-    @property
-    def contexts(self) -> list[str]:
-        return sorted({g.context for g in self.groups})
-
-    @property
-    def true_delta(self) -> np.ndarray:
-        return self.true_mean - self.ctrl_mean
-
-    @property
-    def pred_mean(self) -> np.ndarray:
-        """Predicted mean expression: the context's true control mean + delta."""
-        return self.ctrl_mean + self.pred_delta
-
-    @property
-    def pred_cells_constructed(self) -> bool:
-        return self.pred_cells_given is None
-
-    def context_indices(self) -> dict[str, np.ndarray]:
-        """Context -> indices of its groups."""
-        out: dict[str, list[int]] = {}
-        for i, g in enumerate(self.groups):
-            out.setdefault(g.context, []).append(i)
-        return {c: np.array(v) for c, v in sorted(out.items())}
-
-    # -------------------------------------------------------------- cells (lazy)
-    def _rng(self, i: int, salt: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, salt, i])
-
-    def _subsample(self, X: np.ndarray, i: int, salt: int) -> np.ndarray:
-        if X.shape[0] <= self.max_cells:
-            return X
-        idx = np.sort(self._rng(i, salt).choice(X.shape[0], self.max_cells, replace=False))
-        return X[idx]
-
-    @cached_property
-    def _group_rows(self) -> dict[str, np.ndarray]:
-        """Group id -> its row indices in ``adata`` (ascending), computed once."""
-        assert self.adata is not None
-        codes, uniq = pd.factorize(ensure_group_column(self.adata).astype(str).to_numpy())
-        order = np.argsort(codes, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[codes >= 0], minlength=len(uniq)))])
-        order = order[np.sum(codes < 0):]
-        return {str(u): order[bounds[k]:bounds[k + 1]] for k, u in enumerate(uniq)}
-
-    def all_true_cells(self, i: int) -> np.ndarray:
-        """All true cells of group ``i`` (no subsampling), dense float64."""
-        if self.adata is None:
-            raise PredictionError("these evaluation inputs carry no cells")
-        idx = self._group_rows.get(self.groups[i].group_id, np.zeros(0, dtype=np.int64))
-        X = self.adata.X[idx] if idx.size else self.adata.X[:0]
-        if sp.issparse(X) or hasattr(X, "toarray"):
-            X = X.toarray()
-        return np.asarray(X, dtype=np.float64)
-
-    def true_cells(self, i: int) -> np.ndarray:
-        """True cells of group ``i`` (at most ``max_cells``, seeded subsample)."""
-        return self._subsample(self.all_true_cells(i), i, 1)
-
-    @cached_property
-    def _control_cells(self) -> dict[str, np.ndarray]:
-        assert self.adata is not None
-        obs = self.adata.obs
-        is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
-        ctx = obs[CONTEXT_COL].astype(str).to_numpy()
-        return {c: dense_rows(self.adata, is_ctrl & (ctx == c)) for c in self.contexts}
-
-    def control_cells(self, context: str) -> np.ndarray:
-        """Control cells of ``context`` (all of them)."""
-        if self.adata is None:
-            raise PredictionError("these evaluation inputs carry no cells")
-        return self._control_cells[context]
-
-    def pred_cells(self, i: int) -> np.ndarray:
-        """Predicted cells of group ``i``: the model's, else the context's control
-        cells (seeded subsample) + the predicted delta."""
-        g = self.groups[i]
-        if self.pred_cells_given is not None:
-            return self._subsample(np.asarray(self.pred_cells_given[g.group_id], dtype=np.float64), i, 2)
-        ctrl = self._subsample(self.control_cells(g.context), i, 2)
-        return ctrl + self.pred_delta[i]
 
 
 def validate_prediction(pred: Prediction, queries: Sequence[GroupInfo], genes: Sequence[str]) -> None:
@@ -198,7 +76,10 @@ def build_eval_data(
     max_cells: int = DEFAULT_MAX_CELLS,
     ood: Mapping[str, bool] | None = None,
 ) -> EvalData:
-    """Assemble :class:`EvalData` from a dataset, the evaluated groups and a prediction."""
+    """Assemble :class:`EvalData` from a dataset, the evaluated groups and a prediction.
+
+    ``max_cells`` < 1 or ``seed`` < 0 raise :class:`perturbfm.errors.ConfigError` naming the option."""
+    check_sampling(max_cells, seed, prefix="")
     genes = [str(g) for g in adata.var_names]
     validate_prediction(prediction, groups, genes)
     ids = [g.group_id for g in groups]
@@ -277,10 +158,38 @@ def aggregate(value: MetricValue, groups: Sequence[GroupInfo]) -> dict[str, Any]
     return out
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _shape_problem(v: MetricValue) -> str:
+    """Why the containers of ``v`` are malformed ("" when they are not)."""
+    for name in ("per_group", "per_context"):
+        level = getattr(v, name)
+        if level is None:
+            continue
+        if not isinstance(level, Mapping):
+            return f"{name} is a {type(level).__name__}, expected a dict of numbers"
+        for k, x in level.items():
+            if not isinstance(k, str):
+                return f"{name} has a {type(k).__name__} key {k!r}, expected group/context id strings"
+            if not _is_number(x):
+                return f"{name}[{k!r}] is a {type(x).__name__} ({str(x)[:40]!r}), expected a number"
+    if not isinstance(v.extra, Mapping):
+        return f"extra is a {type(v.extra).__name__}, expected a dict"
+    if not isinstance(v.not_applicable_groups, Mapping) or not all(
+            isinstance(k, str) and isinstance(r, str) for k, r in v.not_applicable_groups.items()):
+        return "not_applicable_groups must map group id strings to reason strings"
+    return ""
+
+
 def check_metric_value(v: Any, wanted: set[str]) -> str:
     """Why ``v`` is not a complete, finite metric value for the groups ``wanted`` ("" when it is)."""
     if not isinstance(v, MetricValue):
         return f"returned {type(v).__name__}, expected MetricValue or NotApplicable"
+    shape = _shape_problem(v)
+    if shape:
+        return shape
     bad = v.non_finite()
     if bad:
         return f"non-finite for {', '.join(bad[:5])}"
@@ -319,10 +228,12 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
     for panel in panels:
         try:
             values = panel.compute(data)
-            if not isinstance(values, dict):
-                raise TypeError(f"compute returned {type(values).__name__}, expected a dict of metric values")
-        except Exception as exc:  # recorded as a problem of this panel, never swallowed
+        except (Exception, SystemExit) as exc:  # recorded as a problem of this panel, never swallowed
             problems.append((panel.name, "*", f"panel raised {type(exc).__name__}: {exc}"))
+            continue
+        if not isinstance(values, dict):
+            problems.append((panel.name, "*", f"compute returned {type(values).__name__}, expected a dict of "
+                                              "metric values"))
             continue
         section: dict[str, Any] = {}
         for key, spec in panel.metrics.items():
@@ -337,7 +248,7 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
                 problems.append((panel.name, key, "missing"))
                 continue
             if isinstance(v, NotApplicable):
-                if not v.reason.strip():
+                if not isinstance(v.reason, str) or not v.reason.strip():
                     problems.append((panel.name, key, "not applicable without a reason"))
                     continue
                 entry["not_applicable"] = v.reason
@@ -360,6 +271,12 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
             if not math.isfinite(agg["global"]):
                 problems.append((panel.name, key, "global value is not finite"))
                 continue
+            if "extra" in agg:
+                try:
+                    agg["extra"] = plain_json(agg["extra"], "extra", f"panel {panel.name!r} key {key!r}")
+                except PluginError as exc:
+                    problems.append((panel.name, key, exc.message))
+                    continue
             entry.update(agg)
             section[key] = entry
         extra = sorted(set(values) - set(panel.metrics))
@@ -373,10 +290,19 @@ def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
     return out
 
 
+def __getattr__(name: str) -> Any:
+    if name == "STANDARD_ORDER":  # kept for callers of the old constant; the order lives in perturbfm.defaults
+        from perturbfm.defaults import PANEL_ORDER
+
+        return PANEL_ORDER
+    raise AttributeError(name)
+
+
 def select_panels(registry: Any, requested: Any, *, gives_variance: bool) -> list[MetricPanel]:
     """The panels a run or ``eval`` computes: every installed standard panel (and the
     variance panels when the model gives a variance) for ``"standard"``, else the
     named ones. Raises :class:`perturbfm.errors.PerturbFMError` naming the fix."""
+    from perturbfm.defaults import panel_rank
     from perturbfm.errors import PerturbFMError
 
     if requested in (None, "standard"):
@@ -385,8 +311,7 @@ def select_panels(registry: Any, requested: Any, *, gives_variance: bool) -> lis
             cls = registry.get("metric_panel", n).cls
             if getattr(cls, "standard", False) or (gives_variance and getattr(cls, "needs_variance", False)):
                 names.append(n)
-        order = {n: k for k, n in enumerate(STANDARD_ORDER)}
-        names.sort(key=lambda n: (order.get(n, len(order)), n))
+        names.sort(key=lambda n: panel_rank(n, registry.get("metric_panel", n).cls))
         if not names:
             raise PerturbFMError("no standard metric panel is installed", field="run.panels",
                                  fix="pip install perturbfm-metrics, or name the panels with --set run.panels=[...]")
@@ -396,6 +321,3 @@ def select_panels(registry: Any, requested: Any, *, gives_variance: bool) -> lis
                              field="run.panels", fix="e.g. --set run.panels=[basic,vcc]")
     return [registry.create("metric_panel", n) for n in dict.fromkeys(requested)]
 
-
-#: display order of the standard panels
-STANDARD_ORDER = ("basic", "scperturbench", "perturbench", "vcc", "vcc2026", "deg_weighted", "uncertainty")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from perturbfm.dataset import GroupInfo
-    from perturbfm.evaluation import EvalData
+    from perturbfm.evaldata import EvalData
     from perturbfm.training import TrainingData
 
 ROLES = ("train", "val", "test", "calibration")
@@ -80,7 +80,7 @@ class SplitAssignment:
         assignments: group id -> one of ``train``, ``val``, ``test``, ``calibration``.
         ood: optional group id -> True (out of distribution) / False, for the
             groups evaluated; used by ``ood_auroc``.
-        labels: optional group id -> subgroup label (e.g. GEARS ``combo_seen1``).
+        labels: optional group id -> subgroup label (e.g. ``combo_seen1`` for a combination with one seen single).
         notes: free text kept in the split (what was held out and why).
     """
 
@@ -160,10 +160,36 @@ class Model(abc.ABC):
         """Optional JSON-serialisable diagnostics written with the run."""
         return {}
 
+    @classmethod
+    def report_sections(cls, diagnostics: Mapping[str, Any]) -> list[ReportSection]:
+        """Model-specific sections of the run report, built from what :meth:`diagnostics`
+        returned (as stored in ``metrics.json``, so a report can be rebuilt from the run
+        directory alone). Default: none."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         """A JSON-serialisable model spec (architecture summary) for provenance;
         called after ``fit``. Override to add layer sizes, graph sources ..."""
         return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "description": self.description}
+
+
+@dataclass
+class ReportSection:
+    """A model-specific section of a run's ``report.html`` (see :meth:`Model.report_sections`).
+
+    Attributes:
+        title: the section heading.
+        text: a paragraph under the heading (plain text, escaped by the report).
+        headers / rows: an optional table (cells: str, int or float; floats shown to 4 digits).
+        heatmap: when True the report also draws the numeric cells of the table (all
+            columns but the first) as a heatmap with the first column as row labels.
+    """
+
+    title: str
+    text: str = ""
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    heatmap: bool = False
 
 
 # --------------------------------------------------------------------------- metrics

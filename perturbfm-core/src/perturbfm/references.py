@@ -1,6 +1,10 @@
 """References every metric is calibrated against, computed by the harness from the
 data alone, and the calibrated scores.
 
+(Over 400 lines on purpose: the references, their definitions in ``DEFINITIONS``
+and the calibrated score built from them are one contract; split apart, a
+definition would drift from the code that computes it.)
+
 For each evaluated group ``g`` and each metric, with ``u`` the model's raw value:
 
 ``baseline`` (``b``)
@@ -44,8 +48,10 @@ For each evaluated group ``g`` and each metric, with ``u`` the model's raw value
     is shared-control inflation.
 
 ``train_mean`` (runs whose split has training groups)
-    The value of the ``train-mean`` model (mean training delta of the context) on
-    the same groups, when that model is installed.
+    The *training mean* (the mean training delta of the group's context, or of all
+    training groups where the context has none; computed by the core from the
+    split's training groups, :meth:`perturbfm.training.TrainingData.training_mean`)
+    scored on the same groups.
 """
 
 from __future__ import annotations
@@ -77,7 +83,8 @@ DEFINITIONS = {
     "groups' aggregates",
     "indep_ctrl": "delta-based metrics with the truth referenced to one half of the context's control cells "
     "and the prediction to the other (shows shared-control inflation)",
-    "train_mean": "the train-mean model (mean training delta of the context) on the same groups",
+    "train_mean": "the training mean (mean training delta of the group's context; of all training groups where "
+    "the context has none) on the same groups",
 }
 
 
@@ -354,7 +361,7 @@ def _safe_compute(panel: MetricPanel, data: EvalData | None, why_none: str) -> d
         values = panel.compute(data)
         if not isinstance(values, dict):
             raise TypeError(f"compute returned {type(values).__name__}")
-    except Exception as exc:  # reported per metric, never swallowed
+    except (Exception, SystemExit) as exc:  # reported per metric, never swallowed
         return {k: NotApplicable(f"the panel raised {type(exc).__name__}: {exc}") for k in panel.metrics}
     wanted = {g.group_id for g in data.groups}
     out: dict[str, MetricValue | NotApplicable] = {}

@@ -1,5 +1,5 @@
 """A run's ``report.html``: metric tables, per-group plots, model notes,
-calibration, graph-reliance diagnostics and provenance, readable on its own
+calibration, the model's own sections and provenance, readable on its own
 (plots embedded as PNG). :func:`render_run_report_from_dir` rebuilds it from
 ``metrics.json`` / ``provenance.json`` / ``calibration.json`` alone (no
 predictions needed)."""
@@ -204,40 +204,52 @@ def _render_calibration(cal: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def render_gates(gates: dict[str, Any]) -> str:
-    """CGIO graph-reliance diagnostics: context x graph gate values, table + heatmap."""
-    try:
-        return _render_gates(gates)
-    except Exception as exc:  # a report must never fail a run  # noqa: BLE001
-        return f"<h2>Graph reliance (CGIO gates)</h2><p>gates could not be rendered: {html.escape(repr(exc))}</p>"
+def render_sections(sections: Any) -> str:
+    """Model-specific sections (:class:`perturbfm.interfaces.ReportSection`): heading, text,
+    a table and optionally a heatmap of its numeric cells. A section that cannot be
+    rendered says so; a report never fails a run."""
+    parts = []
+    for sec in sections or []:
+        title = str(getattr(sec, "title", "") or "Model section")
+        try:
+            parts.append(_render_section(sec))
+        except Exception as exc:  # a report must never fail a run  # noqa: BLE001
+            parts.append(f"<h2>{html.escape(title)}</h2><p>this section could not be rendered: "
+                         f"{html.escape(repr(exc))}</p>")
+    return "\n".join(parts)
 
 
-def _render_gates(gates: dict[str, Any]) -> str:
-    contexts = sorted(gates)
-    graphs = sorted({g for c in contexts if isinstance(gates[c], dict) for g in gates[c]})
-    if not contexts or not graphs:
-        return ""
-    vals = [[gates[c].get(g) if isinstance(gates[c], dict) else None for g in graphs] for c in contexts]
-    parts = ["<h2>Graph reliance (CGIO gates)</h2>",
-             "<p class='muted'>Mean gate per graph over the training groups of each context "
-             "(0 = graph ignored, 1 = fully used).</p>",
-             _table(["context"] + graphs, [[c] + [float(v) if isinstance(v, (int, float)) else "" for v in row]
-                                            for c, row in zip(contexts, vals)])]
-    import matplotlib
+def _num(v: Any) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    return float(v) if ok else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
-    arr = np.array([[float(v) if isinstance(v, (int, float)) else np.nan for v in row] for row in vals])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(graphs), 0.8 + 0.35 * len(contexts)))
-    im = ax.imshow(arr, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(arr)) if arr.size else 1.0),
-                   aspect="auto")
-    ax.set_xticks(range(len(graphs)), graphs, fontsize=7)
-    ax.set_yticks(range(len(contexts)), contexts, fontsize=7)
-    fig.colorbar(im, ax=ax)
-    ax.set_title("gate per context x graph", fontsize=9)
-    parts.append(_png(fig))
+def _render_section(sec: Any) -> str:
+    parts = [f"<h2>{html.escape(str(sec.title))}</h2>"]
+    if sec.text:
+        parts.append(f"<p class='muted'>{html.escape(str(sec.text))}</p>")
+    rows = [list(r) for r in (sec.rows or [])]
+    if sec.headers or rows:
+        parts.append(_table([str(h) for h in sec.headers], [
+            [c if isinstance(c, (int, float)) and not isinstance(c, bool) else str(c) for c in r] for r in rows]))
+    if getattr(sec, "heatmap", False) and rows and len(sec.headers) > 1:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        cols = [str(h) for h in sec.headers[1:]]
+        labels = [str(r[0]) for r in rows]
+        arr = np.array([[(_num(c) if _num(c) is not None else np.nan) for c in r[1:]] for r in rows], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.8 + 0.35 * len(labels)))
+        top = float(np.nanmax(arr)) if np.isfinite(arr).any() else 1.0
+        im = ax.imshow(arr, cmap="viridis", vmin=0.0, vmax=max(1.0, top), aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        fig.colorbar(im, ax=ax)
+        ax.set_title(str(sec.title), fontsize=9)
+        parts.append(_png(fig))
     return "\n".join(parts)
 
 
@@ -267,7 +279,7 @@ def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
                      "" if r["n_unresolvable"] is None else f"{r['n_unresolvable']} / {r['n_resolved']}",
                      r["n_not_applicable_groups"] or ""])
     out.append(_table(["panel", "metric", "better", "raw", "calibrated", "baseline", "replicate", "indep. ctrl",
-                       "train-mean", "unresolvable / resolved groups", "groups declared n/a"], rows))
+                       "training mean", "unresolvable / resolved groups", "groups declared n/a"], rows))
     unsplit = refs.get("unsplittable_groups") or {}
     if unsplit:
         out.append(f"<p>{len(unsplit)} groups could not be split for the replicate: "
@@ -278,8 +290,9 @@ def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
 
 
 def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
-                      calibration: dict[str, Any] | None = None) -> str:
-    """The HTML text of a run report."""
+                      calibration: dict[str, Any] | None = None, sections: Any = None) -> str:
+    """The HTML text of a run report; ``sections`` are the model's own
+    (:meth:`perturbfm.interfaces.Model.report_sections`)."""
     synthetic = bool(metrics.get("synthetic"))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM run {html.escape(metrics['run_id'])}"
              f"</title><style>{_CSS}</style></head><body>"]
@@ -329,10 +342,8 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
     if metrics.get("model_info"):
         parts.append("<h2>Model declarations</h2>")
         parts.append(_table(["item", "value"], [[k, str(v)] for k, v in metrics["model_info"].items()]))
-    diag = metrics.get("model_diagnostics") or {}
-    gates = diag.get("gates") or diag.get("gates_per_context")  # CGIO writes the latter
-    if isinstance(gates, dict) and gates:
-        parts.append(render_gates(gates))
+    if sections:
+        parts.append(render_sections(sections))
     if calibration is not None:
         parts.append(render_calibration(calibration))
     parts.append("<h2>Conventions</h2>")
@@ -348,11 +359,30 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_run_report(run_dir: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> Path:
+def model_sections(model: str | None, diagnostics: Any) -> list[Any]:
+    """The report sections the installed model ``model`` builds from its stored
+    diagnostics; none when it is not installed (the report still renders) or fails."""
+    if not model or not isinstance(diagnostics, dict):
+        return []
+    try:
+        from perturbfm.plugins import get_registry
+
+        cls = get_registry().get("model", model).cls
+        return list(cls.report_sections(diagnostics) or [])
+    except Exception:  # a report must never fail because of a model's section  # noqa: BLE001
+        return []
+
+
+def write_run_report(run_dir: Path, metrics: dict[str, Any], provenance: dict[str, Any],
+                     sections: Any = None) -> Path:
     """Write ``report.html`` atomically (with ``calibration.json`` when the run
-    dir has one) and return its path."""
+    dir has one) and return its path. ``sections`` default to the installed
+    model's :meth:`~perturbfm.interfaces.Model.report_sections` of the stored diagnostics."""
     path = Path(run_dir) / "report.html"
-    atomic_write_text(path, render_run_report(metrics, provenance, _read_json(Path(run_dir) / "calibration.json")))
+    if sections is None:
+        sections = model_sections(metrics.get("model"), metrics.get("model_diagnostics"))
+    atomic_write_text(path, render_run_report(metrics, provenance, _read_json(Path(run_dir) / "calibration.json"),
+                                              sections))
     return path
 
 

@@ -114,3 +114,28 @@ class TrainingData:
     def unmapped_genes(self, gene_index: Sequence[str] | None = None) -> list[str]:
         """Perturbed genes of these groups that are not in ``gene_index``."""
         return unmapped_genes([g.genes for g in self.groups], gene_index or self.genes)
+
+    def training_mean(self, queries: Sequence[GroupInfo]) -> tuple[np.ndarray, dict[str, str]]:
+        """The *training mean* reference: for each query, the mean delta of this role's
+        groups of the query's context, or the mean over all of them (with a note) when
+        that context has none; zeros (with a note) when there are no groups at all.
+
+        Returns ``([n_queries, n_genes] float64, group id -> note)``."""
+        n_genes = len(self.genes)
+        deltas = np.asarray(self.deltas(), dtype=np.float64) if self.groups else np.zeros((0, n_genes))
+        ctx = np.array([g.context for g in self.groups], dtype=object)
+        per_ctx = {c: deltas[ctx == c].mean(axis=0) for c in sorted(set(ctx))}
+        overall = deltas.mean(axis=0) if self.groups else np.zeros(n_genes)
+        out = np.zeros((len(queries), n_genes), dtype=np.float64)
+        notes: dict[str, str] = {}
+        for i, q in enumerate(queries):
+            if q.context in per_ctx:
+                out[i] = per_ctx[q.context]
+            elif not self.groups:
+                out[i] = overall
+                notes[q.group_id] = "no training groups at all: used a zero delta"
+            else:
+                out[i] = overall
+                notes[q.group_id] = (f"context {q.context!r} has no training groups: used the mean delta over all "
+                                     f"{len(self.groups)} training groups")
+        return out, notes

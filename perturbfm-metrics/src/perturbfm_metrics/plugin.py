@@ -13,12 +13,11 @@ def pfm_register_metric_panels() -> list[type]:
     from perturbfm_metrics.deg_weighted import DegWeightedPanel
     from perturbfm_metrics.perturbench import PerturBenchPanel
     from perturbfm_metrics.scperturbench import ScPerturBenchPanel
-    from perturbfm_metrics.uncertainty import UncertaintyPanel
     from perturbfm_metrics.vcc import VccPanel
     from perturbfm_metrics.vcc2026 import Vcc2026Panel
 
-    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, Vcc2026Panel, DegWeightedPanel,
-                          UncertaintyPanel]
+    # the uncertainty panel is the core's (perturbfm.builtin.uncertainty_panel)
+    panels: list[type] = [BasicPanel, ScPerturBenchPanel, PerturBenchPanel, VccPanel, Vcc2026Panel, DegWeightedPanel]
     return panels
 
 

@@ -15,6 +15,14 @@ def pfm_register_dataset_adapters() -> list[type]:
 
 
 @hookimpl
+def pfm_register_metric_panels() -> list[type]:
+    """The calibration panel: its values are the core's calibration metrics (calibration_metrics.py)."""
+    from perturbfm.builtin.uncertainty_panel import UncertaintyPanel
+
+    return [UncertaintyPanel]
+
+
+@hookimpl
 def pfm_register_executors() -> list[type]:
     from perturbfm.builtin.executors import ProcessExecutor, RayExecutor, SerialExecutor
 

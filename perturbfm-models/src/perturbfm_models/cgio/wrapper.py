@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 from perturbfm.errors import ConfigError
-from perturbfm.interfaces import Model, Prediction
+from perturbfm.interfaces import Model, Prediction, ReportSection
 from perturbfm.training import TrainingData
 
 from perturbfm_models.baselines.common import join_notes, require_fitted
@@ -484,3 +484,23 @@ class CGIOModel(Model):
     def diagnostics(self) -> dict[str, Any]:
         """Gates per context and graph, graph provenance, training-curve summary, timings."""
         return dict(self._diag)
+
+    @classmethod
+    def report_sections(cls, diagnostics: Mapping[str, Any]) -> list[ReportSection]:
+        """Graph reliance: the mean gate per context x graph, as a table and a heatmap."""
+        gates = diagnostics.get("gates") or diagnostics.get("gates_per_context")
+        if not isinstance(gates, dict) or not gates:
+            return []
+        contexts = sorted(gates)
+        graphs = sorted({g for c in contexts if isinstance(gates[c], dict) for g in gates[c]})
+        if not graphs:
+            return []
+        rows: list[list[Any]] = []
+        for c in contexts:
+            row = gates[c] if isinstance(gates[c], dict) else {}
+            rows.append([c] + [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+                               for v in (row.get(g) for g in graphs)])
+        return [ReportSection(title="Graph reliance (CGIO gates)",
+                              text="Mean gate per graph over the training groups of each context "
+                                   "(0 = graph ignored, 1 = fully used).",
+                              headers=["context", *graphs], rows=rows, heatmap=True)]
