@@ -11,7 +11,10 @@ implementation) goes through :func:`guarded`, which
 * still lets a *real* Ctrl-C through: a ``KeyboardInterrupt`` that comes from the
   user's SIGINT (not from the plugin's ``raise``) is re-raised;
 * sends what the plugin prints on stdout to stderr, so machine-readable output
-  (``--json``, a printed id) stays clean;
+  (``--json``, a printed id) stays clean, and puts back ``sys.argv``, the standard
+  streams and the working directory if the plugin changed them;
+* after a failure, forgets modules left half-imported, so one interrupted import
+  does not break every later import of the same library;
 * prints, when ``PFM_TRACE_PLUGINS=1``, what was called and how long it took.
 """
 
@@ -21,17 +24,21 @@ import contextlib
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TRACE_ENV = "PFM_TRACE_PLUGINS"
 LOAD_TIMEOUT_ENV = "PFM_PLUGIN_LOAD_TIMEOUT"
+HOOK_TIMEOUT_ENV = "PFM_PLUGIN_HOOK_TIMEOUT"
 OBSERVER_TIMEOUT_ENV = "PFM_OBSERVER_TIMEOUT"
 DEFAULT_LOAD_TIMEOUT = 20.0
+DEFAULT_HOOK_TIMEOUT = 60.0
 DEFAULT_OBSERVER_TIMEOUT = 300.0
 
 
@@ -76,9 +83,16 @@ def _seconds_from_env(name: str, default: float) -> float | None:
 
 
 def load_timeout() -> float | None:
-    """Seconds allowed for importing one entry point or calling one hook
-    (``PFM_PLUGIN_LOAD_TIMEOUT``, default 20; 0 = no limit)."""
+    """Seconds allowed for importing one entry point (``PFM_PLUGIN_LOAD_TIMEOUT``,
+    default 20; 0 = no limit)."""
     return _seconds_from_env(LOAD_TIMEOUT_ENV, DEFAULT_LOAD_TIMEOUT)
+
+
+def hook_timeout() -> float | None:
+    """Seconds allowed for one registration or command hook call
+    (``PFM_PLUGIN_HOOK_TIMEOUT``, default 60; 0 = no limit). Larger than the import
+    limit: plugins import their heavy libraries (torch, scipy) inside these hooks."""
+    return _seconds_from_env(HOOK_TIMEOUT_ENV, DEFAULT_HOOK_TIMEOUT)
 
 
 def observer_timeout() -> float | None:
@@ -96,11 +110,25 @@ def trace(message: str) -> None:
         print(f"pfm-plugins: {message}", file=sys.stderr, flush=True)
 
 
+def _is_plugin_frame(filename: str) -> bool:
+    """False for the standard library, the import machinery and this harness."""
+    if filename.startswith("<frozen") or Path(filename).name in ("plugin_guard.py", "plugins.py"):
+        return False
+    path = os.path.abspath(filename)
+    return not (path.startswith(_STDLIB) and not path.startswith(_SITE))
+
+
+_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+_SITE = os.path.abspath(sysconfig.get_paths()["purelib"]) + os.sep
+
+
 def _where(exc: BaseException) -> str:
+    """``file:line in function`` of the innermost frame of plugin code (else the innermost frame)."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return ""
-    f = frames[-1]
+    own = [f for f in frames if _is_plugin_frame(f.filename)]
+    f = (own or frames)[-1]
     return f"{f.filename}:{f.lineno} in {f.name}"
 
 
@@ -165,6 +193,44 @@ def _signals(limit: float | None, state: _State) -> Iterator[None]:
             signal.signal(signal.SIGINT, old_int)
 
 
+class _ProcessState:
+    """What plugin code must not change for the rest of the process: the command
+    line (a plugin setting ``sys.argv`` would change which command runs), the
+    standard streams and the working directory."""
+
+    def __init__(self) -> None:
+        self.argv_list = sys.argv
+        self.argv = list(sys.argv)
+        self.streams = (sys.stdin, sys.stdout, sys.stderr)
+        try:
+            self.cwd: str | None = os.getcwd()
+        except OSError:
+            self.cwd = None
+
+    def restore(self) -> None:
+        sys.argv = self.argv_list
+        sys.argv[:] = self.argv
+        sys.stdin, sys.stdout, sys.stderr = self.streams
+        if self.cwd is not None:
+            with contextlib.suppress(OSError):
+                if os.getcwd() != self.cwd:
+                    os.chdir(self.cwd)
+
+
+def _drop_half_imported(before: set[str]) -> None:
+    """After plugin code was stopped mid-import, forget the modules it added that
+    are still initialising or whose parent package was removed (Python removes
+    the module whose import failed, not its already-imported submodules, which
+    would then break every later import of that package)."""
+    added = sorted(set(sys.modules) - before, key=lambda n: n.count("."))
+    for name in added:
+        mod = sys.modules.get(name)
+        spec = getattr(mod, "__spec__", None)
+        parent = name.rpartition(".")[0]
+        if getattr(spec, "_initializing", False) or (parent and parent not in sys.modules):
+            sys.modules.pop(name, None)
+
+
 def guarded(fn: Callable[[], Any], *, label: str, limit: float | None, limit_env: str) -> tuple[Any, Failure | None,
                                                                                                   float]:
     """Call ``fn()`` as plugin code: returns ``(value, failure, seconds)``.
@@ -177,13 +243,18 @@ def guarded(fn: Callable[[], Any], *, label: str, limit: float | None, limit_env
     started = time.perf_counter()
     value: Any = None
     failure: Failure | None = None
+    before = set(sys.modules)
+    saved = _ProcessState()
     try:
         with _signals(limit, state), contextlib.redirect_stdout(sys.stderr):
             value = fn()
     except BaseException as exc:  # noqa: BLE001 - plugin code must not take over the process
+        _drop_half_imported(before)
         if isinstance(exc, KeyboardInterrupt) and state.user_interrupt:
             raise
         failure = _describe(exc, limit, limit_env)
+    finally:
+        saved.restore()
     seconds = time.perf_counter() - started
     trace(f"{label}: {seconds:.3f} s" + (f", FAILED: {failure.describe()}" if failure else ""))
     return value, failure, seconds

@@ -25,8 +25,11 @@ Public surface (see :class:`PluginRegistry`):
 Switches (environment):
 
 * ``PFM_DISABLE_PLUGINS=name1,name2``: skip these entry points or distributions.
-* ``PFM_PLUGIN_LOAD_TIMEOUT=SECONDS``: limit for importing one entry point and for
-  one registration hook call (default 20; 0 = no limit).
+* ``PFM_PLUGIN_LOAD_TIMEOUT=SECONDS``: limit for importing one entry point
+  (default 20; 0 = no limit).
+* ``PFM_PLUGIN_HOOK_TIMEOUT=SECONDS``: limit for one registration or command hook
+  call (default 60; 0 = no limit).
+* ``PFM_OBSERVER_TIMEOUT=SECONDS``: limit for one observer call (default 300).
 * ``PFM_TRACE_PLUGINS=1``: print each load and hook call with its duration to stderr.
 """
 
@@ -46,10 +49,12 @@ from perturbfm import hookspecs
 from perturbfm.errors import PluginError
 from perturbfm.interfaces import PLUGIN_KINDS, DatasetAdapter, Executor, MetricPanel, Model, SplitGenerator
 from perturbfm.plugin_guard import (
+    HOOK_TIMEOUT_ENV,
     LOAD_TIMEOUT_ENV,
     OBSERVER_TIMEOUT_ENV,
     Failure,
     guarded,
+    hook_timeout,
     load_timeout,
     observer_timeout,
     trace,
@@ -109,7 +114,7 @@ class PluginInfo:
         if self.disabled:
             return f"remove it from {DISABLE_ENV} to use it"
         if self.failure is not None:
-            limit = f" (or raise {LOAD_TIMEOUT_ENV})" if self.failure.kind == "timeout" else ""
+            limit = f" (or raise {LOAD_TIMEOUT_ENV} if it is just slow)" if self.failure.kind == "timeout" else ""
             return (f"fix or uninstall it (pip uninstall {self.distribution}), or skip it with "
                     f"{DISABLE_ENV}={self.distribution}{limit}")
         if self.problems:
@@ -229,11 +234,12 @@ class KindRegistry(Generic[T]):
         """The registration of ``name``; raises :class:`PluginError` when it is missing
         or registered by two distributions."""
         if name in self._conflicts:
-            dists = sorted(set(self._conflicts[name]))
+            dists = list(dict.fromkeys(self._conflicts[name]))  # registration order: the first is kept below
             raise PluginError(
                 f"{self.label} name {name!r} is registered by more than one distribution: {', '.join(dists)}",
                 field=name,
-                fix=f"uninstall one of them, or skip one with {DISABLE_ENV}=<distribution>",
+                fix=(f"uninstall all but one of them, or skip the others, e.g. to keep {dists[0]}: "
+                     f"{DISABLE_ENV}={','.join(dists[1:])}"),
             )
         found = self._entries.get(name)
         if found is None:
@@ -364,7 +370,7 @@ class PluginRegistry:
     def _index(self) -> None:
         for kind, reg in self._kinds.items():
             rows = self.registrations.setdefault(reg.hook, [])
-            for call in self.call_hook(reg.hook, timeout=load_timeout()):
+            for call in self.call_hook(reg.hook):
                 info = self._info_for(call.plugin)
                 row: dict[str, Any] = {**call.to_dict(), "returned": [], "registered": [], "problems": []}
                 rows.append(row)
@@ -402,9 +408,11 @@ class PluginRegistry:
                               fix=f"use one of: {', '.join(self.hook_names())}")
         return [i for i in caller.get_hookimpls() if not (i.hookwrapper or i.wrapper)]
 
-    def call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any], *, timeout: float | None = None,
-                  limit_env: str = LOAD_TIMEOUT_ENV) -> HookCall:
-        """Call one implementation guarded (see :mod:`perturbfm.plugin_guard`)."""
+    def call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any], *, observer: bool = False) -> HookCall:
+        """Call one implementation guarded (see :mod:`perturbfm.plugin_guard`), limited to
+        ``PFM_PLUGIN_HOOK_TIMEOUT`` seconds (``PFM_OBSERVER_TIMEOUT`` for an observer)."""
+        limit, limit_env = (observer_timeout(), OBSERVER_TIMEOUT_ENV) if observer else (hook_timeout(),
+                                                                                          HOOK_TIMEOUT_ENV)
         info = self._info_for(impl.plugin_name)
         args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
         missing = [k for k in impl.argnames if k not in kwargs]
@@ -414,14 +422,14 @@ class PluginRegistry:
             return call
         fn: Callable[[], Any] = lambda: impl.function(**args)  # noqa: E731
         call.value, call.failure, call.seconds = guarded(fn, label=f"call {hook_name} of {impl.plugin_name}",
-                                                         limit=timeout, limit_env=limit_env)
+                                                         limit=limit, limit_env=limit_env)
         return call
 
-    def call_hook(self, hook_name: str, *, timeout: float | None = None, **kwargs: Any) -> list[HookCall]:
+    def call_hook(self, hook_name: str, **kwargs: Any) -> list[HookCall]:
         """Call every implementation of ``hook_name`` with ``kwargs``; one :class:`HookCall`
-        each (its value, or its failure), attributed to its plugin. Never raises for
-        what plugin code does."""
-        return [self.call_impl(impl, hook_name, kwargs, timeout=timeout) for impl in self.hook_impls(hook_name)]
+        each (its value, or its failure), attributed to its plugin, each call limited to
+        ``PFM_PLUGIN_HOOK_TIMEOUT`` seconds. Never raises for what plugin code does."""
+        return [self.call_impl(impl, hook_name, kwargs) for impl in self.hook_impls(hook_name)]
 
     def call_observers(self, hook_name: str, **kwargs: Any) -> list[ObserverFailure]:
         """Call the observer hook ``hook_name`` (``pfm_run_started`` or
@@ -432,10 +440,9 @@ class PluginRegistry:
         300; 0 = no limit) becomes an :class:`ObserverFailure`; nothing propagates
         except the user's own Ctrl-C.
         """
-        limit = observer_timeout()
         failures = []
         for impl in self.hook_impls(hook_name):
-            call = self.call_impl(impl, hook_name, kwargs, timeout=limit, limit_env=OBSERVER_TIMEOUT_ENV)
+            call = self.call_impl(impl, hook_name, kwargs, observer=True)
             if call.failure is not None:
                 failures.append(ObserverFailure(hook_name, call.plugin, call.distribution, call.version,
                                                 call.failure.kind, call.failure.error, call.failure.where))
