@@ -1,5 +1,9 @@
 """Plugin discovery, the typed per-kind registries, and the one way hooks are called.
 
+(Over 400 lines on purpose: the registry, its per-kind views and the records
+they return are one public surface that other packages import from here; the
+mechanics of running plugin code safely live in :mod:`perturbfm.plugin_guard`.)
+
 Each entry point of the group ``perturbfm`` is imported on its own, through
 :func:`perturbfm.plugin_guard.guarded`: a plugin that raises, calls
 ``sys.exit``, raises ``KeyboardInterrupt``, runs argparse or hangs at import is
