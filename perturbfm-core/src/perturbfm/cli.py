@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from perturbfm import __version__
-from perturbfm.console import EXIT_RUN_FAILED, EXIT_USER_ERROR, console, err_console
+from perturbfm.console import EXIT_RUN_FAILED, EXIT_USER_ERROR, console, err_console, escape
 from perturbfm.errors import PanelIncompleteError, PerturbFMError, PluginError
 from perturbfm.plugins import get_registry
 from perturbfm.store import ArtifactStore
@@ -50,12 +50,17 @@ def cli(ctx: click.Context, store: str | None) -> None:
 # ----------------------------------------------------------------------------- plugins
 @cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--hook", "hook", default=None, metavar="NAME",
+              help="Show which plugins implement hook NAME and what each returned or registered.")
 @click.pass_context
-def plugins(ctx: click.Context, as_json: bool) -> None:
+def plugins(ctx: click.Context, as_json: bool, hook: str | None) -> None:
     """List installed plugins, what they register, and load errors."""
     if ctx.invoked_subcommand is not None:
         return
     reg = get_registry()
+    if hook is not None:
+        _show_hook(reg, hook, as_json)
+        return
     rows = [p.to_dict() for p in reg.plugins]
     conflicts = [{"kind": k, "name": n, "distributions": d} for (k, n), d in reg.conflicts().items()]
     if as_json:
@@ -66,11 +71,52 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         t.add_column(col)
     for p in rows:
         regs = "\n".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()) or "-"
-        status = "[red]" + p["error"] + "[/red]" if p["error"] else "[green]ok[/green]"
-        t.add_row(p["distribution"], p["version"], p["entry_point"], regs, status)
+        status = (f"[red]{escape(p['error'])}[/red]" + (f"\nfix: {escape(p['fix'])}" if p["fix"] else "")
+                  if p["error"] else "[green]ok[/green]")
+        t.add_row(escape(p["distribution"]), escape(p["version"]), escape(p["entry_point"]), escape(regs), status)
     console.print(t)
     for c in conflicts:
-        console.print(f"[red]conflict:[/red] {c['kind']} {c['name']!r} registered by {', '.join(c['distributions'])}")
+        console.print(f"[red]conflict:[/red] {c['kind']} {escape(repr(c['name']))} registered by "
+                      f"{escape(', '.join(c['distributions']))}; only one of them can be installed")
+
+
+def _show_hook(reg: Any, hook: str, as_json: bool) -> None:
+    """``plugins --hook NAME``: implementations of one hook and what each gave. Registration
+    hooks show what was recorded at load; commands are collected on a scratch group;
+    observer hooks are listed, never called."""
+    impls = reg.hook_impls(hook)
+    recorded = {r["plugin"]: r for r in reg.registrations.get(hook, [])}
+    rows = []
+    for impl in impls:
+        row = recorded.get(impl.plugin_name)
+        if row is None:
+            row = {"hook": hook, "plugin": impl.plugin_name, "returned": [], "registered": [], "problems": []}
+            info = reg._info_for(impl.plugin_name)
+            row.update(distribution=info.distribution, version=info.version)
+            if hook == "pfm_register_commands":
+                probe = click.Group()
+                call = reg.call_impl(impl, hook, {"cli": probe})
+                row.update(call.to_dict())
+                row["registered"] = sorted(probe.commands)
+                if call.failure is not None:
+                    row["problems"].append(call.failure.describe())
+            else:
+                row["note"] = "observer: not called here"
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps({"hook": hook, "implementations": rows}, indent=2))
+        return
+    if not rows:
+        console.print(f"no installed plugin implements {hook}")
+        return
+    t = Table(title=f"implementations of {hook}")
+    for col in ("distribution", "version", "plugin", "returned / registered", "problems"):
+        t.add_column(col)
+    for r in rows:
+        got = ", ".join(r.get("registered") or []) or r.get("note", "-")
+        t.add_row(escape(r["distribution"]), escape(r["version"]), escape(r["plugin"]), escape(got),
+                  "[red]" + escape("; ".join(r["problems"])) + "[/red]" if r["problems"] else "-")
+    console.print(t)
 
 
 # ----------------------------------------------------------------------------- data
@@ -346,18 +392,22 @@ _PLUGIN_COMMANDS_ADDED = False
 
 def _add_plugin_commands() -> None:
     """Add the commands plugins register. A plugin group named like a core group
-    (``data``, ``splits``) is merged into it; a name already taken is refused."""
+    (``data``, ``splits``) is merged into it; a name already taken is refused.
+    Plugins that failed to load are reported once on stderr, with the fix."""
     global _PLUGIN_COMMANDS_ADDED
     if _PLUGIN_COMMANDS_ADDED:
         return
     _PLUGIN_COMMANDS_ADDED = True
     reg = get_registry()
-    for impl in reg.pm.hook.pfm_register_commands.get_hookimpls():
-        try:
-            probe = click.Group()
-            impl.function(cli=probe)
-        except Exception as exc:  # a broken plugin's commands are skipped, not fatal
-            err_console.print(f"[yellow]plugin {impl.plugin_name} failed to add commands: {exc}[/yellow]")
+    for p in reg.broken():
+        err_console.print(f"[yellow]plugin {escape(p.distribution)} (entry point {escape(p.entry_point)}) is not "
+                          f"usable: {escape(p.error or '')}; fix: {escape(p.fix or '')}[/yellow]", soft_wrap=True)
+    for impl in reg.hook_impls("pfm_register_commands"):
+        probe = click.Group()
+        call = reg.call_impl(impl, "pfm_register_commands", {"cli": probe})
+        if call.failure is not None:  # a broken plugin's commands are skipped, not fatal
+            err_console.print(f"[yellow]plugin {escape(call.distribution)} ({escape(impl.plugin_name)}) failed to "
+                              f"add commands: {escape(call.failure.describe())}[/yellow]", soft_wrap=True)
             continue
         for name, cmd in probe.commands.items():
             existing = cli.commands.get(name)
@@ -366,13 +416,13 @@ def _add_plugin_commands() -> None:
             elif isinstance(existing, click.Group) and isinstance(cmd, click.Group):
                 for sub_name, sub in cmd.commands.items():
                     if sub_name in existing.commands:
-                        err_console.print(f"[yellow]plugin {impl.plugin_name}: command '{name} {sub_name}' "
-                                          "already exists; ignored[/yellow]")
+                        err_console.print(f"[yellow]plugin {escape(impl.plugin_name)}: command "
+                                          f"'{escape(name)} {escape(sub_name)}' already exists; ignored[/yellow]")
                     else:
                         existing.add_command(sub, sub_name)
             else:
-                err_console.print(f"[yellow]plugin {impl.plugin_name}: command {name!r} already exists; "
-                                  "ignored[/yellow]")
+                err_console.print(f"[yellow]plugin {escape(impl.plugin_name)}: command {escape(repr(name))} already "
+                                  "exists; ignored[/yellow]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,18 @@ base class in :mod:`perturbfm.interfaces`. The core registry rejects a
 missing name and a name registered twice (naming both distributions); lookups
 never depend on hook call order.
 
+How the core calls these hooks (:mod:`perturbfm.plugins`): every
+implementation is called on its own and its result is attributed to its
+plugin (``pfm-bench plugins --hook NAME`` shows them). A hookimpl whose name
+is not one of the hooks below (a misspelling) or whose arguments are not the
+hook's is reported against its plugin by pluggy's validation. Anything a
+plugin raises — ``SystemExit`` and ``KeyboardInterrupt`` included — and a call
+that runs past its time limit (``PFM_PLUGIN_HOOK_TIMEOUT``, default 60 s;
+``PFM_OBSERVER_TIMEOUT``, default 300 s, for the observers) is recorded
+against that plugin and never stops the command; a malformed result (not a
+list, an item that is not a class, a class without ``name``) is reported the
+same way while the plugin's well-formed classes are still registered.
+
 Example::
 
     from perturbfm import hookimpl
@@ -93,11 +105,14 @@ def pfm_register_commands(cli: Any) -> None:
 @hookspec
 def pfm_run_started(run_dir: str, run_info: dict[str, Any]) -> None:
     """Observer: a run started. ``run_info`` holds the run id, model, split
-    and resolved configuration. Exceptions raised here are recorded in the
-    run's status and never abort the run."""
+    and resolved configuration. Called through
+    :meth:`perturbfm.plugins.PluginRegistry.call_observers`: whatever an
+    implementation raises (``SystemExit`` included) is recorded in the run's
+    status with the plugin's name and never aborts the run."""
 
 
 @hookspec
 def pfm_run_finished(run_dir: str, run_info: dict[str, Any], status: str) -> None:
     """Observer: a run ended with ``status`` (``succeeded`` or ``failed``).
-    Exceptions raised here are recorded, never propagated."""
+    Called through :meth:`perturbfm.plugins.PluginRegistry.call_observers`:
+    failures are recorded against the plugin, never propagated."""

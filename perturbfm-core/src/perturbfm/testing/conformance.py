@@ -9,8 +9,13 @@ class attributes; pytest collects the inherited tests::
     class TestMyModel(ModelConformance):
         model_class = MyModel
 
-Each suite checks the contract the harness relies on, including a full
-``pfm-bench run``-equivalent pass through the store for models.
+Suites: :class:`ModelConformance`, :class:`MetricPanelConformance`,
+:class:`DatasetAdapterConformance` (override ``load_args``),
+:class:`SplitGeneratorConformance` (set ``params``; override ``groups`` for
+generators that need doses or times) and :class:`ExecutorConformance`. Each
+checks the contract the harness relies on, including a full
+``pfm-bench run``-equivalent pass through the store for models. Every
+first-party implementation runs them (``tests/conformance/``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from perturbfm.interfaces import (
     ROLES,
     AdapterResult,
     DatasetAdapter,
+    Executor,
     MetricPanel,
     MetricSpec,
     MetricValue,
@@ -136,6 +142,29 @@ class MetricPanelConformance:
         out = evaluate_panels([self.panel_class()], self._data(0.3))
         assert set(out[self.panel_class.name]["metrics"]) == set(self.panel_class.metrics)
 
+    def test_values_cover_every_group_and_are_json_serialisable(self) -> None:
+        data = self._data(0.3)
+        values = self.panel_class().compute(data)
+        for key, v in values.items():
+            if isinstance(v, NotApplicable):
+                assert isinstance(v.reason, str) and v.reason.strip(), key
+                continue
+            assert v.per_group is not None or v.per_context is not None, f"{key}: no values"
+            if v.per_group is not None:
+                covered = set(v.per_group) | set(v.not_applicable_groups)
+                assert covered == set(data.group_ids), f"{key}: groups {sorted(covered ^ set(data.group_ids))}"
+                assert not set(v.per_group) & set(v.not_applicable_groups), key
+            json.dumps({"extra": v.extra, "na": v.not_applicable_groups}, allow_nan=False)
+
+    def test_is_deterministic(self) -> None:
+        a = self.panel_class().compute(self._data(0.3))
+        b = self.panel_class().compute(self._data(0.3))
+        for key in a:
+            va, vb = a[key], b[key]
+            assert type(va) is type(vb), key
+            if isinstance(va, MetricValue) and isinstance(vb, MetricValue):
+                assert va.per_group == vb.per_group and va.per_context == vb.per_context, key
+
 
 class DatasetAdapterConformance:
     """Contract tests for a :class:`DatasetAdapter` plugin. Override
@@ -155,6 +184,41 @@ class DatasetAdapterConformance:
         assert res.adata.obs["pfm_is_control"].any()
         assert res.expression_space
 
+    def test_declares_name_and_options(self) -> None:
+        assert isinstance(self.adapter_class.name, str) and self.adapter_class.name.strip()
+        assert issubclass(self.adapter_class, DatasetAdapter)
+        for key, help_text in self.adapter_class.options.items():
+            assert isinstance(key, str) and isinstance(help_text, str) and help_text.strip(), key
+
+    def test_output_is_well_formed(self, tmp_path: Path) -> None:
+        path, opts = self.load_args(tmp_path)
+        res = self.adapter_class().load(path, **opts)
+        obs = res.adata.obs
+        assert isinstance(res.synthetic, bool)
+        assert res.adata.n_obs > 0 and res.adata.n_vars > 0
+        assert res.adata.var_names.is_unique
+        for col in REQUIRED_COLS:
+            assert not obs[col].isna().any(), col
+        x = res.adata.X
+        values = np.asarray(x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else x, dtype=float)
+        assert np.isfinite(values).all() and (values >= 0).all(), "X must be finite, non-negative log1p values"
+        json.dumps(res.source, default=str)
+
+    def test_missing_file_is_a_clean_error(self, tmp_path: Path) -> None:
+        """An adapter reading a file names it when it does not exist."""
+        from perturbfm.errors import PerturbFMError
+
+        path, opts = self.load_args(tmp_path)
+        if path is None:
+            return  # a simulator: no file to miss
+        missing = tmp_path / "no-such-dir" / "missing.h5ad"
+        try:
+            self.adapter_class().load(str(missing), **opts)
+        except PerturbFMError as exc:
+            assert "missing.h5ad" in exc.render(), exc.render()
+        else:
+            raise AssertionError(f"{self.adapter_class.name} loaded a file that does not exist")
+
     def test_stores_idempotently(self, tmp_path: Path) -> None:
         from perturbfm.store import ArtifactStore
 
@@ -171,8 +235,19 @@ class SplitGeneratorConformance:
     generator_class: ClassVar[type[SplitGenerator]]
     params: ClassVar[dict[str, Any]] = {}
 
-    def _groups(self) -> dict[str, Any]:
+    def groups(self) -> dict[str, Any]:
+        """The non-control groups the generator is given; override for generators that
+        need more (doses, times ...)."""
         return {k: v for k, v in group_table(make_canonical_adata()).items() if not v.is_control}
+
+    def _groups(self) -> dict[str, Any]:
+        return self.groups()
+
+    def test_declares_name_and_options(self) -> None:
+        assert isinstance(self.generator_class.name, str) and self.generator_class.name.strip()
+        assert issubclass(self.generator_class, SplitGenerator)
+        for key, help_text in self.generator_class.options.items():
+            assert isinstance(key, str) and isinstance(help_text, str) and help_text.strip(), key
 
     def test_assigns_every_group_a_known_role(self) -> None:
         groups = self._groups()
@@ -185,4 +260,41 @@ class SplitGeneratorConformance:
         groups = self._groups()
         a = self.generator_class().generate(groups, self.params, 3)
         b = self.generator_class().generate(groups, self.params, 3)
-        assert a.assignments == b.assignments and a.ood == b.ood
+        assert a.assignments == b.assignments and a.ood == b.ood and a.labels == b.labels
+
+    def test_ood_and_labels_name_known_groups(self) -> None:
+        groups = self._groups()
+        out = self.generator_class().generate(groups, self.params, 0)
+        assert set(out.ood or {}) <= set(groups) and set(out.labels or {}) <= set(groups)
+        assert all(isinstance(v, bool) for v in (out.ood or {}).values())
+        assert isinstance(out.notes, str)
+        json.dumps({"assignments": out.assignments, "ood": out.ood, "labels": out.labels})
+
+    def test_does_not_change_its_inputs(self) -> None:
+        groups = self._groups()
+        before, params = dict(groups), json.loads(json.dumps(self.params))
+        self.generator_class().generate(groups, self.params, 0)
+        assert groups == before and json.loads(json.dumps(self.params)) == params
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+class ExecutorConformance:
+    """Contract tests for an :class:`Executor` plugin: ``map`` returns every job's
+    result, in order, for module-level (picklable) functions."""
+
+    executor_class: ClassVar[type[Executor]]
+    workers: ClassVar[int | None] = 2
+
+    def test_declares_a_name(self) -> None:
+        assert isinstance(self.executor_class.name, str) and self.executor_class.name.strip()
+        assert issubclass(self.executor_class, Executor)
+
+    def test_maps_in_order(self) -> None:
+        jobs = [3, 1, 4, 1, 5, 9, 2, 6]
+        assert self.executor_class(self.workers).map(_square, jobs) == [j * j for j in jobs]
+
+    def test_maps_no_jobs(self) -> None:
+        assert self.executor_class(self.workers).map(_square, []) == []
