@@ -46,10 +46,18 @@ class _Alarm(BaseException):
 
 
 def call_observers(registry: Any, hook: str, record: Callable[[str], None], **kwargs: Any) -> None:
-    """Call every implementation of ``hook``; any exception (BaseException included)
-    is passed to ``record`` as ``"plugin.hook: Type: message"`` and the next one runs."""
-    caller = getattr(registry.pm.hook, hook)
-    for impl in caller.get_hookimpls():
+    """Call every implementation of ``hook``; each failure is passed to ``record`` as
+    ``"plugin.hook: Type: message"`` and the next one runs.
+
+    A :class:`perturbfm.plugins.PluginRegistry` calls them through its guarded caller
+    (BaseException caught, time-bounded, attributed); a bare pluggy-like registry
+    (tests) is called directly with the same guarantee against BaseException."""
+    guarded = getattr(registry, "call_observers", None)
+    if guarded is not None:
+        for failure in guarded(hook, **kwargs):
+            record(f"{failure.plugin}.{hook}: {failure.error}")
+        return
+    for impl in getattr(registry.pm.hook, hook).get_hookimpls():
         try:
             impl.function(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - observers never stop a run; their failure is recorded
