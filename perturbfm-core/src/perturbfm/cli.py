@@ -50,12 +50,18 @@ def cli(ctx: click.Context, store: str | None) -> None:
 # ----------------------------------------------------------------------------- plugins
 @cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--options", "options_of", default=None, metavar="NAME",
+              help="Show the options of one plugin (name, type, default, constraint, description); "
+                   "KIND:NAME when several kinds share the name.")
 @click.pass_context
-def plugins(ctx: click.Context, as_json: bool) -> None:
+def plugins(ctx: click.Context, as_json: bool, options_of: str | None) -> None:
     """List installed plugins, what they register, and load errors."""
     if ctx.invoked_subcommand is not None:
         return
     reg = get_registry()
+    if options_of is not None:
+        _show_plugin_options(reg, options_of, as_json)
+        return
     rows = [p.to_dict() for p in reg.plugins]
     conflicts = [{"kind": k, "name": n, "distributions": d} for (k, n), d in reg.conflicts().items()]
     if as_json:
@@ -71,6 +77,34 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     console.print(t)
     for c in conflicts:
         console.print(f"[red]conflict:[/red] {c['kind']} {c['name']!r} registered by {', '.join(c['distributions'])}")
+
+
+def _show_plugin_options(reg: Any, spec: str, as_json: bool) -> None:
+    from rich.markup import escape
+
+    from perturbfm.interfaces import PLUGIN_KINDS
+    from perturbfm.options import plugin_options, render_options_table
+
+    kind, _, name = spec.rpartition(":")
+    kinds = [kind] if kind else [k for k in PLUGIN_KINDS if name in reg.names(k)]
+    if kind and kind not in PLUGIN_KINDS:
+        raise PerturbFMError(f"--options {spec}: unknown plugin kind {kind!r}", field="--options",
+                             fix=f"use one of {', '.join(PLUGIN_KINDS)}, e.g. --options model:{name}")
+    if not kinds or (kind and name not in reg.names(kind)):
+        listing = "; ".join(f"{k}: {', '.join(reg.names(k))}" for k in PLUGIN_KINDS if reg.names(k))
+        raise PerturbFMError(f"--options {spec}: no plugin named {name!r}", field="--options",
+                             fix=f"use a registered name ({listing})")
+    if len(kinds) > 1:
+        raise PerturbFMError(f"--options {name}: several kinds register {name!r} ({', '.join(kinds)})",
+                             field="--options", fix=f"say which, e.g. --options {kinds[0]}:{name}")
+    info = plugin_options(reg.get(kinds[0], name).cls, kinds[0])
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    console.print(escape(f"{info['kind']} {info['name']} ({info['class']})"
+                         + ("" if info["typed"] else ": no typed config declared")))
+    console.print(escape(render_options_table(info["options"]) if info["options"] else "(no options)"),
+                  soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- data

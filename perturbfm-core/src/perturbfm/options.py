@@ -520,3 +520,27 @@ def render_options_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row[:-1], widths)) + "  " + row[-1])
     return "\n".join(lines)
+
+
+def plugin_options(cls: type, kind: str) -> dict[str, Any]:
+    """The options of a registered plugin class, from its typed config.
+
+    A model without ``config_model`` is described from its ``default_config()``
+    (types inferred from the defaults); an adapter or generator without one from
+    its ``options`` help texts (``typed`` is then False).
+    """
+    model_cls = config_model_of(cls)
+    typed = model_cls is not None
+    if model_cls is None and kind == "model":
+        try:
+            defaults = cls().default_config()
+        except Exception:  # a plugin's constructor failing is reported, not raised  # noqa: BLE001
+            defaults = {}
+        model_cls = infer_config_model(defaults, getattr(cls, "name", "model"))
+    if model_cls is not None:
+        rows = options_table(model_cls)
+    else:
+        rows = [{"name": k, "type": "", "default": None, "required": False, "constraint": "", "description": str(v)}
+                for k, v in dict(getattr(cls, "options", {}) or {}).items()]
+    return {"kind": kind, "name": getattr(cls, "name", cls.__name__), "typed": typed,
+            "class": f"{cls.__module__}.{cls.__qualname__}", "options": rows}
