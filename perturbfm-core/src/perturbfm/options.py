@@ -312,6 +312,12 @@ def field_type_label(info: FieldInfo) -> str:
     extra = info.json_schema_extra
     if isinstance(extra, dict) and isinstance(extra.get("type_label"), str):
         return str(extra["type_label"])
+    for m in info.metadata:
+        fn = getattr(m, "func", None)
+        if fn is _to_names:
+            return "a list of names"
+        if fn is _to_name:
+            return "a name"
     return type_label(info.annotation)
 
 
@@ -335,7 +341,10 @@ def type_label(annotation: Any) -> str:
         return " or ".join(parts) + (" or null" if nullable else "")
     if origin in (list, tuple):
         args = typing.get_args(annotation)
-        return f"a list of {type_label(args[0])}s" if args else "a list"
+        if not args:
+            return "a list"
+        item = type_label(args[0])
+        return "a list of names" if item in ("a name", "a string") else f"a list of items ({item})"
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
