@@ -96,7 +96,7 @@ def _show_plugin_options(reg: Any, spec: str, as_json: bool) -> None:
                              fix=f"use a registered name ({listing})")
     if len(kinds) > 1:
         raise PerturbFMError(f"--options {name}: several kinds register {name!r} ({', '.join(kinds)})",
-                             field="--options", fix=f"say which, e.g. --options {kinds[0]}:{name}")
+                             field="--options", fix="say which: " + " or ".join(f"--options {k}:{name}" for k in kinds))
     info = plugin_options(reg.get(kinds[0], name).cls, kinds[0])
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
