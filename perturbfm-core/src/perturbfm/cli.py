@@ -22,18 +22,9 @@ def _store(ctx: click.Context) -> ArtifactStore:
 
 
 def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
-    import yaml
+    from perturbfm.options import parse_key_values
 
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise PerturbFMError(f"{flag} {item!r} is not key=value", field=flag, fix=f"write {flag} name=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
+    return parse_key_values(items, option=flag, example="name=value")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
