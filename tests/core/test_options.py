@@ -132,6 +132,11 @@ def test_defaults_table_and_help_come_from_the_fields() -> None:
     d = defaults_of(Demo)
     assert dict(d) == {"k": 3, "lam": 0.5, "on": False, "mode": "a", "names": ["x"], "table": None}
     assert d.config_model is Demo and file_fields(Demo) == ["table"]
+    import json
+
+    import yaml
+
+    assert yaml.safe_load(yaml.safe_dump(d)) == dict(d) == json.loads(json.dumps(d))
     rows = {r["name"]: r for r in options_table(Demo)}
     assert rows["k"] == {"name": "k", "type": "an integer", "default": 3, "required": False, "constraint": ">= 1",
                          "description": "how many"}

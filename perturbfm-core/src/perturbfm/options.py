@@ -435,6 +435,11 @@ class ConfigDefaults(dict):  # type: ignore[type-arg]
     config_model: type[ConfigModel] | None = None
 
 
+# a ConfigDefaults dumps as the plain mapping it is
+yaml.SafeDumper.add_representer(ConfigDefaults, yaml.representer.SafeRepresenter.represent_dict)
+yaml.Dumper.add_representer(ConfigDefaults, yaml.representer.SafeRepresenter.represent_dict)
+
+
 def defaults_of(model_cls: type[ConfigModel]) -> ConfigDefaults:
     """Every field's default (validated), as a :class:`ConfigDefaults` mapping."""
     out = ConfigDefaults(model_cls().model_dump(mode="python"))
