@@ -1,11 +1,13 @@
-"""Defensive parsing of plugin options (values often arrive as CLI strings)."""
+"""Defensive parsing of adapter options (values often arrive as CLI strings).
+
+Numbers, fractions and generator parameters are typed fields now
+(:mod:`perturbfm.options`, :mod:`perturbfm_bench_adapters.generators`); these two
+helpers remain for the adapters' list and flag options.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-from perturbfm.errors import PerturbFMError
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -33,20 +35,3 @@ def as_bool(value: Any) -> bool | None:
     if s in _FALSE:
         return False
     return None
-
-
-def as_fraction(
-    value: Any, name: str, error: Callable[..., PerturbFMError], *, allow_zero: bool = True
-) -> float:
-    """Parse a fraction in ``[0, 1)`` (``(0, 1)`` if not ``allow_zero``)."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise error(
-            f"{name} must be a number, got {value!r}", field=name, fix=f"pass e.g. {name}=0.2"
-        ) from None
-    lo_ok = f >= 0 if allow_zero else f > 0
-    if not (lo_ok and f < 1):
-        rng = "[0, 1)" if allow_zero else "(0, 1)"
-        raise error(f"{name} must lie in {rng}, got {f}", field=name, fix=f"pass e.g. {name}=0.2")
-    return f

@@ -23,15 +23,9 @@ def _store(ctx: click.Context) -> ArtifactStore:
 
 
 def _kv(items: Sequence[str], flag: str) -> dict[str, Any]:
-    import yaml
+    from perturbfm.options import parse_key_values
 
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise PerturbFMError(f"{flag} {item!r} is not key=value", field=flag, fix=f"write {flag} name=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-    return out
+    return parse_key_values(items, option=flag, example="name=value")
 
 
 # ----------------------------------------------------------------------------- data

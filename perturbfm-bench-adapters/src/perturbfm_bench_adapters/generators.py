@@ -10,23 +10,65 @@ Parameters may arrive as CLI strings (``"0.2"``, ``"a,b"``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import numpy as np
 from perturbfm.dataset import GroupInfo, canonical_perturbation
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import SplitAssignment, SplitGenerator
+from perturbfm.options import ConfigModel, Float, Name, options_help, validate
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
-from perturbfm_bench_adapters._options import as_fraction, as_str_list
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
 
-def _check_params(gen: SplitGenerator, params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - set(gen.options))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) for split generator {gen.name!r}: {', '.join(unknown)}",
-            field=unknown[0], fix=f"use only: {', '.join(gen.options)}",
-        )
+def _group_ids(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _label(value: Any) -> Any:
+    """A context / covariate label: text, or a number written without quotes in YAML."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PydanticCustomError("config_value", "must be a name, got {got}", {"got": repr(value)})
+    return str(value).strip()
+
+
+#: Group ids: a list, or a comma-separated string.
+GroupIds = Annotated[list[Name], BeforeValidator(_group_ids)]
+#: A context or covariate label.
+Label = Annotated[str, BeforeValidator(_label)]
+
+
+class SplitParams(ConfigModel):
+    """Parameters every generator accepts; values may arrive as CLI text (``--param x=0.2``)."""
+
+    coerce_strings: ClassVar[bool] = True
+    calibration_fraction: Float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of the training groups moved to a calibration fold (for "
+        "conformal intervals); drawn with the split's seed, at least one group when > 0")
+
+
+class ValParams(SplitParams):
+    """:class:`SplitParams` plus ``val_fraction`` of the training groups."""
+
+    val_fraction: Float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the training groups moved to "
+                                "validation")
+
+
+def parse_params(gen: SplitGenerator | type[SplitGenerator], params: Mapping[str, Any]) -> Any:
+    """Validate ``params`` against the generator's ``config_model``.
+
+    Raises:
+        ConfigError: an unknown parameter or a malformed value, naming the
+            parameter and a fix built from the field.
+    """
+    model = gen.config_model
+    return validate(model, dict(params), what=f"split generator {gen.name!r}")
 
 
 def _check_groups(groups: Mapping[str, GroupInfo]) -> list[str]:
@@ -50,20 +92,21 @@ def _carve(ids: Sequence[str], fraction: float, rng: np.random.Generator) -> set
 
 
 #: The option every generator accepts (see :func:`with_calibration`).
-CALIBRATION_OPTION = {
-    "calibration_fraction": "fraction of the training groups moved to a calibration fold (for conformal "
-    "intervals), in [0, 1); default 0; drawn with the split's seed, at least one group when > 0",
-}
+CALIBRATION_OPTION = options_help(SplitParams)
 
 
-def with_calibration(res: SplitAssignment, params: Mapping[str, Any], seed: int) -> SplitAssignment:
+def with_calibration(res: SplitAssignment, params: Mapping[str, Any] | BaseModel, seed: int) -> SplitAssignment:
     """Move ``calibration_fraction`` of the training groups to ``calibration``.
 
     Implemented once for every generator: the draw uses its own stream
     (``default_rng([seed, 1])``) over the sorted training ids, so the other roles
     never change with the fraction; at least one training group always remains.
     """
-    frac = as_fraction(params.get("calibration_fraction", 0.0), "calibration_fraction", ConfigError)
+    if isinstance(params, BaseModel):
+        frac = float(getattr(params, "calibration_fraction", 0.0))
+    else:
+        raw = {"calibration_fraction": params.get("calibration_fraction", 0.0)}
+        frac = validate(SplitParams, raw, what="split parameters").calibration_fraction
     if frac <= 0:
         return res
     train = sorted(g for g, r in res.assignments.items() if r == "train")
@@ -97,28 +140,36 @@ def _contexts(groups: Mapping[str, GroupInfo]) -> list[str]:
     return sorted({g.context for g in groups.values()})
 
 
+class ExplicitParams(SplitParams):
+    """Parameters of ``explicit``."""
+
+    test: GroupIds = Field(default_factory=list, description="group ids to hold out for testing (list, or "
+                           "comma-separated string); at least one is required", json_schema_extra={
+                               "type_label": "a list of group ids"})
+    val: GroupIds = Field(default_factory=list, description="group ids for validation",
+                          json_schema_extra={"type_label": "a list of group ids"})
+    calibration: GroupIds = Field(default_factory=list, description="group ids for calibration",
+                                  json_schema_extra={"type_label": "a list of group ids"})
+
+
 class ExplicitSplit(SplitGenerator):
     """Roles given by the user; every group not named is trained on."""
 
     name: ClassVar[str] = "explicit"
     description: ClassVar[str] = "the user lists the test (and optional val / calibration) group ids"
-    options: ClassVar[dict[str, str]] = {
-        "test": "group ids to hold out for testing (list, or comma-separated string); required",
-        "val": "group ids for validation (optional)",
-        "calibration": "group ids for calibration (optional)",
-        **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = ExplicitParams
+    options: ClassVar[dict[str, str]] = options_help(ExplicitParams)
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Assign the named groups; the rest go to train. ``seed`` is unused."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids = _check_groups(groups)
         named: dict[str, str] = {}
-        if params.get("calibration") and params.get("calibration_fraction"):
+        if p.calibration and p.calibration_fraction:
             raise ConfigError("give calibration groups or calibration_fraction, not both",
                               field="calibration_fraction", fix="drop one of them")
         for role in ("test", "val", "calibration"):
-            for gid in as_str_list(params.get(role)):
+            for gid in getattr(p, role):
                 if gid in named:
                     raise ConfigError(
                         f"group {gid!r} is named twice (as {named[gid]} and {role})", field=role,
@@ -146,7 +197,17 @@ class ExplicitSplit(SplitGenerator):
         counts = {r: sum(1 for v in assignments.values() if v == r) for r in ("train", "val", "test", "calibration")}
         notes = "explicit split given by the user: " + ", ".join(f"{k}={v}" for k, v in counts.items())
         return with_calibration(SplitAssignment(assignments=assignments, ood=None, labels=None, notes=notes),
-                                params, seed)
+                                p, seed)
+
+
+class RandomGroupsParams(ValParams):
+    """Parameters of ``random-groups``."""
+
+    test_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="fraction of (eligible) groups held out for "
+                                 "testing (at least one group)")
+    val_fraction: Float = Field(0.0, ge=0.0, lt=1.0, description="fraction of (eligible) groups for validation")
+    context: Label | None = Field(None, description="draw held-out groups only from this context (others all "
+                                     "train); null: every context")
 
 
 class RandomGroupsSplit(SplitGenerator):
@@ -154,25 +215,18 @@ class RandomGroupsSplit(SplitGenerator):
 
     name: ClassVar[str] = "random-groups"
     description: ClassVar[str] = "random held-out groups (unseen perturbations), seeded"
-    options: ClassVar[dict[str, str]] = {
-        "test_fraction": "fraction of (eligible) groups held out for testing, in (0, 1); default 0.2 "
-        "(at least one group)",
-        "val_fraction": "fraction of (eligible) groups for validation, in [0, 1); default 0",
-        "context": "optional: draw held-out groups only from this context (others all train)",
-        **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = RandomGroupsParams
+    options: ClassVar[dict[str, str]] = options_help(RandomGroupsParams)
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Permute the sorted eligible ids with ``default_rng(seed)`` and cut."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids = _check_groups(groups)
-        test_f = as_fraction(params.get("test_fraction", 0.2), "test_fraction", ConfigError, allow_zero=False)
-        val_f = as_fraction(params.get("val_fraction", 0.0), "val_fraction", ConfigError)
+        test_f, val_f = p.test_fraction, p.val_fraction
         if test_f + val_f >= 1:
             raise ConfigError(f"test_fraction + val_fraction must be < 1, got {test_f + val_f}",
                               field="val_fraction", fix="lower one of the fractions")
-        ctx = params.get("context")
-        ctx = str(ctx).strip() if ctx is not None and str(ctx).strip() else None
+        ctx = p.context or None
         if ctx is not None and ctx not in _contexts(groups):
             raise ConfigError(f"unknown context {ctx!r}", field="context",
                               fix=f"use one of: {', '.join(_contexts(groups))}")
@@ -194,7 +248,13 @@ class RandomGroupsSplit(SplitGenerator):
                  "its perturbation is trained in no context")
         ood, labels = seen_perturbation_labels(groups, assignments)
         return with_calibration(SplitAssignment(assignments=assignments, ood=ood, labels=labels, notes=notes),
-                                params, seed)
+                                p, seed)
+
+
+class ContextOODParams(ValParams):
+    """Parameters of ``context-ood``."""
+
+    context: Label | None = Field(None, description="the held-out context (required)")
 
 
 class ContextOODSplit(SplitGenerator):
@@ -202,26 +262,22 @@ class ContextOODSplit(SplitGenerator):
 
     name: ClassVar[str] = "context-ood"
     description: ClassVar[str] = "out-of-distribution context: all groups of one context are test"
-    options: ClassVar[dict[str, str]] = {
-        "context": "the held-out context (required)",
-        "val_fraction": "fraction of the training groups moved to validation, in [0, 1); default 0",
-        **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = ContextOODParams
+    options: ClassVar[dict[str, str]] = options_help(ContextOODParams)
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Test = the groups of ``context``; val carved from the rest with ``seed``."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids = _check_groups(groups)
         contexts = _contexts(groups)
-        ctx = params.get("context")
-        ctx = str(ctx).strip() if ctx is not None else ""
+        ctx = p.context or ""
         if not ctx:
             raise ConfigError("context-ood needs the held-out context", field="context",
                               fix=f"pass context=<one of {', '.join(contexts)}>")
         if ctx not in contexts:
             raise ConfigError(f"unknown context {ctx!r}", field="context",
                               fix=f"use one of: {', '.join(contexts)}")
-        val_f = as_fraction(params.get("val_fraction", 0.0), "val_fraction", ConfigError)
+        val_f = p.val_fraction
         test = [g for g in ids if groups[g].context == ctx]
         rest = [g for g in ids if groups[g].context != ctx]
         if not rest:
@@ -236,7 +292,7 @@ class ContextOODSplit(SplitGenerator):
                  f"contexts with seed {seed}")
         _, labels = seen_perturbation_labels(groups, assignments)
         return with_calibration(SplitAssignment(assignments=assignments, ood={g: True for g in test},
-                                                labels=labels, notes=notes), params, seed)
+                                                labels=labels, notes=notes), p, seed)
 
 
 GENERATORS: tuple[type[SplitGenerator], ...] = (ExplicitSplit, RandomGroupsSplit, ContextOODSplit)

@@ -13,25 +13,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from perturbfm.dataset import GroupInfo
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import SplitAssignment, SplitGenerator
+from perturbfm.options import ConfigModel, Float, Int, options_help
+from pydantic import Field
 
-from perturbfm_bench_adapters._options import as_fraction
 from perturbfm_bench_adapters.generators import (
-    CALIBRATION_OPTION,
+    Label,
+    ValParams,
     _carve,
     _check_groups,
-    _check_params,
     _contexts,
+    parse_params,
     seen_perturbation_labels,
     with_calibration,
 )
-
-_VAL = {"val_fraction": "fraction of the training groups moved to validation, in [0, 1); default 0"}
 
 
 def _val_from_train(assignments: dict[str, str], frac: float, seed: int) -> int:
@@ -45,14 +45,43 @@ def _val_from_train(assignments: dict[str, str], frac: float, seed: int) -> int:
     return len(val)
 
 
-def _int(params: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
-    raw = params.get(key, default)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be an integer, got {raw!r}", field=key, fix=f"pass e.g. {key}=0") from None
+class LocoParams(ValParams):
+    """Parameters of ``loco`` (give exactly one of ``fold`` and ``context``)."""
+
+    fold: Int | None = Field(None, ge=0, description="index of the held-out context among the sorted "
+                                "contexts (0-based)")
+    context: Label | None = Field(None, description="the held-out context by name (instead of fold)")
+
+
+class PerturbationOODParams(ValParams):
+    """Parameters of ``perturbation-ood``."""
+
+    test_fraction: Float = Field(0.2, gt=0.0, lt=1.0, description="fraction of the single-perturbation genes "
+                                 "held out")
+    n_folds: Int | None = Field(None, ge=2, description="instead of test_fraction: split the genes into "
+                                   "n folds (seeded) and hold out fold `fold`")
+    fold: Int | None = Field(None, ge=0, description="the held-out fold (0-based) when n_folds is given")
+    val_fraction: Float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the remaining genes whose groups "
+                                "go to validation")
+    combos: Literal["test"] = Field("test", description="policy for combinations containing a held-out gene; "
+                                    "only 'test': they are tested, labelled combo_unseen_gene (in train they "
+                                    "would leak the gene's effect)")
+
+
+class ComboParams(ValParams):
+    """Parameters of ``combo``."""
+
+    single_test_fraction: Float = Field(0.25, ge=0.0, lt=1.0, description="fraction of single-perturbation "
+                                        "genes held out as unseen singles (GEARS train_gene_set_size 0.75)")
+    combo_seen2_test_fraction: Float = Field(0.25, ge=0.0, lt=1.0, description="fraction of combo_seen2 "
+                                             "combinations held out (GEARS combo_seen2_train_frac 0.75)")
+
+
+class CovariateTransferParams(ValParams):
+    """Parameters of ``covariate-transfer``."""
+
+    covariate: Literal["dose", "time"] = Field(description="the canonical pfm_dose / pfm_time column")
+    value: Float = Field(description="the held-out value (compared with a relative tolerance of 1e-9)")
 
 
 class LeaveOneContextOut(SplitGenerator):
@@ -60,11 +89,8 @@ class LeaveOneContextOut(SplitGenerator):
 
     name: ClassVar[str] = "loco"
     description: ClassVar[str] = "leave-one-context-out CV: fold i holds out the i-th context (sorted)"
-    options: ClassVar[dict[str, str]] = {
-        "fold": "index of the held-out context among the sorted contexts (0-based)",
-        "context": "the held-out context by name (instead of fold)",
-        **_VAL, **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = LocoParams
+    options: ClassVar[dict[str, str]] = options_help(LocoParams)
 
     def family_members(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One parameter set per context (all k folds)."""
@@ -74,12 +100,12 @@ class LeaveOneContextOut(SplitGenerator):
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Test = every group of the fold's context (all OOD); labels say whether the
         perturbation is trained in another context."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids, contexts = _check_groups(groups), _contexts(groups)
         if len(contexts) < 2:
             raise ConfigError(f"loco needs at least 2 contexts, the dataset has {len(contexts)}", field="context",
                               fix="use a dataset with several cell lines / types")
-        fold, ctx = _int(params, "fold"), params.get("context")
+        fold, ctx = p.fold, p.context
         if (fold is None) == (ctx is None):
             raise ConfigError("loco needs exactly one of fold or context", field="fold",
                               fix=f"pass fold=0..{len(contexts) - 1} or context=<one of {', '.join(contexts)}>")
@@ -91,12 +117,11 @@ class LeaveOneContextOut(SplitGenerator):
             raise ConfigError(f"fold {fold} out of range", field="fold", fix=f"use 0..{len(contexts) - 1}")
         held = contexts[int(fold)]  # type: ignore[arg-type]
         assignments = {g: "test" if groups[g].context == held else "train" for g in ids}
-        n_val = _val_from_train(assignments, as_fraction(params.get("val_fraction", 0.0), "val_fraction",
-                                                         ConfigError), seed)
+        n_val = _val_from_train(assignments, p.val_fraction, seed)
         _, labels = seen_perturbation_labels(groups, assignments)
         notes = (f"leave-one-context-out fold {fold} of {len(contexts)}: context {held!r} held out "
                  f"({sum(r == 'test' for r in assignments.values())} test groups, all OOD); {n_val} val groups")
-        return with_calibration(SplitAssignment(assignments, {g: True for g in labels}, labels, notes), params, seed)
+        return with_calibration(SplitAssignment(assignments, {g: True for g in labels}, labels, notes), p, seed)
 
 
 class PerturbationOOD(SplitGenerator):
@@ -104,15 +129,8 @@ class PerturbationOOD(SplitGenerator):
 
     name: ClassVar[str] = "perturbation-ood"
     description: ClassVar[str] = "unseen single perturbations: held-out genes are tested in every context"
-    options: ClassVar[dict[str, str]] = {
-        "test_fraction": "fraction of the single-perturbation genes held out, in (0, 1); default 0.2",
-        "n_folds": "instead of test_fraction: split the genes into n folds (seeded) and hold out fold `fold`",
-        "fold": "the held-out fold (0-based) when n_folds is given",
-        "val_fraction": "fraction of the remaining genes whose groups go to validation; default 0",
-        "combos": "policy for combinations containing a held-out gene; only 'test' (default): they are "
-        "tested, labelled combo_unseen_gene (in train they would leak the gene's effect)",
-        **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = PerturbationOODParams
+    options: ClassVar[dict[str, str]] = options_help(PerturbationOODParams)
 
     @staticmethod
     def _genes(groups: Mapping[str, GroupInfo]) -> list[str]:
@@ -120,24 +138,21 @@ class PerturbationOOD(SplitGenerator):
 
     def family_members(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One parameter set per fold (needs ``n_folds``)."""
-        k = _int(params, "n_folds")
+        k = parse_params(self, params).n_folds
         if not k:
             raise ConfigError("a perturbation-ood family needs n_folds", field="n_folds", fix="pass n_folds=5")
         return [{**{k2: v for k2, v in params.items() if k2 != "fold"}, "fold": i} for i in range(k)]
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Held-out genes' single groups (all contexts) and every combo holding one go to test."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids = _check_groups(groups)
-        if str(params.get("combos", "test")) != "test":
-            raise ConfigError(f"combos={params.get('combos')!r} is not supported", field="combos",
-                              fix="combos containing a held-out gene always go to test (combos=test)")
         genes = self._genes(groups)
         if len(genes) < 2:
             raise ConfigError(f"only {len(genes)} single-gene perturbation(s); need 2", field="groups",
                               fix="use a dataset with single-gene perturbations")
         order = [genes[i] for i in np.random.default_rng(int(seed)).permutation(len(genes))]
-        k, fold = _int(params, "n_folds"), _int(params, "fold")
+        k, fold = p.n_folds, p.fold
         if k is not None:
             if not 2 <= k <= len(genes) or fold is None or not 0 <= fold < k:
                 raise ConfigError(f"need 2 <= n_folds <= {len(genes)} and 0 <= fold < n_folds", field="fold",
@@ -145,11 +160,11 @@ class PerturbationOOD(SplitGenerator):
             test_genes = set(order[fold::k])
             how = f"fold {fold} of {k} (genes dealt round-robin from a seeded permutation)"
         else:
-            frac = as_fraction(params.get("test_fraction", 0.2), "test_fraction", ConfigError, allow_zero=False)
+            frac = p.test_fraction
             n = min(len(genes) - 1, max(1, round(frac * len(genes))))
             test_genes, how = set(order[:n]), f"test_fraction {frac}"
         rest = [g for g in order if g not in test_genes]
-        vf = as_fraction(params.get("val_fraction", 0.0), "val_fraction", ConfigError)
+        vf = p.val_fraction
         n_val = min(len(rest) - 1, round(vf * len(rest)) or (1 if vf > 0 else 0))
         val_genes = set(rest[:n_val])
         assignments, labels = {}, {}
@@ -165,7 +180,7 @@ class PerturbationOOD(SplitGenerator):
         notes = (f"perturbation OOD, {how}: {len(test_genes)} of {len(genes)} single genes held out in every "
                  f"context; combinations containing a held-out gene are test too (never trained, else the gene's "
                  f"effect would leak); {len(val_genes)} genes for validation")
-        return with_calibration(SplitAssignment(assignments, {g: True for g in labels}, labels, notes), params, seed)
+        return with_calibration(SplitAssignment(assignments, {g: True for g in labels}, labels, notes), p, seed)
 
 
 class ComboSplit(SplitGenerator):
@@ -174,22 +189,16 @@ class ComboSplit(SplitGenerator):
     name: ClassVar[str] = "combo"
     description: ClassVar[str] = ("GEARS-style combination split: test combos labelled combo_seen0/1/2 by how "
                                   "many of their singles are trained; held-out singles are unseen_single")
-    options: ClassVar[dict[str, str]] = {
-        "single_test_fraction": "fraction of single-perturbation genes held out as unseen singles, in [0, 1); "
-        "default 0.25 (GEARS train_gene_set_size 0.75)",
-        "combo_seen2_test_fraction": "fraction of combo_seen2 combinations held out, in [0, 1); default 0.25 "
-        "(GEARS combo_seen2_train_frac 0.75)",
-        **_VAL, **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = ComboParams
+    options: ClassVar[dict[str, str]] = options_help(ComboParams)
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Seen counts are per context: a combo gene is 'seen' when its single group in
         that context is trained. combo_seen0/1 and unseen singles are test (OOD);
         a seeded fraction of combo_seen2 is test (labelled, not OOD)."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids = _check_groups(groups)
-        sf = as_fraction(params.get("single_test_fraction", 0.25), "single_test_fraction", ConfigError)
-        cf = as_fraction(params.get("combo_seen2_test_fraction", 0.25), "combo_seen2_test_fraction", ConfigError)
+        sf, cf = p.single_test_fraction, p.combo_seen2_test_fraction
         combos = [g for g in ids if len(groups[g].genes) > 1]
         if not combos:
             raise ConfigError("the dataset has no combination perturbations", field="groups",
@@ -215,13 +224,12 @@ class ComboSplit(SplitGenerator):
                 assignments[g], labels[g] = "test", f"combo_seen{n_seen}"
         for g in _carve(seen2, cf, rng):
             assignments[g], labels[g] = "test", "combo_seen2"
-        n_val = _val_from_train(assignments, as_fraction(params.get("val_fraction", 0.0), "val_fraction",
-                                                         ConfigError), seed)
+        n_val = _val_from_train(assignments, p.val_fraction, seed)
         counts = {lab: sum(v == lab for v in labels.values()) for lab in sorted(set(labels.values()))}
         notes = (f"combination split: {len(unseen)} of {len(genes)} single genes unseen; test subgroups {counts}; "
                  f"combo_seen2 held out with fraction {cf}; {n_val} val groups; seen counted per context")
         ood = {g: lab != "combo_seen2" for g, lab in labels.items()}
-        return with_calibration(SplitAssignment(assignments, ood, labels, notes), params, seed)
+        return with_calibration(SplitAssignment(assignments, ood, labels, notes), p, seed)
 
 
 class CovariateTransfer(SplitGenerator):
@@ -229,26 +237,15 @@ class CovariateTransfer(SplitGenerator):
 
     name: ClassVar[str] = "covariate-transfer"
     description: ClassVar[str] = "a dose or time bucket held out: every group with that value is test"
-    options: ClassVar[dict[str, str]] = {
-        "covariate": "'dose' or 'time' (the canonical pfm_dose / pfm_time columns)",
-        "value": "the held-out value (float, compared with a relative tolerance of 1e-9)",
-        **_VAL, **CALIBRATION_OPTION,
-    }
+    config_model: ClassVar[type[ConfigModel]] = CovariateTransferParams
+    options: ClassVar[dict[str, str]] = options_help(CovariateTransferParams)
 
     def generate(self, groups: Mapping[str, GroupInfo], params: Mapping[str, Any], seed: int) -> SplitAssignment:
         """Test = groups whose dose/time equals ``value``; labels say whether the
         perturbation was trained at another value."""
-        _check_params(self, params)
+        p = parse_params(self, params)
         ids = _check_groups(groups)
-        cov = str(params.get("covariate", "")).strip()
-        if cov not in ("dose", "time"):
-            raise ConfigError(f"covariate must be dose or time, got {cov!r}", field="covariate",
-                              fix="pass covariate=dose or covariate=time")
-        try:
-            value = float(params["value"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError("covariate-transfer needs a numeric value", field="value",
-                              fix="pass e.g. value=10000") from None
+        cov, value = p.covariate, p.value
         vals = {g: getattr(groups[g], cov) for g in ids}
         known = sorted({v for v in vals.values() if v is not None and not math.isnan(v)})
         if not known:
@@ -259,14 +256,13 @@ class CovariateTransfer(SplitGenerator):
             raise ConfigError(f"no group has {cov} {value}", field="value",
                               fix=f"use one of: {', '.join(f'{v:g}' for v in known[:20])}")
         assignments = {g: "test" if g in set(test) else "train" for g in ids}
-        n_val = _val_from_train(assignments, as_fraction(params.get("val_fraction", 0.0), "val_fraction",
-                                                         ConfigError), seed)
+        n_val = _val_from_train(assignments, p.val_fraction, seed)
         trained = {(groups[g].perturbation, groups[g].context) for g, r in assignments.items() if r == "train"}
         labels = {g: (f"{cov}_transfer" if (groups[g].perturbation, groups[g].context) in trained
                       else f"{cov}_transfer_unseen_perturbation") for g in test}
         notes = (f"{cov} {value:g} held out: {len(test)} test groups (all OOD); {n_val} val groups; "
                  f"other values: {', '.join(f'{v:g}' for v in known if not math.isclose(v, value))}")
-        return with_calibration(SplitAssignment(assignments, {g: True for g in test}, labels, notes), params, seed)
+        return with_calibration(SplitAssignment(assignments, {g: True for g in test}, labels, notes), p, seed)
 
 
 OOD_GENERATORS: tuple[type[SplitGenerator], ...] = (LeaveOneContextOut, PerturbationOOD, ComboSplit,

@@ -22,18 +22,9 @@ def _store(ctx: click.Context) -> ArtifactStore:
 
 
 def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
-    import yaml
+    from perturbfm.options import parse_key_values
 
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise PerturbFMError(f"{flag} {item!r} is not key=value", field=flag, fix=f"write {flag} name=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
+    return parse_key_values(items, option=flag, example="name=value")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,14 +43,20 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--hook", "hook", default=None, metavar="NAME",
               help="Show which plugins implement hook NAME and what each returned or registered.")
+@click.option("--options", "options_of", default=None, metavar="NAME",
+              help="Show the options of one plugin (name, type, default, constraint, description); "
+                   "KIND:NAME when several kinds share the name.")
 @click.pass_context
-def plugins(ctx: click.Context, as_json: bool, hook: str | None) -> None:
+def plugins(ctx: click.Context, as_json: bool, hook: str | None, options_of: str | None) -> None:
     """List installed plugins, what they register, and load errors."""
     if ctx.invoked_subcommand is not None:
         return
     reg = get_registry()
     if hook is not None:
         _show_hook(reg, hook, as_json)
+        return
+    if options_of is not None:
+        _show_plugin_options(reg, options_of, as_json)
         return
     rows = [p.to_dict() for p in reg.plugins]
     conflicts = [{"kind": k, "name": n, "distributions": d} for (k, n), d in reg.conflicts().items()]
@@ -117,6 +114,34 @@ def _show_hook(reg: Any, hook: str, as_json: bool) -> None:
         t.add_row(escape(r["distribution"]), escape(r["version"]), escape(r["plugin"]), escape(got),
                   "[red]" + escape("; ".join(r["problems"])) + "[/red]" if r["problems"] else "-")
     console.print(t)
+
+
+def _show_plugin_options(reg: Any, spec: str, as_json: bool) -> None:
+    from rich.markup import escape
+
+    from perturbfm.interfaces import PLUGIN_KINDS
+    from perturbfm.options import plugin_options, render_options_table
+
+    kind, _, name = spec.rpartition(":")
+    kinds = [kind] if kind else [k for k in PLUGIN_KINDS if name in reg.names(k)]
+    if kind and kind not in PLUGIN_KINDS:
+        raise PerturbFMError(f"--options {spec}: unknown plugin kind {kind!r}", field="--options",
+                             fix=f"use one of {', '.join(PLUGIN_KINDS)}, e.g. --options model:{name}")
+    if not kinds or (kind and name not in reg.names(kind)):
+        listing = "; ".join(f"{k}: {', '.join(reg.names(k))}" for k in PLUGIN_KINDS if reg.names(k))
+        raise PerturbFMError(f"--options {spec}: no plugin named {name!r}", field="--options",
+                             fix=f"use a registered name ({listing})")
+    if len(kinds) > 1:
+        raise PerturbFMError(f"--options {name}: several kinds register {name!r} ({', '.join(kinds)})",
+                             field="--options", fix="say which: " + " or ".join(f"--options {k}:{name}" for k in kinds))
+    info = plugin_options(reg.get(kinds[0], name).cls, kinds[0])
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    console.print(escape(f"{info['kind']} {info['name']} ({info['class']})"
+                         + ("" if info["typed"] else ": no typed config declared")))
+    console.print(escape(render_options_table(info["options"]) if info["options"] else "(no options)"),
+                  soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- data

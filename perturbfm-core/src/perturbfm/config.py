@@ -1,34 +1,77 @@
 """Run configuration: defaults, a config file and ``--set`` overrides, merged
-with a ledger that records where every parameter's value came from."""
+with a ledger that records where every parameter's value came from.
+
+The ``run:`` section is :class:`RunConfig`; the ``model:`` section is the
+model's typed config (:mod:`perturbfm.options`). The ledger is a thin layer over
+the validated models: a field not in ``model_fields_set`` is a default.
+"""
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from perturbfm.errors import ConfigError
+from perturbfm.options import (
+    Bool,
+    ConfigModel,
+    Float,
+    Int,
+    infer_config_model,
+    parse_overrides,
+    read_yaml_mapping,
+    validate,
+)
+
+ENSEMBLE_MODES = ("seeds", "bootstrap")
+SECTIONS = ("run", "model")
+CONFIG_FILE_FIX = "write `run: {seed: 0}` and `model: {ridge_lambda: 0.5}` (sections run: and model:)"
+
+
+def _panels(value: Any) -> Any:
+    """``standard``, a list of panel names, or a comma-separated string of them."""
+    if isinstance(value, str):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if names == ["standard"]:
+            return "standard"
+        value = names
+    elif isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise PydanticCustomError("config_value", "must be 'standard' or a list of panel names like [basic, vcc], "
+                                  "got {got}", {"got": repr(value)})
+    if not value:
+        raise PydanticCustomError("config_value", "names no panel", {})
+    return [v.strip() for v in value]
+
+
+class RunConfig(ConfigModel):
+    """The ``run:`` section: parameters of the harness, not of the model."""
+
+    seed: Int = Field(0, ge=0, description="seed of the run (model seed offsets, bootstrap draws, subsampling)")
+    panels: Annotated[str | list[str], BeforeValidator(_panels)] = Field(
+        "standard", description="metric panels: standard (every installed standard panel) or a list of names",
+        json_schema_extra={"type_label": "standard or a list of panel names"})
+    replicate_seeds: Int = Field(5, ge=2, description="replicate splits of the true cells behind the "
+                                 "split-half reference ceiling")
+    max_cells: Int = Field(2000, gt=0, description="cells per group used by cell-level panels (subsampled)")
+    ensemble: Int = Field(1, ge=1, description="members trained (seed or bootstrap ensemble) for a variance")
+    ensemble_mode: Literal["seeds", "bootstrap"] = Field(
+        "seeds", description="seeds: vary the model seed; bootstrap: resample training groups")
+    conformal: Bool = Field(False, description="split-conformal intervals on the split's calibration groups")
+    conformal_mondrian: Bool = Field(False, description="conformal intervals calibrated per context (Mondrian)")
+    timeout_s: Float | None = Field(None, gt=0, description="seconds allowed for fit + predict together; "
+                                    "null: no limit (the run fails as timed out past it)")
+
 
 #: Run-level parameters and their defaults.
-RUN_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "panels": "standard",
-    "replicate_seeds": 5,
-    "max_cells": 2000,
-    "ensemble": 1,
-    "ensemble_mode": "seeds",
-    "conformal": False,
-    "conformal_mondrian": False,
-    "timeout_s": None,  # seconds for fit + predict together; None: no limit (perturbfm.run.guards)
-}
-ENSEMBLE_MODES = ("seeds", "bootstrap")
-
-SECTIONS = ("run", "model")
+RUN_DEFAULTS: dict[str, Any] = RunConfig().model_dump()
 
 
 @dataclass(frozen=True)
@@ -41,66 +84,21 @@ class LedgerRow:
 
 
 def _parse_set(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r} is not key=value", field=item, fix="write --set model.ridge_lambda=0.5")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    """One ``--set key=value`` (kept for callers; see :func:`perturbfm.options.parse_overrides`)."""
+    return parse_overrides([item])[0]
 
 
-def _coerce_panels(param: str, value: Any, origin: str) -> Any:
-    """``run.panels``: ``standard`` (every installed standard panel) or a list of panel names."""
-    fix = f"set {param} to standard, or a list of panel names like [basic, vcc]"
-    if isinstance(value, str):
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        if names == ["standard"]:
-            return "standard"
-        value = names
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"{param} must be 'standard' or a list of panel names, got {value!r}", field=param,
-                          file=origin, fix=fix)
-    if not value:
-        raise ConfigError(f"{param} names no panel", field=param, file=origin, fix=fix)
-    return [v.strip() for v in value]
-
-
-def _coerce(param: str, value: Any, default: Any, origin: str) -> Any:
-    """Check ``value`` against the default's type (ints may stand for floats)."""
-    if param == "run.panels":
-        return _coerce_panels(param, value, origin)
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{param} must be true or false, got {value!r}", field=param, file=origin,
-                              fix=f"set {param} to true or false")
-        return value
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{param} must be a number, got {value!r}", field=param, file=origin,
-                              fix=f"set {param} to a number like {default!r}")
-        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{param} must be an integer, got {value!r}", field=param, file=origin,
-                              fix=f"set {param} to an integer like {default!r}")
-        if not math.isfinite(float(value)):
-            raise ConfigError(f"{param} must be a finite number, got {value!r}", field=param, file=origin,
-                              fix=f"set {param} to a number like {default!r}")
-        return type(default)(value)
-    if isinstance(default, (list, tuple)):
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{param} must be a list, got {value!r}", field=param, file=origin,
-                              fix=f"give a list, e.g. {list(default)!r} or a comma-separated string")
-        return list(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{param} must be a string, got {value!r}", field=param, file=origin,
-                          fix=f"set {param} to a string")
-    return value
+def section_model(model_defaults: Mapping[str, Any], model_name: str = "model",
+                  config_model: type[BaseModel] | None = None) -> type[BaseModel]:
+    """The typed model of the ``model:`` section: ``config_model``, else the one the
+    defaults came from (:func:`perturbfm.options.defaults_of`), else one inferred
+    from the defaults' types."""
+    if config_model is not None:
+        return config_model
+    remembered = getattr(model_defaults, "config_model", None)
+    if isinstance(remembered, type) and issubclass(remembered, BaseModel):
+        return remembered
+    return infer_config_model(model_defaults, model_name)
 
 
 def resolve_config(
@@ -109,80 +107,87 @@ def resolve_config(
     config_file: str | Path | None = None,
     sets: Sequence[str] = (),
     model_name: str = "model",
+    config_model: type[BaseModel] | None = None,
+    file_data: Mapping[str, Any] | None = None,
+    file_label: str | None = None,
 ) -> tuple[dict[str, Any], list[LedgerRow]]:
-    """Merge defaults < config file < ``--set``; unknown keys are refused.
+    """Merge defaults < config file < ``--set``, validated by the typed models.
 
     ``--set`` keys may carry a section (``model.ridge_lambda``, ``run.seed``) or
-    be bare when the name is unique across sections.
+    be bare when the name is unique across sections. ``config_model`` is the
+    model's typed config (see :func:`section_model` for the fallbacks).
+    ``file_data`` stands for an already-read config mapping (a study's variant),
+    with ``file_label`` its source in the ledger.
 
     Returns:
         (``{"run": {...}, "model": {...}}``, the ledger of every parameter).
+
+    Raises:
+        ConfigError: naming the file or ``--set``, the dotted field and a fix.
     """
-    defaults = {"run": dict(RUN_DEFAULTS), "model": copy.deepcopy(dict(model_defaults))}
-    resolved = copy.deepcopy(defaults)
-    source = {(s, k): "default" if s == "run" else f"default ({model_name})" for s in SECTIONS for k in defaults[s]}
+    schemas: dict[str, type[BaseModel]] = {"run": RunConfig,
+                                           "model": section_model(model_defaults, model_name, config_model)}
+    known = {s: list(schemas[s].model_fields) for s in SECTIONS}
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    source: dict[tuple[str, str], tuple[str, str]] = {}  # (section, key) -> (ledger source, file/option)
 
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file: {exc}", file=str(path), fix="check the path") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file is not valid YAML: {exc}", file=str(path), fix="fix the YAML syntax") from exc
-        if not isinstance(data, dict):
-            raise ConfigError("config file must be a mapping with sections run: and model:", file=str(path),
-                              fix="write `run: {...}` and `model: {...}`")
-        for section, values in data.items():
+    if config_file is not None or file_data is not None:
+        where = str(config_file) if config_file is not None else (file_label or "config")
+        data = read_yaml_mapping(config_file, what="config file", fix=CONFIG_FILE_FIX) if config_file is not None \
+            else dict(file_data or {})
+        origin = f"config file {where}" if config_file is not None else (file_label or "config")
+        for section, sec_values in data.items():
             if section not in SECTIONS:
-                raise ConfigError(f"unknown config section {section!r}", file=str(path), field=str(section),
-                                  fix=f"use sections {', '.join(SECTIONS)}")
-            if not isinstance(values, dict):
-                raise ConfigError(f"section {section!r} must be a mapping", file=str(path), field=section,
-                                  fix=f"write `{section}:` followed by key: value lines")
-            for k, v in values.items():
-                _assign(resolved, defaults, source, section, str(k), v, f"config file {path}", str(path))
+                raise ConfigError(f"unknown config section {section!r}", file=where, field=str(section),
+                                  fix=f"use sections {', '.join(SECTIONS)}: {CONFIG_FILE_FIX}")
+            if sec_values is None:
+                continue
+            if not isinstance(sec_values, Mapping):
+                raise ConfigError(f"section {section!r} must be a mapping, not {type(sec_values).__name__}",
+                                  file=where, field=section, fix=f"write `{section}:` followed by key: value lines")
+            for k, v in sec_values.items():
+                values[section][str(k)] = v
+                source[(section, str(k))] = (origin, where)
 
-    for item in sets:
-        key, value = _parse_set(item)
+    for key, value in parse_overrides(sets):
         if "." in key:
             section, k = key.split(".", 1)
         else:
-            owners = [s for s in SECTIONS if key in defaults[s]]
+            owners = [s for s in SECTIONS if key in known[s]]
             if len(owners) != 1:
-                known = ", ".join(f"{s}.{k}" for s in SECTIONS for k in defaults[s])
+                listing = ", ".join(f"{s}.{k}" for s in SECTIONS for k in known[s])
                 raise ConfigError(
                     f"--set {key}: " + ("unknown parameter" if not owners else "ambiguous; say which section"),
-                    field=key, fix=f"known parameters: {known}",
+                    field=key, file="--set", fix=f"known parameters: {listing}",
                 )
             section, k = owners[0], key
         if section not in SECTIONS:
-            raise ConfigError(f"--set {key}: unknown section {section!r}", field=key,
-                              fix=f"use {', '.join(SECTIONS)}")
-        _assign(resolved, defaults, source, section, k, value, "CLI --set", "--set")
+            raise ConfigError(f"--set {key}: unknown section {section!r}", field=key, file="--set",
+                              fix=f"use {', '.join(SECTIONS)}, e.g. --set model.{k}=... or --set run.{k}=...")
+        values[section][k] = value
+        source[(section, k)] = ("CLI --set", "--set")
 
-    ledger = [
-        LedgerRow(f"{s}.{k}", resolved[s][k], source[(s, k)]) for s in SECTIONS for k in sorted(resolved[s])
-    ]
+    resolved: dict[str, Any] = {}
+    ledger: list[LedgerRow] = []
+    for section in SECTIONS:
+        schema = schemas[section]
+        for k in values[section]:
+            if k not in schema.model_fields:
+                listing = ", ".join(sorted(known[section])) or "none"
+                raise ConfigError(f"unknown {section} parameter {k!r}", field=f"{section}.{k}",
+                                  file=source[(section, k)][1], fix=f"known {section} parameters: {listing}")
+
+        def file_of(loc: Sequence[Any], section: str = section) -> str | None:
+            return source.get((section, str(loc[0])), ("", None))[1] if loc else None
+
+        what = "run config" if section == "run" else f"model {model_name!r}"
+        obj = validate(schema, values[section], what=what, prefix=section, file=file_of)
+        resolved[section] = obj.model_dump(mode="python")
+        default_label = "default" if section == "run" else f"default ({model_name})"
+        for k in sorted(resolved[section]):
+            src = source[(section, k)][0] if k in obj.model_fields_set else default_label
+            ledger.append(LedgerRow(f"{section}.{k}", resolved[section][k], src))
     return resolved, ledger
-
-
-def _assign(
-    resolved: dict[str, Any],
-    defaults: dict[str, Any],
-    source: dict[tuple[str, str], str],
-    section: str,
-    key: str,
-    value: Any,
-    origin: str,
-    file: str,
-) -> None:
-    if key not in defaults[section]:
-        known = ", ".join(sorted(defaults[section])) or "none"
-        raise ConfigError(f"unknown {section} parameter {key!r}", field=f"{section}.{key}", file=file,
-                          fix=f"known {section} parameters: {known}")
-    resolved[section][key] = _coerce(f"{section}.{key}", value, defaults[section][key], file)
-    source[(section, key)] = origin
 
 
 def ledger_csv(rows: Sequence[LedgerRow]) -> str:

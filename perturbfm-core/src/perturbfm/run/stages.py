@@ -25,6 +25,7 @@ from perturbfm.dataset import control_stats, ensure_group_column, group_table, g
 from perturbfm.evaluation import CONVENTIONS, build_eval_data, select_panels, validate_prediction
 from perturbfm.hashing import sha256_json
 from perturbfm.interfaces import Model, Prediction
+from perturbfm.options import config_model_of
 from perturbfm.provenance import code_git, code_provenance, environment
 from perturbfm.references import evaluate_with_references
 from perturbfm.run.context import (
@@ -52,7 +53,8 @@ def resolve(store: Any, registry: Any, *, model: str, split: str, config_file: s
     dataset = store.datasets.get(split_obj.dataset)
     model_reg = registry.get("model", model)
     defaults = model_reg.cls().default_config()
-    config, ledger = resolve_config(defaults, config_file=config_file, sets=sets, model_name=model)
+    config, ledger = resolve_config(defaults, config_file=config_file, sets=sets, model_name=model,
+                                    config_model=config_model_of(model_reg.cls))
     panels = select_panels(registry, config["run"]["panels"], gives_variance=model_reg.cls.gives_variance)
     check_run_config(model_reg.cls, defaults, config, split_obj)
     cfg_hash = sha256_json({"model_name": model, **config})

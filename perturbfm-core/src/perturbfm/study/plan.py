@@ -8,17 +8,19 @@ reason, in ``plan_filter_report.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perturbfm.config import resolve_config
+from perturbfm.config import resolve_config, section_model
 from perturbfm.datasets import create_split, import_dataset
 from perturbfm.errors import ConfigError, PerturbFMError
-from perturbfm.hashing import sha256_json
+from perturbfm.hashing import sha256_file, sha256_json
+from perturbfm.options import config_model_of, file_fields
 from perturbfm.plugins import PluginRegistry
 from perturbfm.store import ArtifactStore
-from perturbfm.study.spec import StudySpec, Variant
+from perturbfm.study.spec import StudySpec, Variant, resolve_path
 
 #: Model parameters that name a file (a graph, an embedding table ...): checked before anything runs.
 FILE_PARAM_SUFFIXES = ("_file", "_table", "_path", "edge_list")
@@ -60,15 +62,33 @@ class Plan:
     datasets: dict[str, str] = field(default_factory=dict)
     splits: dict[str, str] = field(default_factory=dict)
     variant_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: every input file the plan opens: kind, entry, parameter, absolute path, sha256 (None when missing)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def hash(self) -> str:
+        """sha256 of the planned cells and the input files' paths and contents."""
+        return sha256_json({"cells": [c.key for c in self.cells], "datasets": self.datasets, "splits": self.splits,
+                            "inputs": self.inputs})
 
 
-def _missing_files(config: dict[str, Any], base: Path) -> list[str]:
+def _input(kind: str, entry: str, param: str, path: str) -> dict[str, Any]:
+    p = Path(path)
+    return {"kind": kind, "entry": entry, "parameter": param, "path": path,
+            "sha256": sha256_file(p) if p.is_file() else None}
+
+
+def _file_params(config: dict[str, Any], typed: list[str]) -> list[str]:
+    """Model parameters naming a file: the typed model's file fields, else by name suffix."""
+    return [k for k, v in config.items() if isinstance(v, str) and v
+            and (k in typed or any(k.endswith(s) for s in FILE_PARAM_SUFFIXES))]
+
+
+def _missing_files(config: dict[str, Any], base: Path, typed: Sequence[str] = ()) -> list[str]:
     out = []
-    for k, v in config.items():
-        if isinstance(v, str) and v and any(k.endswith(s) for s in FILE_PARAM_SUFFIXES):
-            p = Path(v) if Path(v).is_absolute() else base / v
-            if not p.exists():
-                out.append(f"model parameter {k} names a file that does not exist: {p}")
+    for k in _file_params(config, list(typed)):
+        p = Path(resolve_path(config[k], base))
+        if not p.is_file():
+            out.append(f"model parameter {k} names a file that does not exist: {p}")
     return out
 
 
@@ -78,23 +98,27 @@ def cell_key(spec: dict[str, Any]) -> str:
 
 
 def _variant_config(v: Variant, registry: PluginRegistry, spec: StudySpec) -> dict[str, Any]:
+    """The variant's resolved config, validated by the core's resolver against the
+    model's typed config; file parameters are made absolute (relative to the study file)."""
+    model_cls = registry.get("model", v.model).cls
     defaults = registry.create("model", v.model).default_config()
-    unknown = sorted(set(v.set) - set(defaults))
+    schema = section_model(defaults, v.model, config_model_of(model_cls))
+    unknown = sorted(set(v.set) - set(schema.model_fields))
     if unknown:
         raise ConfigError(f"model variant {v.label!r}: unknown {v.model} parameters {', '.join(unknown)}",
                           file=str(spec.path), field=f"models.{v.label}.set",
-                          fix=f"known {v.model} parameters: {', '.join(sorted(defaults)) or 'none'}")
-    data = {"run": {"seed": 0, "panels": list(spec.panels), **spec.run}, "model": dict(v.set)}
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:  # validate via the core's resolver
-        yaml.safe_dump(data, fh)
+                          fix=f"known {v.model} parameters: {', '.join(sorted(schema.model_fields)) or 'none'}")
+    sets = dict(v.set)
+    for k in _file_params(sets, file_fields(schema)):
+        sets[k] = resolve_path(sets[k], spec.path.parent)
+    data = {"run": {"seed": 0, "panels": list(spec.panels), **spec.run}, "model": sets}
     try:
-        config, _ = resolve_config(defaults, config_file=fh.name, model_name=v.model)
-    finally:
-        Path(fh.name).unlink()
+        config, _ = resolve_config(defaults, model_name=v.model, config_model=schema, file_data=data,
+                                   file_label=f"study {spec.path}")
+    except ConfigError as exc:
+        raise ConfigError(f"model variant {v.label!r}: {exc.message}", file=str(spec.path),
+                          field=f"models.{v.label}.set.{(exc.field or '').removeprefix('model.')}"
+                          if (exc.field or "").startswith("model.") else exc.field, fix=exc.fix) from None
     return config
 
 
@@ -111,6 +135,8 @@ def build_plan(spec: StudySpec, store: ArtifactStore, registry: PluginRegistry,
             ds_reason[name] = f"dataset adapter plugin {d.adapter!r} is not installed or failed to load"
         elif d.path is not None and not Path(d.path).exists():
             ds_reason[name] = f"dataset file not found: {d.path}"
+        if d.path is not None:
+            plan.inputs.append(_input("dataset", name, "path", d.path))
         if name in ds_reason:
             plan.exclusions.append(Exclusion("dataset", name, ds_reason[name], n_cells))
             continue
@@ -149,7 +175,11 @@ def build_plan(spec: StudySpec, store: ArtifactStore, registry: PluginRegistry,
             plan.exclusions.append(Exclusion("model", v.label, reason, n_cells))
             continue
         config = _variant_config(v, registry, spec)
-        missing = _missing_files(config["model"], spec.path.parent)
+        typed = file_fields(section_model(config["model"], v.model, config_model_of(registry.get("model",
+                                                                                                   v.model).cls)))
+        missing = _missing_files(config["model"], spec.path.parent, typed)
+        for k in _file_params(config["model"], typed):
+            plan.inputs.append(_input("model", v.label, k, config["model"][k]))
         if missing:
             plan.exclusions.append(Exclusion("model", v.label, "; ".join(missing) + " (graph/file not available)",
                                              n_cells))
@@ -165,11 +195,13 @@ def build_plan(spec: StudySpec, store: ArtifactStore, registry: PluginRegistry,
             continue
         base = plan.variant_configs[v.label]
         has_seed = "seed" in base["model"]
+        files = {i["parameter"]: i["sha256"] for i in plan.inputs if i["kind"] == "model" and i["entry"] == v.label}
         for sname, sid in plan.splits.items():
             for seed in spec.seeds:
                 config = {"run": {**base["run"], "seed": seed},
                           "model": {**base["model"], **({"seed": seed} if has_seed else {})}}
-                key = cell_key({"label": v.label, "model": v.model, "split": sid, "config": config})
+                key = cell_key({"label": v.label, "model": v.model, "split": sid, "config": config,
+                                **({"files": files} if files else {})})
                 plan.cells.append(Cell(key, v.label, v.model, sname, sid, seed, config))
     return plan
 

@@ -94,6 +94,7 @@ def _resolved(spec: StudySpec, plan: Plan) -> dict[str, Any]:
         "seeds": spec.seeds, "panels": spec.panels, "run": spec.run, "claims": spec.claims,
         "cells": [c.describe() for c in plan.cells],
         "excluded": [vars(e) for e in plan.exclusions],
+        "inputs": plan.inputs, "plan_hash": plan.hash(),
     }
 
 

@@ -2,7 +2,8 @@
 
 A study YAML holds ``name``, ``datasets``, ``splits``, ``models``, ``seeds``,
 ``panels``, optional ``run`` (extra run parameters such as ``max_cells``) and
-optional ``claims``. Paths may use ``${PFM_SHARED_DATA}`` (default: the
+optional ``claims``; its structure is :class:`StudyFile` (typed, unknown keys
+refused). Relative paths are relative to the study file's folder. Paths may use ``${PFM_SHARED_DATA}`` (default: the
 ``shared/data`` folder beside the repository) and any other environment
 variable (``${VAR:-default}`` gives a default).
 """
@@ -13,11 +14,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from perturbfm.errors import ConfigError
+from perturbfm.options import ConfigModel, Int, Name, Names, Text, read_yaml_mapping, validate
 
 SHARED_ENV = "PFM_SHARED_DATA"
 TOP_KEYS = {"name", "description", "datasets", "splits", "models", "seeds", "panels", "run", "claims", "requires"}
@@ -116,6 +119,64 @@ def _need(cond: bool, msg: str, path: Path, fld: str, fix: str) -> None:
         raise ConfigError(msg, file=str(path), field=fld, fix=fix)
 
 
+def _study_name(value: Any) -> Any:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise PydanticCustomError("config_value", "must be letters, digits, . _ - (starting with a letter or "
+                                  "digit), got {got}", {"got": repr(value)})
+    return value
+
+
+def _mapping_or_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+StudyName = Annotated[str, BeforeValidator(_study_name)]
+Section = BeforeValidator(_mapping_or_empty)
+
+
+class DatasetEntry(ConfigModel):
+    """``datasets.<name>``: an adapter, an optional source path and adapter options."""
+
+    adapter: Name = Field(description="dataset adapter plugin (see `pfm-bench plugins`)")
+    path: Text | None = Field(None, description="source file; a relative path is relative to the study file")
+    options: Annotated[dict[str, Any], Section] = Field(default_factory=dict, description="adapter options")
+
+
+class SplitEntry(ConfigModel):
+    """``splits.<name>``: generated (dataset + generator + params + seed) or stored (id)."""
+
+    dataset: Name | None = Field(None, description="name of a dataset of this study")
+    generator: Name | None = Field(None, description="split generator plugin, e.g. random-groups")
+    params: Annotated[dict[str, Any], Section] = Field(default_factory=dict, description="generator parameters")
+    seed: Int = Field(0, ge=0, description="seed of the generator")
+    id: Name | None = Field(None, description="id (or unique prefix) of a stored split, instead of a generator")
+
+
+class VariantEntry(ConfigModel):
+    """One model variant: ``{model: NAME, label: LABEL, set: {...}}``."""
+
+    model: Name = Field(description="model plugin")
+    name: Name | None = Field(None, description="same as model")
+    label: StudyName | None = Field(None, description="unique label of the variant (default: the model name)")
+    set: Annotated[dict[str, Any], Section] = Field(default_factory=dict, description="model parameters")
+
+
+class StudyFile(ConfigModel):
+    """The top level of a study file (the structure; cross-references are checked after)."""
+
+    name: StudyName = Field(description="the study's name (its folder under <store>/studies)")
+    description: Text = Field("", description="free text")
+    datasets: Annotated[dict[Name, DatasetEntry], Section] = Field(default_factory=dict, description="datasets")
+    splits: Annotated[dict[Name, SplitEntry], Section] = Field(default_factory=dict, description="splits")
+    models: list[Any] = Field(description="model variants")
+    seeds: list[Int] = Field([0], min_length=1, description="run seeds (each cell is run once per seed)")
+    panels: Names = Field(["basic"], min_length=1, description="metric panels of every run")
+    run: Annotated[dict[str, Any], Section] = Field(default_factory=dict, description="extra run parameters")
+    claims: Annotated[list[Any], BeforeValidator(lambda v: [] if v is None else v)] = Field(
+        default_factory=list, description="claims checked on the results")
+    requires: dict[str, Any] | None = Field(None, description="distribution -> version specifier")
+
+
 def _variants(entries: Any, path: Path) -> list[Variant]:
     _need(isinstance(entries, list) and bool(entries), "models must be a non-empty list", path, "models",
           "write e.g. `models: [{model: additive}, {model: linear, label: linear_l1, set: {ridge_lambda: 1.0}}]`")
@@ -129,9 +190,16 @@ def _variants(entries: Any, path: Path) -> list[Variant]:
             mname = entry.get("name") or entry.get("model")
             _need(isinstance(mname, str), f"models[{i}] has variants but no name", path, f"models[{i}].name",
                   "add `name: <model>`")
-            for j, v in enumerate(entry["variants"] or [{}]):
-                v = dict(v or {})
-                out.append(_variant({"model": mname, **v}, path, f"models[{i}].variants[{j}]"))
+            unknown = sorted(set(entry) - {"name", "model", "variants"})
+            _need(not unknown, f"models[{i}]: unknown keys {unknown}", path, f"models[{i}]",
+                  "a variants entry holds name and variants only")
+            variants = entry["variants"] or [{}]
+            _need(isinstance(variants, list), f"models[{i}].variants must be a list", path, f"models[{i}].variants",
+                  "write `variants: [{label: a}, {label: b, set: {...}}]`")
+            for j, v in enumerate(variants):
+                _need(v is None or isinstance(v, dict), f"models[{i}].variants[{j}] must be a mapping", path,
+                      f"models[{i}].variants[{j}]", "write {label: LABEL, set: {...}}")
+                out.append(_variant({"model": mname, **(v or {})}, path, f"models[{i}].variants[{j}]"))
         else:
             if "name" in entry and "model" not in entry:
                 entry = {**entry, "model": entry["name"]}
@@ -144,67 +212,56 @@ def _variants(entries: Any, path: Path) -> list[Variant]:
 
 
 def _variant(entry: dict[str, Any], path: Path, where: str) -> Variant:
-    unknown = set(entry) - {"model", "name", "label", "set"}
-    _need(not unknown, f"{where}: unknown keys {sorted(unknown)}", path, where, "use model, label, set")
-    model = entry.get("model")
-    _need(isinstance(model, str) and bool(model), f"{where}: `model` is missing", path, where, "add `model: NAME`")
-    label = str(entry.get("label") or model)
-    _need(bool(_NAME.match(label)), f"{where}: label {label!r} must be letters, digits, . _ -", path,
-          f"{where}.label", "choose a simple label such as linear_l1")
-    sets = entry.get("set") or {}
-    _need(isinstance(sets, dict), f"{where}.set must be a mapping of model parameters", path, f"{where}.set",
-          "write `set: {ridge_lambda: 1.0}`")
-    return Variant(label=label, model=str(model), set=dict(sets))
+    v = validate(VariantEntry, entry, what="study", prefix=where, file=str(path))
+    return Variant(label=v.label or v.model, model=v.model, set=dict(v.set))
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """``value`` as an absolute path: ``~`` expanded, a relative path taken from ``base``."""
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
 
 
 def parse_study(data: dict[str, Any], path: Path) -> StudySpec:
-    """Validate a (variable-expanded) study mapping."""
+    """Validate a (variable-expanded) study mapping.
+
+    Relative dataset paths are resolved against the study file's folder, so the
+    same study opens the same files whatever the current directory.
+    """
     _need(isinstance(data, dict), "a study file must be a mapping", path, "", "see studies/example.yaml")
     unknown = set(data) - TOP_KEYS
     _need(not unknown, f"unknown study keys: {', '.join(sorted(unknown))}", path, ",".join(sorted(unknown)),
           f"use {', '.join(sorted(TOP_KEYS))}")
-    name = str(data.get("name") or "")
-    _need(bool(_NAME.match(name)), f"study name {name!r} must be letters, digits, . _ -", path, "name",
-          "set `name: my_study`")
-    datasets: dict[str, DatasetSpec] = {}
-    for dname, d in (data.get("datasets") or {}).items():
-        _need(isinstance(d, dict) and "adapter" in d, f"dataset {dname!r} needs an adapter", path,
-              f"datasets.{dname}", "write {adapter: synthetic, options: {...}} or {adapter: anndata, path: ...}")
-        datasets[str(dname)] = DatasetSpec(str(dname), str(d["adapter"]), d.get("path"), dict(d.get("options") or {}))
+    top = validate(StudyFile, data, what="study", file=str(path))
+    base = path.parent
+    datasets = {name: DatasetSpec(name, d.adapter, None if d.path is None else resolve_path(d.path, base),
+                                  dict(d.options)) for name, d in top.datasets.items()}
     splits: dict[str, SplitSpec] = {}
-    for sname, s in (data.get("splits") or {}).items():
+    for sname, s in top.splits.items():
         fld = f"splits.{sname}"
-        _need(isinstance(s, dict), f"split {sname!r} must be a mapping", path, fld, "see studies/example.yaml")
-        if s.get("id"):
-            splits[str(sname)] = SplitSpec(str(sname), s.get("dataset"), None, {}, int(s.get("seed", 0)),
-                                           id=str(s["id"]))
+        if s.id:
+            splits[sname] = SplitSpec(sname, s.dataset, None, {}, s.seed, id=s.id)
             continue
-        _need(s.get("dataset") in datasets, f"split {sname!r} names unknown dataset {s.get('dataset')!r}", path,
+        _need(s.dataset in datasets, f"split {sname!r} names unknown dataset {s.dataset!r}", path,
               f"{fld}.dataset", f"use one of: {', '.join(datasets) or 'none defined'}")
-        _need(isinstance(s.get("generator"), str), f"split {sname!r} needs a generator", path, f"{fld}.generator",
+        _need(s.generator is not None, f"split {sname!r} needs a generator", path, f"{fld}.generator",
               "e.g. generator: random-groups")
-        splits[str(sname)] = SplitSpec(str(sname), s["dataset"], s["generator"], dict(s.get("params") or {}),
-                                       int(s.get("seed", 0)))
+        splits[sname] = SplitSpec(sname, s.dataset, s.generator, dict(s.params), s.seed)
     _need(bool(splits), "a study needs at least one split", path, "splits", "add a `splits:` mapping")
-    seeds = data.get("seeds", [0])
-    _need(isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds),
-          "seeds must be a non-empty list of integers", path, "seeds", "write `seeds: [0, 1]`")
-    _need(len(set(seeds)) == len(seeds), "seeds must not repeat", path, "seeds", "list each seed once")
-    panels = data.get("panels", ["basic"])
-    if isinstance(panels, str):
-        panels = [p.strip() for p in panels.split(",") if p.strip()]
-    _need(isinstance(panels, list) and bool(panels), "panels must be a non-empty list", path, "panels",
-          "write `panels: [basic]`")
-    run = dict(data.get("run") or {})
+    _need(len(set(top.seeds)) == len(top.seeds), "seeds must not repeat", path, "seeds", "list each seed once")
+    run = dict(top.run)
     _need("seed" not in run and "panels" not in run, "run.seed / run.panels come from `seeds` and `panels`", path,
           "run", "remove them from `run:`")
-    claims = list(data.get("claims") or [])
-    ids = [str(c.get("id")) for c in claims if isinstance(c, dict)]
+    from perturbfm.config import RunConfig
+
+    validate(RunConfig, run, what="study", prefix="run", file=str(path))
+    claims = list(top.claims)
+    ids = [str(c.get("id")) for c in claims if isinstance(c, dict) and c.get("id") is not None]
     _need(len(ids) == len(claims) and len(set(ids)) == len(ids) and all(ids), "every claim needs a unique id",
           path, "claims", "give each claim `id: c1`")
-    return StudySpec(name=name, path=path, datasets=datasets, splits=splits, variants=_variants(data.get("models"), path),
-                     seeds=[int(x) for x in seeds], panels=[str(p) for p in panels], run=run, claims=claims,
-                     description=str(data.get("description") or ""), raw=data,
+    return StudySpec(name=top.name, path=path, datasets=datasets, splits=splits,
+                     variants=_variants(data.get("models"), path), seeds=list(top.seeds), panels=list(top.panels),
+                     run=run, claims=claims, description=top.description, raw=data,
                      requires=_requires(data.get("requires"), path))
 
 
@@ -219,12 +276,8 @@ def _requires(value: Any, path: Path) -> dict[str, str]:
 def load_study(path: str | Path) -> StudySpec:
     """Read, expand and validate a study file."""
     p = Path(path).expanduser().resolve()
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read study file: {exc}", file=str(p), fix="check the path") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study file is not valid YAML: {exc}", file=str(p), fix="fix the YAML syntax") from exc
+    data = read_yaml_mapping(p, what="study file", fix="a study is a mapping with name, datasets, splits, models, "
+                             "seeds and panels; see studies/example.yaml")
     env = dict(os.environ)
     env[SHARED_ENV] = str(default_shared_data(p.parent))
     return parse_study(expand_vars(data, env), p)

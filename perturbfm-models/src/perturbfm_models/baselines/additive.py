@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from perturbfm.interfaces import Model, Prediction
+from perturbfm.options import ConfigModel, defaults_of
 from perturbfm.training import TrainingData
+from pydantic import Field
 
-from .common import DeltaSummary, config_value, join_notes, require_fitted
+from .common import DeltaSummary, join_notes, read_model_config, require_fitted
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
 
 MISSING_POLICIES = ("zero", "train-mean")
+
+
+class AdditiveConfig(ConfigModel):
+    """The ``additive`` model's parameters."""
+
+    missing_single: Literal["zero", "train-mean"] = Field(
+        "zero", description="a single missing from training counts as a zero delta (zero) or as the context's "
+        "mean training delta (train-mean); noted per group either way")
 
 
 class AdditiveModel(Model):
@@ -37,15 +47,15 @@ class AdditiveModel(Model):
         self._singles: dict[tuple[str, str, str], np.ndarray] = {}
         self._policy: str = "zero"
 
+    config_model: ClassVar[type[ConfigModel]] = AdditiveConfig
+
     def default_config(self) -> dict[str, Any]:
-        """``missing_single``: ``"zero"`` or ``"train-mean"``."""
-        return {"missing_single": "zero"}
+        """``missing_single``: ``"zero"`` or ``"train-mean"`` (see :class:`AdditiveConfig`)."""
+        return defaults_of(AdditiveConfig)
 
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Index the single-gene training deltas by (gene, context, covariates)."""
-        self._policy = config_value(
-            config, self.default_config(), "missing_single", model=self.name, choices=MISSING_POLICIES
-        )
+        self._policy = read_model_config(AdditiveConfig, config, model=self.name).missing_single
         self._summary = DeltaSummary(train)
         self._singles = {}
         for g, delta in zip(self._summary.groups, self._summary.deltas):

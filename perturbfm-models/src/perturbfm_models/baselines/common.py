@@ -1,63 +1,26 @@
-"""Helpers shared by the baseline models: config reading and training-delta summaries."""
+"""Helpers shared by the baseline models: typed config reading and training-delta summaries."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from perturbfm.errors import ConfigError
+from perturbfm.options import validate
 from perturbfm.training import TrainingData
+from pydantic import BaseModel
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-def config_value(
-    config: Mapping[str, Any],
-    defaults: Mapping[str, Any],
-    key: str,
-    *,
-    model: str,
-    choices: Sequence[Any] | None = None,
-) -> Any:
-    """Read ``key`` from ``config`` (falling back to ``defaults``), checking ``choices``.
+def read_model_config(config_cls: type[ConfigT], config: Mapping[str, Any], *, model: str) -> ConfigT:
+    """Validate a model's config mapping (missing keys take their defaults).
 
     Raises:
-        ConfigError: the value is not one of ``choices``.
+        ConfigError: an unknown key or a malformed value, naming the key (as the
+            field) and a fix built from the field's type, constraint and default.
     """
-    value = config.get(key, defaults[key])
-    if choices is not None and value not in choices:
-        raise ConfigError(
-            f"model {model!r}: config value {value!r} is not allowed",
-            field=key,
-            fix=f"set {key} to one of {list(choices)}",
-        )
-    return value
-
-
-def config_number(
-    config: Mapping[str, Any],
-    defaults: Mapping[str, Any],
-    key: str,
-    *,
-    model: str,
-    integer: bool = False,
-    minimum: float | None = None,
-) -> float | int:
-    """Read a numeric config value, raising :class:`ConfigError` when malformed."""
-    value = config.get(key, defaults[key])
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok and minimum is not None:
-        ok = value >= minimum
-    if not ok or not np.isfinite(float(value)):
-        kind = "an integer" if integer else "a number"
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise ConfigError(
-            f"model {model!r}: config value {value!r} is not {kind}{bound}",
-            field=key,
-            fix=f"set {key} to {kind}{bound} (default {defaults[key]!r})",
-        )
-    return int(value) if integer else float(value)
+    return cast(ConfigT, validate(config_cls, dict(config), what=f"model {model!r}"))
 
 
 class DeltaSummary:

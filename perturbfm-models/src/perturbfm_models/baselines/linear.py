@@ -15,14 +15,16 @@ numpy SVD); ``P`` holds one row per training perturbation: the sum of the rows o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import Model, Prediction
+from perturbfm.options import ConfigModel, FilePath, Float, Int, defaults_of, file_field
 from perturbfm.training import TrainingData
+from pydantic import Field
 
-from .common import DeltaSummary, config_number, join_notes, require_fitted
+from .common import DeltaSummary, join_notes, read_model_config, require_fitted
 from .embedding import FIELD as EMB_FIELD
 from .embedding import load_embedding
 
@@ -37,6 +39,16 @@ def _ridge_inverse(m: np.ndarray, lam: float) -> np.ndarray:
         return np.linalg.inv(a)
     except np.linalg.LinAlgError:
         return np.linalg.pinv(a)
+
+
+class LinearConfig(ConfigModel):
+    """The ``linear`` model's parameters."""
+
+    n_components: Int = Field(10, ge=1, description="K: principal components of the training deltas kept as "
+                              "the gene embedding G (capped by the rank)")
+    ridge_lambda: Float = Field(0.1, ge=0.0, description="λ: ridge penalty on both sides of W")
+    pert_embedding_file: FilePath = file_field(
+        None, description="CSV/TSV of gene -> embedding for P (null: use the rows of G)")
 
 
 class LinearModel(Model):
@@ -64,9 +76,11 @@ class LinearModel(Model):
         self._unfit_reason: str | None = None
         self._info: dict[str, Any] = {}
 
+    config_model: ClassVar[type[ConfigModel]] = LinearConfig
+
     def default_config(self) -> dict[str, Any]:
         """``n_components`` (K), ``ridge_lambda`` (λ), ``pert_embedding_file`` (None: use G rows)."""
-        return {"n_components": 10, "ridge_lambda": 0.1, "pert_embedding_file": None}
+        return defaults_of(LinearConfig)
 
     # ------------------------------------------------------------------ fit
     def _embed(self, genes: Sequence[str]) -> tuple[np.ndarray | None, list[str]]:
@@ -79,11 +93,9 @@ class LinearModel(Model):
 
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Compute b, G (SVD of the centred training deltas), P and W in float64."""
-        defaults = self.default_config()
-        k_req = int(config_number(config, defaults, "n_components", model=self.name, integer=True, minimum=1))
-        lam = float(config_number(config, defaults, "ridge_lambda", model=self.name, minimum=0.0))
-        emb_file = config.get("pert_embedding_file", defaults["pert_embedding_file"])
-        if emb_file is not None and (not isinstance(emb_file, str) or not emb_file.strip()):
+        cfg = read_model_config(LinearConfig, config, model=self.name)
+        k_req, lam, emb_file = cfg.n_components, cfg.ridge_lambda, cfg.pert_embedding_file
+        if emb_file is not None and not emb_file.strip():
             raise ConfigError(
                 f"model {self.name!r}: pert_embedding_file must be a path or null, got {emb_file!r}",
                 field=EMB_FIELD,

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from perturbfm.interfaces import Model, Prediction
+from perturbfm.options import ConfigModel, defaults_of
 from perturbfm.training import TrainingData
 
 from .common import DeltaSummary, require_fitted
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
+
+
+class NoParameters(ConfigModel):
+    """A model that reads no parameters: any key given is refused."""
 
 
 class ControlMeanModel(Model):
@@ -25,9 +30,11 @@ class ControlMeanModel(Model):
     def __init__(self) -> None:
         self._n_genes: int | None = None
 
+    config_model: ClassVar[type[ConfigModel]] = NoParameters
+
     def default_config(self) -> dict[str, Any]:
         """This model reads no parameters."""
-        return {}
+        return defaults_of(NoParameters)
 
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Only records the number of genes."""
@@ -56,9 +63,11 @@ class TrainMeanModel(Model):
     def __init__(self) -> None:
         self._summary: DeltaSummary | None = None
 
+    config_model: ClassVar[type[ConfigModel]] = NoParameters
+
     def default_config(self) -> dict[str, Any]:
         """This model reads no parameters."""
-        return {}
+        return defaults_of(NoParameters)
 
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
         """Compute the per-context and global mean training deltas."""

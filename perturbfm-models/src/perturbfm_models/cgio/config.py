@@ -1,151 +1,77 @@
-"""CGIO's configuration: defaults, validation and parsed form."""
+"""CGIO's configuration: a typed model (defaults, constraints, descriptions)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from perturbfm.errors import ConfigError
-
-from perturbfm_models.baselines.common import config_number, config_value
+from perturbfm.options import Bool, ConfigModel, FilePath, Float, Int, Names, defaults_of, file_field, validate
+from pydantic import AfterValidator, Field
 
 MODEL = "cgio"
 GRAPH_KINDS = ("go", "coexpr", "edges")
 
-DEFAULTS: dict[str, Any] = {
-    "graphs": ["go", "coexpr"],
-    "use_graphs": True,
-    "gating": True,
-    "context_conditioning": True,
-    "additive_prior": True,
-    "residual": True,
-    "stacking": True,
-    "denoise": True,
-    "self_effect": True,
-    "cv_folds": 3,
-    "shrinkage": True,
-    "go_table": None,
-    "go_k": 20,
-    "go_min_jaccard": 0.1,
-    "go_hops": 1,
-    "max_nodes": 3000,
-    "coexpr_k": 20,
-    "coexpr_min_abs_r": 0.1,
-    "coexpr_source": "cells",
-    "edge_list": None,
-    "steps": 2,
-    "hidden": 32,
-    "rank": 8,
-    "dropout": 0.1,
-    "context_dropout": 0.1,
-    "epochs": 200,
-    "lr": 0.01,
-    "weight_decay": 0.0001,
-    "patience": 30,
-    "val_fraction": 0.2,
-    "refit_full": True,
-    "seed": 0,
-    "device": "cpu",
-}
 
-
-def _bool(config: Mapping[str, Any], key: str) -> bool:
-    value = config.get(key, DEFAULTS[key])
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "on", "off", "1", "0"):
-        return value.strip().lower() in ("true", "on", "1")
-    if not isinstance(value, bool):
-        raise ConfigError(f"model {MODEL!r}: {key} must be true or false, got {value!r}", field=key,
-                          fix=f"set {key} to true or false")
-    return value
-
-
-def _graphs(config: Mapping[str, Any]) -> list[str]:
-    value = config.get("graphs", DEFAULTS["graphs"])
-    if isinstance(value, str):
-        value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not all(v in GRAPH_KINDS for v in value):
-        raise ConfigError(f"model {MODEL!r}: graphs must be a list drawn from {list(GRAPH_KINDS)}, got {value!r}",
-                          field="graphs", fix="e.g. --set model.graphs=[go,coexpr]")
+def _graph_kinds(value: list[str]) -> list[str]:
+    bad = [v for v in value if v not in GRAPH_KINDS]
+    if bad:
+        raise ValueError(f"graph kind(s) {bad} unknown; use a list drawn from {list(GRAPH_KINDS)}")
     return list(dict.fromkeys(value))
 
 
-@dataclass
-class CGIOConfig:
-    """Parsed and checked CGIO settings (see :data:`DEFAULTS` for the keys)."""
+def _probability(description: str, default: float) -> Any:
+    return Field(default, ge=0.0, le=1.0, description=description)
 
-    graphs: list[str]
-    use_graphs: bool
-    gating: bool
-    context_conditioning: bool
-    additive_prior: bool
-    residual: bool
-    stacking: bool
-    denoise: bool
-    self_effect: bool
-    cv_folds: int
-    shrinkage: bool
-    go_table: str | None
-    go_k: int
-    go_min_jaccard: float
-    go_hops: int
-    max_nodes: int
-    coexpr_k: int
-    coexpr_min_abs_r: float
-    coexpr_source: str
-    edge_list: str | None
-    steps: int
-    hidden: int
-    rank: int
-    dropout: float
-    context_dropout: float
-    epochs: int
-    lr: float
-    weight_decay: float
-    patience: int
-    val_fraction: float
-    refit_full: bool
-    seed: int
-    device: str
+
+class CGIOConfig(ConfigModel):
+    """Parsed and checked CGIO settings."""
+
+    graphs: Annotated[Names, AfterValidator(_graph_kinds)] = Field(
+        ["go", "coexpr"], description="gene graphs to propagate over, drawn from go, coexpr, edges",
+        json_schema_extra={"type_label": "a list drawn from go, coexpr, edges"})
+    use_graphs: Bool = Field(True, description="use the gene graphs at all (off: an MLP over the additive prior)")
+    gating: Bool = Field(True, description="gate each graph's message by a learned per-gene weight")
+    context_conditioning: Bool = Field(True, description="condition on the context (cell line) embedding")
+    additive_prior: Bool = Field(True, description="start from the sum of the measured single deltas")
+    residual: Bool = Field(True, description="learn a residual on top of the prior")
+    stacking: Bool = Field(True, description="stack the network over the baselines with cross-validated weights")
+    denoise: Bool = Field(True, description="shrink noisy training deltas before fitting")
+    self_effect: Bool = Field(True, description="model the perturbed gene's own change separately")
+    cv_folds: Int = Field(3, ge=0, description="folds of the stacking cross-validation (0: no stacking CV)")
+    shrinkage: Bool = Field(True, description="empirical-Bayes shrinkage of per-group deltas")
+    go_table: FilePath = file_field(None, description="GO annotation TSV (null: the packaged table)")
+    go_k: Int = Field(20, ge=1, description="GO graph: neighbours kept per gene")
+    go_min_jaccard: Float = Field(0.1, ge=0.0, description="GO graph: minimum Jaccard similarity of an edge")
+    go_hops: Int = Field(1, ge=0, description="GO graph: hops of neighbourhood expansion")
+    max_nodes: Int = Field(3000, ge=1, description="largest gene graph (nodes) built")
+    coexpr_k: Int = Field(20, ge=1, description="co-expression graph: neighbours kept per gene")
+    coexpr_min_abs_r: Float = Field(0.1, ge=0.0, description="co-expression graph: minimum |r| of an edge")
+    coexpr_source: Literal["cells", "groups"] = Field(
+        "cells", description="co-expression computed over control cells or over group means")
+    edge_list: FilePath = file_field(None, description="TSV of gene pairs for the edges graph (null: none)")
+    steps: Int = Field(2, ge=0, description="message-passing steps")
+    hidden: Int = Field(32, ge=1, description="hidden width")
+    rank: Int = Field(8, ge=1, description="rank of the low-rank output layer")
+    dropout: Float = _probability("dropout rate", 0.1)
+    context_dropout: Float = _probability("dropout rate of the context embedding", 0.1)
+    epochs: Int = Field(200, ge=1, description="most training epochs")
+    lr: Float = Field(0.01, ge=0.0, description="Adam learning rate")
+    weight_decay: Float = Field(0.0001, ge=0.0, description="Adam weight decay")
+    patience: Int = Field(30, ge=1, description="early-stopping patience (epochs)")
+    val_fraction: Float = Field(0.2, ge=0.0, lt=1.0, description="training groups held out for early stopping")
+    refit_full: Bool = Field(True, description="refit on all training groups after early stopping")
+    seed: Int = Field(0, description="seed of initialisation and data order")
+    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="torch device")
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> CGIOConfig:
-        """Validate ``config`` (merged over :data:`DEFAULTS`).
+        """Validate ``config`` (missing keys take their defaults).
 
         Raises:
             ConfigError: an unknown key or a malformed value, naming the key and the fix.
         """
-        unknown = sorted(set(config) - set(DEFAULTS))
-        if unknown:
-            raise ConfigError(f"model {MODEL!r}: unknown config key(s) {unknown}", field=unknown[0],
-                              fix=f"use only: {', '.join(DEFAULTS)}")
+        return validate(cls, dict(config), what=f"model {MODEL!r}")  # type: ignore[no-any-return]
 
-        def num(key: str, integer: bool = False, minimum: float | None = None) -> Any:
-            return config_number(config, DEFAULTS, key, model=MODEL, integer=integer, minimum=minimum)
 
-        for key in ("go_table", "edge_list"):
-            v = config.get(key, DEFAULTS[key])
-            if v is not None and not isinstance(v, str):
-                raise ConfigError(f"model {MODEL!r}: {key} must be a path or null", field=key,
-                                  fix=f"set {key} to a file path or null")
-        return cls(
-            graphs=_graphs(config), use_graphs=_bool(config, "use_graphs"), gating=_bool(config, "gating"),
-            context_conditioning=_bool(config, "context_conditioning"),
-            additive_prior=_bool(config, "additive_prior"),
-            residual=_bool(config, "residual"), stacking=_bool(config, "stacking"),
-            denoise=_bool(config, "denoise"), self_effect=_bool(config, "self_effect"),
-            cv_folds=num("cv_folds", True, 0),
-            shrinkage=_bool(config, "shrinkage"),
-            go_table=config.get("go_table", None), go_k=num("go_k", True, 1),
-            go_min_jaccard=num("go_min_jaccard", minimum=0.0), go_hops=num("go_hops", True, 0),
-            max_nodes=num("max_nodes", True, 1), coexpr_k=num("coexpr_k", True, 1),
-            coexpr_min_abs_r=num("coexpr_min_abs_r", minimum=0.0),
-            coexpr_source=config_value(config, DEFAULTS, "coexpr_source", model=MODEL, choices=("cells", "groups")),
-            edge_list=config.get("edge_list", None), steps=num("steps", True, 0),
-            hidden=num("hidden", True, 1), rank=num("rank", True, 1), dropout=num("dropout", minimum=0.0),
-            context_dropout=num("context_dropout", minimum=0.0), epochs=num("epochs", True, 1),
-            lr=num("lr", minimum=0.0), weight_decay=num("weight_decay", minimum=0.0),
-            patience=num("patience", True, 1), val_fraction=num("val_fraction", minimum=0.0),
-            refit_full=_bool(config, "refit_full"), seed=num("seed", True),
-            device=config_value(config, DEFAULTS, "device", model=MODEL, choices=("auto", "cpu", "cuda")),
-        )
+#: Every key with its default (a plain mapping that remembers :class:`CGIOConfig`).
+DEFAULTS: dict[str, Any] = defaults_of(CGIOConfig)

@@ -84,11 +84,13 @@ class CGIOModel(Model):
         self._net: CGIONet | None = None
         self._diag: dict[str, Any] = {}
 
-    def default_config(self) -> dict[str, Any]:
-        """See :data:`perturbfm_models.cgio.config.DEFAULTS`."""
-        from .config import DEFAULTS
+    config_model = CGIOConfig
 
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+    def default_config(self) -> dict[str, Any]:
+        """See :class:`perturbfm_models.cgio.config.CGIOConfig`."""
+        from perturbfm.options import defaults_of
+
+        return defaults_of(CGIOConfig)
 
     # ------------------------------------------------------------------ graphs
     def _build_graphs(self, train: TrainingData, seeds: list[str]) -> tuple[list[str], list[G.GeneGraph]]:

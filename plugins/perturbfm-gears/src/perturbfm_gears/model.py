@@ -29,8 +29,10 @@ import numpy as np
 from perturbfm.errors import ConfigError
 from perturbfm.hashing import sha256_file
 from perturbfm.interfaces import Model, Prediction
+from perturbfm.options import Bool, ConfigModel, FilePath, Float, Int, Names, defaults_of, file_field
 from perturbfm.training import TrainingData
-from perturbfm_models.baselines.common import config_number
+from perturbfm_models.baselines.common import read_model_config
+from pydantic import Field
 
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
@@ -38,31 +40,34 @@ if TYPE_CHECKING:
 
 MODEL = "gears"
 GEARS_VERSION = "0.1.2"
-DEFAULTS: dict[str, Any] = {
-    "epochs": 20,
-    "lr": 1e-3,
-    "weight_decay": 5e-4,
-    "batch_size": 32,
-    "hidden_size": 64,
-    "decoder_hidden_size": 16,
-    "num_go_gnn_layers": 1,
-    "num_gene_gnn_layers": 1,
-    "go_k": 20,
-    "go_min_jaccard": 0.1,
-    "go_table": None,
-    "go_exclude_evidence": ["ND"],
-    "coexpress_k": 20,
-    "coexpress_threshold": 0.4,
-    "direction_lambda": 0.1,
-    "max_cells_per_group": None,
-    "max_control_cells": None,
-    "predict_control_cells": 300,
-    "seed": 0,
-    "verbose": False,
-}
-INT_KEYS = ("epochs", "batch_size", "hidden_size", "decoder_hidden_size", "num_go_gnn_layers",
-            "num_gene_gnn_layers", "go_k", "coexpress_k", "predict_control_cells", "seed")
-FLOAT_KEYS = ("lr", "weight_decay", "go_min_jaccard", "coexpress_threshold", "direction_lambda")
+
+
+class GearsConfig(ConfigModel):
+    """The ``gears`` model's parameters (see the plugin README)."""
+
+    epochs: Int = Field(20, ge=1, description="training epochs per context")
+    lr: Float = Field(1e-3, ge=0.0, description="Adam learning rate")
+    weight_decay: Float = Field(5e-4, ge=0.0, description="Adam weight decay")
+    batch_size: Int = Field(32, ge=1, description="cells per batch")
+    hidden_size: Int = Field(64, ge=1, description="GNN hidden width")
+    decoder_hidden_size: Int = Field(16, ge=1, description="decoder hidden width")
+    num_go_gnn_layers: Int = Field(1, ge=1, description="GO-graph GNN layers")
+    num_gene_gnn_layers: Int = Field(1, ge=1, description="co-expression GNN layers")
+    go_k: Int = Field(20, ge=1, description="GO graph: neighbours kept per gene")
+    go_min_jaccard: Float = Field(0.1, ge=0.0, description="GO graph: minimum Jaccard similarity of an edge")
+    go_table: FilePath = file_field(None, description="GO TSV (SYMBOL GO ONTOLOGY EVIDENCE); null: the packaged table")
+    go_exclude_evidence: Names = Field(["ND"], description="GO evidence codes left out of the graph")
+    coexpress_k: Int = Field(20, ge=1, description="co-expression graph: neighbours kept per gene")
+    coexpress_threshold: Float = Field(0.4, ge=0.0, description="co-expression graph: minimum |r| of an edge")
+    direction_lambda: Float = Field(0.1, ge=0.0, description="weight of GEARS's direction loss")
+    max_cells_per_group: Int | None = Field(None, ge=2, description="cells per training group (null: all)")
+    max_control_cells: Int | None = Field(None, ge=2, description="control cells used in training (null: all)")
+    predict_control_cells: Int = Field(300, ge=1, description="control cells a prediction averages over")
+    seed: Int = Field(0, ge=0, description="seed of GEARS's initialisation and data order")
+    verbose: Bool = Field(False, description="show GEARS's own output")
+
+
+DEFAULTS: dict[str, Any] = defaults_of(GearsConfig)
 MIN_CELLS = 2  # scanpy's DE test (GEARS computes top-20 DE genes per condition) needs >= 2 cells
 
 
@@ -159,34 +164,7 @@ def load_filtered_go(path: str | None, exclude: Sequence[str]) -> tuple[GoTable,
 # --------------------------------------------------------------------------- config
 def read_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validated config (defaults filled in); raises :class:`ConfigError`."""
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"model {MODEL!r}: unknown config key(s) {unknown}", field=unknown[0],
-                          fix=f"use only {sorted(DEFAULTS)}")
-    cfg: dict[str, Any] = {}
-    for k in INT_KEYS:
-        cfg[k] = config_number(config, DEFAULTS, k, model=MODEL, integer=True, minimum=0 if k == "seed" else 1)
-    for k in FLOAT_KEYS:
-        cfg[k] = config_number(config, DEFAULTS, k, model=MODEL, minimum=0.0)
-    for k in ("max_cells_per_group", "max_control_cells"):
-        v = config.get(k, DEFAULTS[k])
-        cfg[k] = None if v is None else config_number(config, DEFAULTS, k, model=MODEL, integer=True, minimum=2)
-    go = config.get("go_table", DEFAULTS["go_table"])
-    if go is not None and not isinstance(go, str):
-        raise ConfigError(f"model {MODEL!r}: go_table must be a path or null", field="go_table",
-                          fix="set go_table to a TSV path (SYMBOL GO ONTOLOGY EVIDENCE) or null for the default")
-    cfg["go_table"] = go
-    ev = config.get("go_exclude_evidence", DEFAULTS["go_exclude_evidence"])
-    if not isinstance(ev, (list, tuple)) or not all(isinstance(e, str) for e in ev):
-        raise ConfigError(f"model {MODEL!r}: go_exclude_evidence must be a list of evidence codes",
-                          field="go_exclude_evidence", fix='e.g. ["ND"] or []')
-    cfg["go_exclude_evidence"] = list(ev)
-    verbose = config.get("verbose", DEFAULTS["verbose"])
-    if not isinstance(verbose, bool):
-        raise ConfigError(f"model {MODEL!r}: verbose must be true or false", field="verbose",
-                          fix="set verbose to true or false")
-    cfg["verbose"] = verbose
-    return cfg
+    return read_model_config(GearsConfig, config, model=MODEL).model_dump()
 
 
 # --------------------------------------------------------------------------- fitted state
@@ -245,9 +223,11 @@ class GearsModel(Model):
         self._go_prov: dict[str, Any] = {}
         self._log: dict[str, str] = {}
 
+    config_model = GearsConfig
+
     def default_config(self) -> dict[str, Any]:
-        """See the plugin README for every key."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
+        """See :class:`GearsConfig` and the plugin README for every key."""
+        return defaults_of(GearsConfig)
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
