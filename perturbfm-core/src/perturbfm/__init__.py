@@ -1,14 +1,43 @@
-"""PerturbFM core: hook specs, artifact stores and the benchmark run.
+"""PerturbFM core: hook specs, artifact stores, the benchmark run and a Python API.
 
-Public API::
+Python API (AnnData in, data frames out; see ``docs/python-api.md``)::
+
+    import perturbfm as pfm
+    ds = pfm.import_adata(adata, perturbation_key="condition", control="control", context_key="cell_type")
+    split = pfm.make_split(ds, "random-groups", seed=0, test_fraction=0.25)
+    run = pfm.run("linear", split)          # run.metrics, run.predictions, run.report_path
+    pfm.evaluate(pred, truth, perturbation_key="condition")
+
+Plugin authors::
 
     from perturbfm import hookimpl                 # decorate plugin hooks
     from perturbfm.interfaces import Model, MetricPanel, DatasetAdapter, SplitGenerator
-    from perturbfm.store import ArtifactStore
+
+The API functions are imported on first use, so ``import perturbfm`` stays cheap.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 from perturbfm.hookspecs import hookimpl  # noqa: E402
 
-__all__ = ["__version__", "hookimpl"]
+_API = ("Dataset", "Run", "compare", "evaluate", "import_adata", "import_data", "list_datasets", "list_runs", "list_splits",
+        "load_run", "make_split", "metrics_frame", "names", "run")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from perturbfm import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'perturbfm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
+
+__all__ = ["__version__", "hookimpl", *_API]
