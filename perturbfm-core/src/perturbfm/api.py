@@ -355,7 +355,7 @@ def run(model: str, split: Split | str, *, config: str | os.PathLike[str] | Mapp
         config: a YAML config file, or a mapping ``{"model": {...}, "run": {...}}``.
         progress: called with a short message at each stage.
         **overrides: parameters, e.g. ``ridge_lambda=0.5`` (model), ``ensemble=3`` (run),
-            ``model__seed=1`` (explicit section).
+            ``model__ridge_lambda=0.5`` (explicit section).
 
     Returns:
         The :class:`Run`; ``run.status`` is ``"failed"`` (and ``run.error`` says why) when the
