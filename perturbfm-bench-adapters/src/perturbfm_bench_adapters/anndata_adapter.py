@@ -23,6 +23,7 @@ import pandas as pd
 from perturbfm.canonical.expression import (
     EXPRESSION_MODES,
     check_matrix_type,
+    matrix_of,
     prepare_expression,
     prepare_expression_chunked,
 )
@@ -369,15 +370,10 @@ def _gene_names(var: pd.DataFrame, key: str | None, file: str, processing: list[
 
 def _expression_source(src: ad.AnnData, layer: str | None, file: str, processing: list[str]) -> tuple[Any, str]:
     """The matrix holding the expression values (``X`` or ``layers[layer]``) and its label."""
-    if layer is None or not str(layer).strip():
-        return src.X, "X"
-    layer = str(layer).strip()
-    if layer not in src.layers:
-        raise DatasetValidationError(
-            f"the file has no layer {layer!r} (given as layer)", file=file, field="layer",
-            fix=f"name one of the layers: {head(list(src.layers), 20) or 'none (use X: leave layer unset)'}")
-    processing.append(f"expression values from layers[{layer!r}] (X not used)")
-    return src.layers[layer], f"layers[{layer!r}]"
+    matrix, label = matrix_of(src, layer, file=file)
+    if label != "X":
+        processing.append(f"expression values from {label} (X not used)")
+    return matrix, label
 
 
 def _take_rows(value: Any, rows: np.ndarray | None) -> Any:

@@ -356,7 +356,7 @@ def _print_run_result(result: Any, *, quiet: bool = False, as_json: bool = False
             t.add_row(*[_plain(c) for c in row])
         err_console.print(t)
     elif err is not None:
-        err_console.print(f"[red]run failed:[/red] {escape(err.render())}")
+        err_console.print(f"[red]run failed:[/red] {escape(err.render())}", soft_wrap=True)
     err_console.print(f"run directory (status: failed): {escape(str(result.run_dir))}")
     if as_json:
         _echo_json(_run_json(result))
@@ -574,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except PerturbFMError as exc:
         label = "plugin error" if isinstance(exc, PluginError) else "error"
-        err_console.print(f"[bold red]{label}:[/bold red] {escape(exc.render())}")
+        err_console.print(f"[bold red]{label}:[/bold red] {escape(exc.render())}", soft_wrap=True)
         return EXIT_USER_ERROR
     return 0
 

@@ -28,6 +28,7 @@ from perturbfm.canonical.expression import (
     check_matrix_type,
     classify_space,
     iter_row_blocks,
+    matrix_of,
     prepare_expression,
     scan_matrix,
 )
@@ -194,13 +195,7 @@ def open_input(src: Any, *, option: str, perturbation_key: str, control: str, co
                                              fix=f"pass {opt} naming one of: {head(list(adata.obs.columns), 30)}")
         pert, is_ctrl = canonical_labels(adata.obs[perturbation_key], control, "+", file, perturbation_key)
         ctx = context_labels(adata.obs, list(context_keys), file)
-        if layer:
-            if layer not in adata.layers:
-                raise DatasetValidationError(f"no layer {layer!r} (given as layer=)", file=file, field="layer",
-                                             fix=f"name one of the layers: {head(list(adata.layers), 20) or 'none'}")
-            matrix, label = adata.layers[layer], f"layers[{layer!r}]"
-        else:
-            matrix, label = adata.X, "X"
+        matrix, label = matrix_of(adata, layer, file=file)
         check_matrix_type(matrix, file=file, source_label=label)
         stats = scan_matrix(matrix, file=file, source_label=label)
         inp = EvalInput(adata, file, option, np.asarray(pert, dtype=object), np.asarray(is_ctrl, dtype=bool),
@@ -252,37 +247,41 @@ def _space_text(inp: EvalInput) -> str:
     return _SPACE_WORDS[inp.space].format(max=inp.stats["max"])
 
 
+_ALLOWED = {"log1p": ("log1p", "empty"), "counts": ("counts", "unknown", "empty")}
+
+
 def resolve_expression(truth: EvalInput, pred: EvalInput, expression: str) -> str:
     """The expression space both sides are scored in (``"log1p"`` or ``"counts"``).
 
-    ``log1p``: raw counts (or values beyond log1p's range) are refused with the fix
-    ``--counts``. ``counts``: log1p-normalised values are refused. ``auto``: the
-    truth's space; the prediction must be in it. Either side is named with its space.
+    ``log1p``: raw counts (or values beyond log1p's range) are refused; ``counts``:
+    log1p-normalised values are refused; ``auto``: the truth's space. When one side
+    fits and the other does not, the two are in different spaces and the misfit is
+    refused with the other side's space as the fix; when neither fits, the fix is the
+    other mode (``--counts`` or dropping it).
     """
     mode = expression
     if mode == "auto":
         mode = "counts" if truth.space in ("counts", "unknown") else "log1p"
-    for side, other in ((truth, pred), (pred, truth)):
-        if mode == "log1p" and side.space in ("counts", "unknown"):
-            if side is pred and truth.space in ("log1p", "empty") and expression != "log1p":
-                raise PredictionError(
-                    f"the prediction holds {_space_text(pred)} but the truth holds {_space_text(truth)}: "
-                    "they are in different expression spaces", file=pred.file, field=pred.matrix_label,
-                    fix="predict in the truth's space (log1p-normalised), e.g. log1p(counts / total * 1e4)")
-            raise DatasetValidationError(
-                f"the {side.role} holds {_space_text(side)}; scoring it as log1p-normalised "
-                "expression would be wrong", file=side.file, field=side.matrix_label,
-                fix="if both files hold raw counts, pass --counts (Python: expression='counts'); otherwise give "
-                "log1p-normalised values (e.g. log1p(counts / total * 1e4)) in both files")
-        if mode == "counts" and side.space == "log1p":
-            why = (f"; the {other.role} holds {_space_text(other)}: the two are in different "
-                   "expression spaces") if other.space in ("counts", "unknown") else ""
-            cls = PredictionError if side is pred else DatasetValidationError
-            raise cls(
-                f"the {side.role} holds {_space_text(side)}, not raw counts{why}",
-                file=side.file, field=side.matrix_label,
-                fix="if both files are log1p-normalised, drop --counts (Python: expression='log1p'); otherwise give "
-                "raw counts in both files")
+    allowed = _ALLOWED[mode]
+    for side, other in ((pred, truth), (truth, pred)):
+        if side.space in allowed:
+            continue
+        cls = PredictionError if side is pred else DatasetValidationError
+        if other.space in allowed:
+            target = ("log1p-normalised values, e.g. log1p(counts / total * 1e4)" if mode == "log1p"
+                      else "raw counts")
+            raise cls(f"the {side.role} holds {_space_text(side)} but the {other.role} holds {_space_text(other)}: "
+                      "they are in different expression spaces", file=side.file, field=side.matrix_label,
+                      fix=f"give the {side.role} in the {other.role}'s space ({target})")
+        both = f"; the {other.role} ({other.file}) holds {_space_text(other)}"
+        if mode == "log1p":
+            raise cls(f"the {side.role} holds {_space_text(side)}{both}; scoring them as log1p-normalised "
+                      "expression would be wrong", file=side.file, field=side.matrix_label,
+                      fix="if both files hold raw counts, pass --counts (Python: expression='counts'); otherwise "
+                      "give log1p-normalised values in both files")
+        raise cls(f"the {side.role} holds {_space_text(side)}, not raw counts{both}", file=side.file,
+                  field=side.matrix_label,
+                  fix="both files are log1p-normalised: drop --counts (Python: expression='log1p')")
     return mode
 
 

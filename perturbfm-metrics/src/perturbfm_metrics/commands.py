@@ -40,14 +40,15 @@ def _print_incomplete(err: PanelIncompleteError) -> None:
 
 
 @click.command("eval")
-@click.option("--pred", "pred", required=True, type=click.Path(dir_okay=False), help="Predicted cells (.h5ad).")
-@click.option("--truth", "truth", required=True, type=click.Path(dir_okay=False), help="True cells (.h5ad).")
+@click.option("--pred", "pred", required=True, type=click.Path(), help="Predicted cells (.h5ad).")
+@click.option("--truth", "truth", required=True, type=click.Path(), help="True cells (.h5ad).")
 @click.option("--perturbation-key", default="perturbation", show_default=True, help="obs column of perturbations.")
 @click.option("--control", default="control", show_default=True, help="Label of control cells.")
 @click.option("--context-key", "context_keys", multiple=True, help="obs column(s) defining the context.")
 @click.option("--panels", default=DEFAULT_PANELS, show_default=True,
               help="standard (every installed standard panel) or comma-separated panel names.")
-@click.option("--out", default="metrics.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--out", default="metrics.json", show_default=True, type=click.Path(),
+              help="Where metrics.json is written (never over --pred or --truth).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Cell-subsampling seed (>= 0).")
 @click.option("--max-cells", type=int, default=DEFAULT_MAX_CELLS, show_default=True,
               help="Cells per group used by the cell-based metrics (>= 1).")

@@ -59,6 +59,22 @@ def check_matrix_type(X: Any, *, file: str | None, source_label: str = "X") -> N
                             "store numeric (float or integer) expression values")
 
 
+def matrix_of(adata: Any, layer: str | None, *, file: str | None) -> tuple[Any, str]:
+    """``(matrix, label)``: ``adata.layers[layer]``, else ``adata.X`` (``None`` when the file has
+    no X, also in backed mode where anndata raises instead). An unknown layer is refused."""
+    if layer is not None and str(layer).strip():
+        layer = str(layer).strip()
+        if layer not in adata.layers:
+            names = ", ".join(map(str, list(adata.layers)[:20])) or "none (leave the layer unset to use X)"
+            raise _matrix_error(f"the file has no layer {layer!r} (given as layer / --layer)", file, "layer",
+                                f"name one of the layers: {names}")
+        return adata.layers[layer], f"layers[{layer!r}]"
+    try:
+        return adata.X, "X"
+    except KeyError:  # backed file without X
+        return None, "X"
+
+
 def to_csr_float64(X: Any, *, file: str | None = None, source_label: str = "X") -> sp.csr_matrix:
     """A new float64 CSR copy of ``X`` (dense or sparse), duplicates summed; refuses non-numeric input."""
     check_matrix_type(X, file=file, source_label=source_label)
