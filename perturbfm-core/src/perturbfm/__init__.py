@@ -4,8 +4,8 @@ Python API (AnnData in, data frames out; see ``docs/python-api.md``)::
 
     import perturbfm as pfm
     ds = pfm.import_adata(adata, perturbation_key="condition", control="control", context_key="cell_type")
-    split = pfm.make_split(ds, "random-groups", seed=0, test_fraction=0.25)
-    run = pfm.run("linear", split)          # run.metrics, run.predictions, run.report_path
+    split = pfm.make_split(ds, generator, seed=0, test_fraction=0.25)  # pfm.names("split_generator")
+    run = pfm.run(model, split)             # run.metrics, run.predictions, run.report_path
     pfm.evaluate(pred, truth, perturbation_key="condition")
 
 Plugin authors::

@@ -5,8 +5,8 @@
     import perturbfm as pfm
 
     ds = pfm.import_adata(adata, perturbation_key="condition", control="control", context_key="cell_type")
-    split = pfm.make_split(ds, "random-groups", seed=0, test_fraction=0.25)
-    run = pfm.run("linear", split, ridge_lambda=1.0)
+    split = pfm.make_split(ds, generator, seed=0, test_fraction=0.25)  # pfm.names("split_generator")
+    run = pfm.run(model, split, n_components=8)                # pfm.names("model")
     run.metrics                      # tidy DataFrame: panel, metric, raw, calibrated, baseline, ...
     pfm.evaluate(pred_adata, truth_adata, perturbation_key="condition", context_key="cell_type")
 

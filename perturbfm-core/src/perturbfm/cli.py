@@ -305,7 +305,7 @@ def metrics_table(m: dict[str, Any]) -> Table:
 
     t = Table(title=escape(f"{m['model']} on split {m['split'][:7]} ({m['n_groups']} held-out groups); "
                            "calibrated = (raw - baseline) / (replicate - baseline): 0 baseline, 1 replicate"))
-    for col in ("panel", "metric", "raw", "calibrated", "baseline", "replicate", "indep. ctrl", "train-mean",
+    for col in ("panel", "metric", "raw", "calibrated", "baseline", "replicate", "indep. ctrl", "train mean",
                 "unresolv."):
         t.add_column(col, justify="left" if col in ("panel", "metric") else "right")
     for r in metric_rows(m):
