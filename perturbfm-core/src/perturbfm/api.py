@@ -13,6 +13,9 @@
 Every function takes ``store=`` (a path or :class:`~perturbfm.store.ArtifactStore`;
 default ``$PFM_HOME``); objects returned carry the store they came from. The
 ``pfm-bench`` commands are thin wrappers over these functions.
+
+Length: the whole public API is one module on purpose (one page to read, one
+``__all__``); each function only validates arguments and calls the core.
 """
 
 from __future__ import annotations

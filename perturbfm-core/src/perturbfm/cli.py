@@ -3,6 +3,9 @@
 Conventions: results go to stdout (an id or a path, or JSON with ``--json``);
 tables, progress and notes go to stderr; text that comes from users, data or
 plugins is escaped before Rich prints it (``[red]`` stays ``[red]``).
+
+Length: one module holds every core command so that `--help` and the registry-driven
+help epilogues stay in one place; each command is a few lines over :mod:`perturbfm.api`.
 """
 
 from __future__ import annotations
@@ -539,7 +542,7 @@ def _add_plugin_commands() -> None:
             probe = click.Group()
             impl.function(cli=probe)
         except Exception as exc:  # a broken plugin's commands are skipped, not fatal
-            err_console.print(f"[yellow]plugin {impl.plugin_name} failed to add commands: {exc}[/yellow]")
+            err_console.print(f"[yellow]{escape(f'plugin {impl.plugin_name} failed to add commands: {exc}')}[/yellow]")
             continue
         for name, cmd in probe.commands.items():
             existing = cli.commands.get(name)
@@ -548,12 +551,12 @@ def _add_plugin_commands() -> None:
             elif isinstance(existing, click.Group) and isinstance(cmd, click.Group):
                 for sub_name, sub in cmd.commands.items():
                     if sub_name in existing.commands:
-                        err_console.print(f"[yellow]plugin {impl.plugin_name}: command '{name} {sub_name}' "
-                                          "already exists; ignored[/yellow]")
+                        err_console.print(f"[yellow]{escape(f'plugin {impl.plugin_name}: command {name} {sub_name}')}"
+                                          " already exists; ignored[/yellow]")
                     else:
                         existing.add_command(sub, sub_name)
             else:
-                err_console.print(f"[yellow]plugin {impl.plugin_name}: command {name!r} already exists; "
+                err_console.print(f"[yellow]{escape(f'plugin {impl.plugin_name}: command {name!r}')} already exists; "
                                   "ignored[/yellow]")
 
 

@@ -8,6 +8,9 @@ function (:func:`open_input`), in memory or backed: duplicate names, obs keys,
 labels, and the expression matrix (type, NaN/inf, negatives, and its expression
 space: raw counts are never scored as log1p, and a prediction in another space
 than the truth is refused).
+
+Length: reading, checking and scoring share the :class:`EvalInput` of both sides and
+both modes (in memory, backed); splitting them would spread one contract over modules.
 """
 
 from __future__ import annotations
