@@ -219,6 +219,20 @@ def metrics_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(metric_rows(metrics), columns=list(METRIC_COLUMNS))
 
 
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``frame`` as JSON-ready dicts: Python scalars at full precision, missing as None."""
+    import math
+
+    def clean(v: Any) -> Any:
+        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return [{str(k): clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())

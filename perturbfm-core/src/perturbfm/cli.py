@@ -53,8 +53,10 @@ def _echo_json(data: Any) -> None:
 
 
 def _frame_records(frame: Any) -> list[dict[str, Any]]:
-    """A DataFrame as JSON-ready records (missing values as null)."""
-    return json.loads(frame.to_json(orient="records"))
+    """A DataFrame as JSON-ready records (full precision; missing values as null)."""
+    from perturbfm.api import frame_records
+
+    return frame_records(frame)
 
 
 def _plain(value: Any) -> str:

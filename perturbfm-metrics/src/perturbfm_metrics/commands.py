@@ -66,7 +66,7 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
              context_keys: tuple[str, ...], panels: str, out: str, seed: int, max_cells: int, counts: bool,
              layer: str | None, pred_layer: str | None, backed: bool, as_json: bool) -> None:
     """Score a prediction .h5ad against a truth .h5ad and write metrics.json."""
-    from perturbfm.api import evaluate
+    from perturbfm.api import evaluate, frame_records
     from perturbfm.console import EXIT_RUN_FAILED, err_console, escape, progress_reporter
     from perturbfm.references import fmt
 
@@ -86,7 +86,7 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
         err_console.print(f"[bold red]{escape(metrics['synthetic_note'])}[/bold red]")
     if as_json:
         click.echo(json.dumps({"metrics_path": path, "synthetic": bool(metrics.get("synthetic")),
-                               "rows": json.loads(frame.to_json(orient="records"))}, indent=2))
+                               "rows": frame_records(frame)}, indent=2, allow_nan=False))
         return
     err_console.print(f"{'panel':>13} {'metric':<40} {'raw':>10} {'calibrated':>10} {'baseline':>10} "
                       f"{'replicate':>10} {'indep.ctrl':>10}", markup=False)
