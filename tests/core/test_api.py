@@ -125,6 +125,10 @@ def test_run_is_callable_however_the_module_was_imported():
 
     assert callable(pfm.run) and pfm.run.execute_run is execute_run
     assert perturbfm.run is pfm.run
+    import perturbfm.compare
+    from perturbfm.compare import compare_runs
+
+    assert callable(pfm.compare) and pfm.compare.compare_runs is compare_runs
 
 
 def test_override_sets():

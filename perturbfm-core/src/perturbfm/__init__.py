@@ -31,32 +31,38 @@ _API = ("Dataset", "Run", "compare", "evaluate", "import_adata", "import_data", 
         "load_run", "make_split", "metrics_frame", "names", "run")
 
 
-class _RunModule(types.ModuleType):
-    """The ``perturbfm.run`` module, callable as :func:`perturbfm.api.run` (the pipeline
-    module and the API function share the name ``run``)."""
+class _CallableModule(types.ModuleType):
+    """A submodule that shares its name with an API function (``perturbfm.run``,
+    ``perturbfm.compare``) and, called, is that function."""
 
-    def __call__(self, model: str, split: Any, **kwargs: Any) -> Any:
-        from perturbfm.api import run as run_model
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from perturbfm import api
 
-        return run_model(model, split, **kwargs)
+        return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+
+
+def _shared_name(name: str) -> property:
+    """``perturbfm.<name>``: the submodule, made callable, however and whenever it is imported."""
+
+    def get(self: types.ModuleType) -> Any:
+        mod = sys.modules.get(f"{__name__}.{name}") or importlib.import_module(f"{__name__}.{name}")
+        if not isinstance(mod, _CallableModule):
+            mod.__class__ = _CallableModule
+        return mod
+
+    def set_(self: types.ModuleType, value: Any) -> None:  # the import system binds the submodule here
+        if isinstance(value, types.ModuleType) and not isinstance(value, _CallableModule):
+            value.__class__ = _CallableModule
+        self.__dict__[f"_{name}_module"] = value
+
+    return property(get, set_)
 
 
 class _Package(types.ModuleType):
-    """``perturbfm`` itself: ``perturbfm.run`` is the run module, made callable, however
-    and whenever it is imported."""
+    """``perturbfm`` itself, where ``run`` and ``compare`` are both modules and API functions."""
 
-    @property
-    def run(self) -> Any:
-        mod = sys.modules.get(f"{__name__}.run") or importlib.import_module(f"{__name__}.run")
-        if not isinstance(mod, _RunModule):
-            mod.__class__ = _RunModule
-        return mod
-
-    @run.setter
-    def run(self, value: Any) -> None:  # the import system binds the submodule here
-        if isinstance(value, types.ModuleType) and not isinstance(value, _RunModule):
-            value.__class__ = _RunModule
-        self.__dict__["_run_module"] = value
+    run = _shared_name("run")
+    compare = _shared_name("compare")
 
 
 sys.modules[__name__].__class__ = _Package
