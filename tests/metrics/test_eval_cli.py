@@ -112,3 +112,42 @@ def test_backed_eval_matches_in_memory(tmp_path):
         for key, e in panel["metrics"].items():
             eb = mb["panels"][pname]["metrics"][key]
             assert eb["global"] == pytest.approx(e["global"], rel=1e-9, abs=1e-12), (pname, key)
+
+
+def test_json_output_and_the_api_give_the_same_rows(tmp_path, capsys):
+    from perturbfm.api import evaluate
+
+    pred, truth = _user_files(tmp_path)
+    rc, out = _eval(tmp_path, pred, truth, "--panels", "basic", "--json")
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics_path"] == str(out.resolve()) and printed["synthetic"] is False
+    frame = evaluate(str(pred), str(truth), context_key="cell_line", panels="basic")
+    assert [r["metric"] for r in printed["rows"]] == frame["metric"].tolist()
+    assert [r["raw"] for r in printed["rows"]] == pytest.approx(frame["raw"].tolist(), rel=1e-12)
+
+
+def test_raw_counts_are_refused_without_counts_and_scored_with_it(tmp_path, capsys):
+    pred, truth = _user_files(tmp_path)
+    for path in (pred, truth):
+        a = ad.read_h5ad(path)
+        a.X = np.round(np.expm1(np.asarray(a.X)) * 7)
+        a.write_h5ad(path)
+    rc, out = _eval(tmp_path, pred, truth, "--panels", "basic")
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and not out.exists() and "raw counts" in err and "--counts" in err
+    rc, out = _eval(tmp_path, pred, truth, "--panels", "basic", "--counts")
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert m["truth"]["expression_space"] == "log1p_cp10k" and m["conventions"]["expression"]["mode"] == "counts"
+
+
+def test_synthetic_truth_is_written_and_printed(tmp_path, capsys):
+    pred, truth = _user_files(tmp_path)
+    a = ad.read_h5ad(truth)
+    a.uns["perturbfm"] = {"dataset_hash": "x", "synthetic": True}
+    a.write_h5ad(truth)
+    rc, out = _eval(tmp_path, pred, truth, "--panels", "basic")
+    assert rc == 0 and "SYNTHETIC" in capsys.readouterr().err
+    m = json.loads(out.read_text())
+    assert m["synthetic"] is True and "SYNTHETIC" in m["synthetic_note"]

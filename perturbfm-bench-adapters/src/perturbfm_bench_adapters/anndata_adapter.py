@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from perturbfm.canonical.expression import (
     EXPRESSION_MODES,
+    check_matrix_type,
+    matrix_of,
     prepare_expression,
     prepare_expression_chunked,
 )
@@ -53,6 +55,8 @@ from perturbfm_bench_adapters._options import as_bool, as_str_list
 #: ``perturbation_key`` and ``context_keys`` (e.g. defaults that depend on the columns).
 Prepare = Callable[[pd.DataFrame, str, list[str]], tuple[pd.DataFrame, dict[str, Any]]]
 DEFAULT_CHUNK = 10_000
+#: What error messages name as the "file" of an in-memory AnnData.
+IN_MEMORY = "<in-memory AnnData>"
 
 
 def _is_number(text: str) -> bool:
@@ -77,6 +81,8 @@ class AnnDataAdapter(DatasetAdapter):
     """Import an ``.h5ad`` perturbation screen (log1p or raw counts)."""
 
     name: ClassVar[str] = "anndata"
+    #: ``load`` takes an in-memory AnnData as well as a path (see :func:`perturbfm.api.import_adata`).
+    accepts_anndata: ClassVar[bool] = True
     description: ClassVar[str] = (
         "any .h5ad perturbation screen: name the perturbation, context and covariate obs columns"
     )
@@ -96,6 +102,7 @@ class AnnDataAdapter(DatasetAdapter):
         "backed": "read the file with anndata backed='r' and convert X in row chunks, for files "
         "larger than memory (default False)",
         "chunk_size": f"rows per chunk in backed mode (default {DEFAULT_CHUNK})",
+        "layer": "name of the layer holding the expression values (e.g. 'counts'); default: X",
         "gene_name_key": "optional var column holding the gene symbols to use as gene names "
         "(e.g. GEARS' 'gene_name' when var_names are Ensembl ids)",
         "licence": "licence of the source data, recorded in the manifest",
@@ -104,7 +111,7 @@ class AnnDataAdapter(DatasetAdapter):
 
     def load(  # type: ignore[override]
         self,
-        path: str | Path | None = None,
+        path: str | Path | ad.AnnData | None = None,
         *,
         perturbation_key: str = "perturbation",
         control: str = CONTROL,
@@ -116,22 +123,24 @@ class AnnDataAdapter(DatasetAdapter):
         backed: Any = False,
         chunk_size: Any = DEFAULT_CHUNK,
         gene_name_key: str | None = None,
+        layer: str | None = None,
         licence: str | None = None,
         citation: str | None = None,
         **unknown: Any,
     ) -> AdapterResult:
-        """Read ``path`` and return the canonical dataset (see the class ``options``)."""
+        """Read ``path`` (an ``.h5ad`` file or an in-memory :class:`anndata.AnnData`,
+        never modified) and return the canonical dataset (see the class ``options``)."""
         return self._load(
             path, unknown, perturbation_key=perturbation_key, control=control,
             combo_delimiter=combo_delimiter, context_keys=context_keys, covariate_keys=covariate_keys,
             expression=expression, obs_filter=obs_filter, backed=backed, chunk_size=chunk_size,
-            gene_name_key=gene_name_key, licence=licence, citation=citation,
+            gene_name_key=gene_name_key, layer=layer, licence=licence, citation=citation,
         )
 
     # ------------------------------------------------------------------ shared core
     def _load(
         self,
-        path: str | Path | None,
+        path: str | Path | ad.AnnData | None,
         unknown: dict[str, Any],
         *,
         perturbation_key: str,
@@ -146,12 +155,14 @@ class AnnDataAdapter(DatasetAdapter):
         gene_name_key: str | None,
         licence: str | None,
         citation: str | None,
+        layer: str | None = None,
         prepare: Prepare | None = None,
         extra: dict[str, Any] | None = None,
     ) -> AdapterResult:
         """The parsing every AnnData-based adapter shares (validated options in,
         canonical dataset out); ``prepare`` may derive the perturbation column."""
-        file = str(Path(path).resolve()) if path is not None else None
+        in_memory = isinstance(path, ad.AnnData)
+        file = IN_MEMORY if in_memory else str(Path(path).resolve()) if path is not None else None
         if unknown:
             bad = sorted(unknown)
             raise DatasetValidationError(
@@ -160,7 +171,7 @@ class AnnDataAdapter(DatasetAdapter):
             )
         if file is None:
             raise DatasetValidationError(
-                f"the {self.name} adapter needs the path of an .h5ad file", field="path",
+                f"the {self.name} adapter needs the path of an .h5ad file (or an AnnData)", field="path",
                 fix=f"pass the file, e.g. `pfm-bench data import --adapter {self.name} data.h5ad`",
             )
         expression = str(expression).strip().lower()
@@ -173,6 +184,10 @@ class AnnDataAdapter(DatasetAdapter):
         if is_backed is None:
             raise DatasetValidationError(f"backed must be true or false, got {backed!r}", file=file,
                                          field="backed", fix="pass backed=true or backed=false")
+        if in_memory and is_backed:
+            raise DatasetValidationError("backed=true reads a file, but an in-memory AnnData was given",
+                                         file=file, field="backed",
+                                         fix="drop backed=true, or pass the path of the .h5ad file")
         try:
             chunk = int(chunk_size)
         except (TypeError, ValueError):
@@ -185,9 +200,10 @@ class AnnDataAdapter(DatasetAdapter):
                                              fix=f"pass a non-empty {opt}")
         ctx_keys, cov_keys = as_str_list(context_keys), as_str_list(covariate_keys)
 
-        src = self._read(file, backed=is_backed)
+        src = path if isinstance(path, ad.AnnData) else self._read(file, backed=is_backed)
         try:
-            processing = [f"read {Path(file).name} ({src.n_obs} cells x {src.n_vars} genes)"
+            processing = [f"read {'an in-memory AnnData' if in_memory else Path(file).name} "
+                          f"({src.n_obs} cells x {src.n_vars} genes)"
                           + (" in backed mode (anndata backed='r')" if is_backed else "")]
             self._check_shape_and_names(src, file)
             rows: np.ndarray | None = None
@@ -215,19 +231,23 @@ class AnnDataAdapter(DatasetAdapter):
             covs, numeric = covariates(obs, cov_keys, file, processing)
             check_controls(pert, is_ctrl, context, control, perturbation_key, ctx_keys, file)
 
+            X_src, label = _expression_source(src, layer, file, processing)
+            names = obs.index.astype(str)
             if is_backed:
                 X, space, expr_lines = prepare_expression_chunked(
-                    src.X, rows, expression, file=file, source_label="X", chunk_rows=chunk)
+                    X_src, rows, expression, file=file, source_label=label, chunk_rows=chunk, cell_names=names)
             else:
+                check_matrix_type(X_src, file=file, source_label=label)
                 X, space, expr_lines = prepare_expression(
-                    src.X if rows is None else src.X[rows], expression, file=file, source_label="X")
+                    X_src if rows is None else X_src[rows], expression, file=file, source_label=label,
+                    cell_names=names)
             processing += expr_lines
             obsm = {k: _take_rows(v, rows) for k, v in src.obsm.items()}
             varm = {k: copy.deepcopy(v) for k, v in src.varm.items()}
             var, uns = _gene_names(src.var, gene_name_key, file, processing), copy.deepcopy(dict(src.uns))
             dropped = [k for k in ("layers", "obsp", "varp") if len(getattr(src, k))]
         finally:
-            if is_backed and getattr(src, "file", None) is not None:
+            if is_backed and not in_memory and getattr(src, "file", None) is not None:
                 src.file.close()
 
         overwritten = [c for c in (PERT_COL, CONTROL_COL, CONTEXT_COL, COVARIATES_COL, GROUP_COL,
@@ -247,9 +267,13 @@ class AnnDataAdapter(DatasetAdapter):
         universe, missing = gene_universe(adata.var_names, np.unique(pert))
         processing.append(f"gene universe: {adata.n_vars} measured genes + {len(missing)} perturbed "
                           "genes that are not measured")
+        source = ({"path": None, "kind": "in-memory AnnData", "format": "AnnData"} if in_memory
+                  else {"path": file, "file_sha256": sha256_file(file), "format": "h5ad"})
+        if layer:
+            source["layer"] = str(layer)
         return AdapterResult(
             adata=adata,
-            source={"path": file, "file_sha256": sha256_file(file), "format": "h5ad"},
+            source=source,
             synthetic=False, expression_space=space, processing=processing,
             licence=licence, citation=citation,
             extra={"obs_filter": obs_filter, "n_obs": int(adata.n_obs), "backed": is_backed,
@@ -342,6 +366,14 @@ def _gene_names(var: pd.DataFrame, key: str | None, file: str, processing: list[
     var.index = pd.Index(names.to_numpy(), name=None)
     processing.append(f"gene names from var[{key!r}]")
     return var
+
+
+def _expression_source(src: ad.AnnData, layer: str | None, file: str, processing: list[str]) -> tuple[Any, str]:
+    """The matrix holding the expression values (``X`` or ``layers[layer]``) and its label."""
+    matrix, label = matrix_of(src, layer, file=file)
+    if label != "X":
+        processing.append(f"expression values from {label} (X not used)")
+    return matrix, label
 
 
 def _take_rows(value: Any, rows: np.ndarray | None) -> Any:

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anndata as ad
 import numpy as np
 import pandas as pd
+from perturbfm.canonical.labels import split_combo
 from perturbfm.canonical.obs import head
 from perturbfm.dataset import COMBO_DELIMITER, CONTROL
 from perturbfm.errors import DatasetValidationError
@@ -30,7 +32,8 @@ from perturbfm_bench_adapters.anndata_adapter import DEFAULT_CHUNK, AnnDataAdapt
 GENERIC_DEFAULTS: dict[str, Any] = {
     "perturbation_key": "perturbation", "control": CONTROL, "combo_delimiter": COMBO_DELIMITER,
     "context_keys": (), "covariate_keys": (), "expression": "auto", "obs_filter": None,
-    "backed": False, "chunk_size": DEFAULT_CHUNK, "gene_name_key": None, "licence": None, "citation": None,
+    "backed": False, "chunk_size": DEFAULT_CHUNK, "gene_name_key": None, "layer": None, "licence": None,
+    "citation": None,
 }
 #: Joins the genes of a derived perturbation column; cannot occur in gene names.
 _JOIN = "\x1f"
@@ -116,7 +119,10 @@ class GearsAdapter(FormatAdapter):
 
     def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:  # type: ignore[override]
         """As the base, but var 'gene_name' (if present) names the genes unless told otherwise."""
-        if "gene_name_key" not in options and path is not None and Path(path).is_file():
+        if isinstance(path, ad.AnnData):
+            if "gene_name_key" not in options and "gene_name" in path.var.columns:
+                options = {**options, "gene_name_key": "gene_name"}
+        elif "gene_name_key" not in options and path is not None and Path(path).is_file():
             import h5py
 
             try:
@@ -203,7 +209,7 @@ class ScPerturbAdapter(FormatAdapter):
 def _split(value: Any, delim: str, control: str) -> list[str]:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
-    parts = [p.strip() for p in str(value).split(delim)]
+    parts = split_combo(str(value), delim)
     return [p for p in parts if p and p != control and p.lower() not in ("nan", "none")]
 
 

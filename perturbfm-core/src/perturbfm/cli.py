@@ -1,4 +1,12 @@
-"""The ``pfm-bench`` command line."""
+"""The ``pfm-bench`` command line: thin wrappers over :mod:`perturbfm.api`.
+
+Conventions: results go to stdout (an id or a path, or JSON with ``--json``);
+tables, progress and notes go to stderr; text that comes from users, data or
+plugins is escaped before Rich prints it (``[red]`` stays ``[red]``).
+
+Length: one module holds every core command so that `--help` and the registry-driven
+help epilogues stay in one place; each command is a few lines over :mod:`perturbfm.api`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import click
 from rich.table import Table
 
 from perturbfm import __version__
-from perturbfm.console import EXIT_RUN_FAILED, EXIT_USER_ERROR, console, err_console, escape
+from perturbfm.console import EXIT_RUN_FAILED, EXIT_USER_ERROR, console, err_console, escape, progress_reporter
 from perturbfm.errors import PanelIncompleteError, PerturbFMError, PluginError
 from perturbfm.plugins import get_registry
 from perturbfm.store import ArtifactStore
@@ -25,6 +33,44 @@ def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
     from perturbfm.options import parse_key_values
 
     return parse_key_values(items, option=flag, example="name=value")
+
+
+def _echo_json(data: Any) -> None:
+    from perturbfm.jsonable import jsonable
+
+    click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
+
+
+def _frame_records(frame: Any) -> list[dict[str, Any]]:
+    """A DataFrame as JSON-ready records (full precision; missing values as null)."""
+    from perturbfm.api import frame_records
+
+    return frame_records(frame)
+
+
+def _plain(value: Any) -> str:
+    """A table cell from user/data/plugin text, with Rich markup escaped."""
+    return escape(str(value))
+
+
+class _ListsInstalled(click.Command):
+    """A command whose ``--help`` ends with the installed names of some plugin kinds
+    (read from the registry when help is shown; nothing is hard-coded)."""
+
+    def __init__(self, *args: Any, kinds: Sequence[tuple[str, str]] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kinds = tuple(kinds)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        try:
+            reg = get_registry()
+            rows = [(label, ", ".join(reg.names(kind)) or "none installed") for kind, label in self.kinds]
+        except Exception as exc:  # help must print even when the registry cannot load
+            rows = [("installed plugins", f"unavailable ({type(exc).__name__}: {exc})")]
+        if rows:
+            with formatter.section("Installed"):
+                formatter.write_dl(rows)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,59 +196,82 @@ def data() -> None:
     """Import, list and inspect datasets."""
 
 
-@data.command("import")
+@data.command("import", cls=_ListsInstalled, kinds=[("dataset_adapter", "adapters")])
 @click.argument("path", required=False, type=click.Path())
-@click.option("--adapter", default="anndata", show_default=True, help="Dataset adapter name.")
+@click.option("--adapter", default=None, help="Dataset adapter name (default: the import adapter of defaults.yaml).")
 @click.option("--perturbation-key", default=None, help="obs column holding the perturbation label.")
 @click.option("--control", default=None, help="Label of control cells.")
 @click.option("--combo-delimiter", default=None, help="Delimiter joining the genes of a combination.")
 @click.option("--context-key", "context_keys", multiple=True, help="obs column(s) defining the context.")
 @click.option("--covariate-key", "covariate_keys", multiple=True, help="obs column(s) of covariates.")
+@click.option("--layer", default=None, help="Layer holding the expression values (default: X).")
 @click.option("--expression", type=click.Choice(["auto", "counts", "log1p"]), default=None,
               help="X holds raw counts (normalised + log1p at import) or log1p values.")
 @click.option("--opt", "opts", multiple=True, help="Extra adapter option key=value.")
+@click.option("--json", "as_json", is_flag=True, help="Print the dataset (id and manifest) as JSON.")
 @click.pass_context
-def data_import(ctx: click.Context, path: str | None, adapter: str, opts: Sequence[str], **named: Any) -> None:
+def data_import(ctx: click.Context, path: str | None, adapter: str | None, opts: Sequence[str], as_json: bool,
+                **named: Any) -> None:
     """Import a dataset into the store and print its content hash."""
+    from perturbfm.api import import_data
+
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in named.items() if v not in (None, ())}
     options.update(_parse_kv(opts, "--opt"))
-    from perturbfm.datasets import import_dataset
-
-    stored, created = import_dataset(_store(ctx), adapter, path, options)
-    m = stored.manifest
+    ds = import_data(path, adapter=adapter, store=_store(ctx), **options)
+    m = ds.manifest
     err_console.print(
-        f"{'imported' if created else 'already in the store'}: {m['n_obs']} cells x {m['n_vars']} genes, "
-        f"{m['n_groups']} groups, contexts {', '.join(m['contexts'])}"
+        escape(f"{'imported' if ds.created else 'already in the store'}: {m['n_obs']} cells x {m['n_vars']} genes, "
+               f"{m['n_groups']} groups, contexts {', '.join(m['contexts'])}")
         + (" [bold red](SYNTHETIC)[/bold red]" if m.get("synthetic") else "")
     )
     if m.get("perturbed_genes_not_measured"):
         nm = m["perturbed_genes_not_measured"]
         err_console.print(f"{len(nm)} of {len(m['perturbed_genes'])} perturbed genes are not measured")
-    click.echo(stored.hash)
+    if as_json:
+        _echo_json({"id": ds.id, "created": ds.created, "manifest": m})
+    else:
+        click.echo(ds.id)
 
 
 @data.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (full ids).")
 @click.pass_context
-def data_list(ctx: click.Context) -> None:
+def data_list(ctx: click.Context, as_json: bool) -> None:
     """List datasets in the store."""
-    t = Table()
-    for col in ("hash", "adapter", "cells", "genes", "groups", "contexts", "synthetic", "source"):
-        t.add_column(col)
-    for d in _store(ctx).datasets.list():
-        m = d.manifest
-        src = m.get("source", {})
-        t.add_row(d.hash[:12], m["adapter"], str(m["n_obs"]), str(m["n_vars"]), str(m["n_groups"]),
-                  ",".join(m["contexts"]), "yes" if m.get("synthetic") else "no",
-                  str(src.get("path") or src.get("simulator") or src)[:50])
-    console.print(t)
+    from perturbfm.api import list_datasets
+
+    frame = list_datasets(store=_store(ctx))
+    if as_json:
+        _echo_json(_frame_records(frame))
+        return
+    _print_frame(frame, {"id": "hash", "n_obs": "cells", "n_vars": "genes", "n_groups": "groups"})
 
 
 @data.command("show")
 @click.argument("dataset")
 @click.pass_context
 def data_show(ctx: click.Context, dataset: str) -> None:
-    """Print a dataset's manifest."""
+    """Print a dataset's manifest (JSON)."""
     click.echo(json.dumps(_store(ctx).datasets.get(dataset).manifest, indent=2))
+
+
+def _print_frame(frame: Any, rename: dict[str, str] | None = None, *, title: str | None = None) -> None:
+    """A frame as a Rich table on a terminal (ids never truncated: they fold), else as
+    tab-separated lines with full values (for pipes, files and narrow consoles)."""
+    rename = rename or {}
+    headers = [rename.get(c, c) for c in frame.columns]
+    rows = [["" if v is None or v != v else str(v) for v in row] for row in frame.itertuples(index=False)]
+    if not console.is_terminal:
+        click.echo("\t".join(headers))
+        for row in rows:
+            click.echo("\t".join(v.replace("\t", " ").replace("\n", " ") for v in row))
+        return
+    t = Table(title=title)
+    for h in headers:
+        t.add_column(h, overflow="fold", no_wrap=False)
+    for row in rows:
+        t.add_row(*[_plain(v) for v in row])
+    console.print(t)
 
 
 # ----------------------------------------------------------------------------- splits
@@ -211,69 +280,82 @@ def splits() -> None:
     """Create, list and inspect hash-locked splits."""
 
 
-@splits.command("create")
+@splits.command("create", cls=_ListsInstalled, kinds=[("split_generator", "generators")])
 @click.option("--dataset", required=True, help="Dataset hash (or unique prefix).")
-@click.option("--generator", required=True, help="Split generator name.")
+@click.option("--generator", required=True, help="Split generator name (installed ones are listed below).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--test", "test", default=None, help="Comma-separated held-out group ids (explicit).")
-@click.option("--val", "val", default=None, help="Comma-separated validation group ids (explicit).")
-@click.option("--context", default=None, help="Context to hold out (context-ood) or restrict to.")
-@click.option("--test-fraction", type=float, default=None)
-@click.option("--val-fraction", type=float, default=None)
-@click.option("--param", "params", multiple=True, help="Extra generator parameter key=value.")
+@click.option("--param", "params", multiple=True,
+              help="Generator parameter key=value (repeatable), e.g. --param test_fraction=0.2; see "
+              "`pfm-bench plugins` for each generator's parameters.")
+@click.option("--test", "test", default=None, help="Shorthand for --param test=... (comma-separated group ids).")
+@click.option("--val", "val", default=None, help="Shorthand for --param val=... (comma-separated group ids).")
+@click.option("--context", default=None, help="Shorthand for --param context=...")
+@click.option("--test-fraction", type=float, default=None, help="Shorthand for --param test_fraction=...")
+@click.option("--val-fraction", type=float, default=None, help="Shorthand for --param val_fraction=...")
+@click.option("--json", "as_json", is_flag=True, help="Print the split id, counts and parameters as JSON.")
 @click.pass_context
 def splits_create(ctx: click.Context, dataset: str, generator: str, seed: int, params: Sequence[str],
-                  **named: Any) -> None:
+                  as_json: bool, **named: Any) -> None:
     """Generate a split, store it immutably, and print its id."""
     from perturbfm.datasets import create_split
 
     p = {k: v for k, v in named.items() if v is not None}
-    p.update(_parse_kv(params, "--param"))
+    given = _parse_kv(params, "--param")
+    clash = sorted(k for k in given if k in p and given[k] != p[k])
+    if clash:
+        raise PerturbFMError(f"--param {clash[0]} contradicts --{clash[0].replace('_', '-')}", field="--param",
+                             fix=f"give {clash[0]} once")
+    p.update(given)
     sid, created, split = create_split(_store(ctx), dataset, generator, p, seed)
     c = split.counts()
-    err_console.print(
-        f"{'created' if created else 'exists (identical content)'}: "
-        + ", ".join(f"{k} {v}" for k, v in c.items() if v) + " groups"
-    )
-    click.echo(sid)
+    err_console.print(escape(f"{'created' if created else 'exists (identical content)'}: "
+                             + ", ".join(f"{k} {v}" for k, v in c.items() if v) + " groups"))
+    if as_json:
+        _echo_json({"id": sid, "created": created, "counts": c, "generator": generator, "params": split.params,
+                    "seed": seed, "dataset": split.dataset})
+    else:
+        click.echo(sid)
 
 
 @splits.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def splits_list(ctx: click.Context) -> None:
-    """List stored splits."""
-    t = Table()
-    for col in ("id", "dataset", "generator", "family", "params", "seed", "train", "val", "test", "calib"):
-        t.add_column(col)
-    for sid, s in _store(ctx).splits.list():
-        c = s.counts()
-        t.add_row(sid[:12], s.dataset[:12], s.generator, (s.family or "-")[:12], json.dumps(s.params)[:40], str(s.seed),
-                  str(c["train"]), str(c["val"]), str(c["test"]), str(c["calibration"]))
-    console.print(t)
+def splits_list(ctx: click.Context, as_json: bool) -> None:
+    """List stored splits (full ids; tab-separated when stdout is not a terminal)."""
+    from perturbfm.api import list_splits
+
+    frame = list_splits(store=_store(ctx))
+    if as_json:
+        _echo_json(_frame_records(frame))
+        return
+    _print_frame(frame, {"calibration": "calib"})
 
 
 @splits.command("show")
 @click.argument("split")
 @click.pass_context
 def splits_show(ctx: click.Context, split: str) -> None:
-    """Print a split (verified against its hash)."""
+    """Print a split (verified against its hash) as JSON."""
     s = _store(ctx).splits.get(split)
     click.echo(json.dumps({"id": s.id, **s.content()}, indent=2))
 
 
 # ----------------------------------------------------------------------------- run
-@cli.command("run")
-@click.option("--model", required=True, help="Model name (see `pfm-bench plugins`).")
+@cli.command("run", cls=_ListsInstalled, kinds=[("model", "models"), ("metric_panel", "panels")])
+@click.option("--model", required=True, help="Model name (installed ones are listed below).")
 @click.option("--split", "split", required=True, help="Split id (or unique prefix).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
 @click.option("--set", "sets", multiple=True, help="Override a parameter: section.key=value.")
 @click.option("--ensemble", type=int, default=None, help="Train K members (same as --set run.ensemble=K).")
 @click.option("--conformal", is_flag=True, help="Split-conformal intervals on the split's calibration groups.")
 @click.option("--mondrian", is_flag=True, help="Conformal calibration per context (implies --conformal).")
+@click.option("--quiet", "--print-path", "quiet", is_flag=True,
+              help="Print only the run directory on stdout (no table, no progress).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run (id, directory, status, metrics rows) as JSON.")
 @click.pass_context
 def run_cmd(ctx: click.Context, model: str, split: str, config_file: str | None, sets: Sequence[str],
-            ensemble: int | None, conformal: bool, mondrian: bool) -> None:
-    """Fit, predict, evaluate and write a run directory."""
+            ensemble: int | None, conformal: bool, mondrian: bool, quiet: bool, as_json: bool) -> None:
+    """Fit, predict, evaluate and write a run directory; its path goes to stdout."""
     from perturbfm.run import execute_run
 
     sets = list(sets)
@@ -283,10 +365,10 @@ def run_cmd(ctx: click.Context, model: str, split: str, config_file: str | None,
         sets.append("run.conformal=true")
     if mondrian:
         sets.append("run.conformal_mondrian=true")
-    with console.status("starting") as status:
+    with progress_reporter(model, enabled=False if quiet else None) as say:
         result = execute_run(_store(ctx), model=model, split=split, config_file=config_file, sets=sets,
-                             progress=lambda msg: status.update(msg))
-    _print_run_result(result)
+                             progress=say)
+    _print_run_result(result, quiet=quiet, as_json=as_json)
     if result.status != "succeeded":
         ctx.exit(EXIT_RUN_FAILED)
 
@@ -295,32 +377,48 @@ def metrics_table(m: dict[str, Any]) -> Table:
     """Raw and calibrated global values beside the references, one row per metric."""
     from perturbfm.references import fmt, metric_rows
 
-    t = Table(title=f"{m['model']} on split {m['split'][:7]} ({m['n_groups']} held-out groups); "
-                    "calibrated = (raw - baseline) / (replicate - baseline): 0 baseline, 1 replicate")
-    for col in ("panel", "metric", "raw", "calibrated", "baseline", "replicate", "indep. ctrl", "train-mean",
+    t = Table(title=escape(f"{m['model']} on split {m['split'][:7]} ({m['n_groups']} held-out groups); "
+                           "calibrated = (raw - baseline) / (replicate - baseline): 0 baseline, 1 replicate"))
+    for col in ("panel", "metric", "raw", "calibrated", "baseline", "replicate", "indep. ctrl", "train mean",
                 "unresolv."):
         t.add_column(col, justify="left" if col in ("panel", "metric") else "right")
     for r in metric_rows(m):
         if r["raw"] is None:
-            t.add_row(r["panel"], r["metric"], "n/a", "", "", "", "", "", "", style="dim")
+            t.add_row(_plain(r["panel"]), _plain(r["metric"]), "n/a", "", "", "", "", "", "", style="dim")
             continue
         arrow = {True: " ↑", False: " ↓"}.get(r["higher_is_better"], "")
-        t.add_row(r["panel"], r["metric"] + arrow, fmt(r["raw"]), fmt(r["calibrated"], 3), fmt(r["baseline"]),
-                  fmt(r["replicate"]), fmt(r["indep_ctrl"]), fmt(r["train_mean"]),
+        t.add_row(_plain(r["panel"]), _plain(r["metric"]) + arrow, fmt(r["raw"]), fmt(r["calibrated"], 3),
+                  fmt(r["baseline"]), fmt(r["replicate"]), fmt(r["indep_ctrl"]), fmt(r["train_mean"]),
                   "" if r["n_unresolvable"] is None else str(r["n_unresolvable"]))
     return t
 
 
-def _print_run_result(result: Any) -> None:
+def _run_json(result: Any) -> dict[str, Any]:
+    from perturbfm.api import metrics_frame
+
+    out: dict[str, Any] = {"run_id": result.run_id, "run_dir": str(result.run_dir), "status": result.status}
+    if result.metrics is not None:
+        out["synthetic"] = bool(result.metrics.get("synthetic"))
+        out["metrics"] = _frame_records(metrics_frame(result.metrics))
+    if result.error is not None:
+        out["error"] = result.error.render()
+    return out
+
+
+def _print_run_result(result: Any, *, quiet: bool = False, as_json: bool = False) -> None:
     if result.status == "succeeded":
         m = result.metrics
-        if m.get("synthetic"):
-            err_console.print("[bold red]SYNTHETIC DATA[/bold red]: results come from simulated data")
-        console.print(metrics_table(m))
-        sel = m.get("panel_selection", {}).get("selection", "")
-        if sel.startswith("narrower"):
-            err_console.print(f"note: {sel}; the standard panels are: run.panels=standard")
-        click.echo(str(result.run_dir))
+        if not quiet:
+            if m.get("synthetic"):
+                err_console.print("[bold red]SYNTHETIC DATA[/bold red]: results come from simulated data")
+            err_console.print(metrics_table(m))
+            sel = m.get("panel_selection", {}).get("selection", "")
+            if sel.startswith("narrower"):
+                err_console.print(escape(f"note: {sel}; the standard panels are: run.panels=standard"))
+        if as_json:
+            _echo_json(_run_json(result))
+        else:
+            click.echo(str(result.run_dir))
         return
     err = result.error
     if isinstance(err, PanelIncompleteError):
@@ -329,44 +427,117 @@ def _print_run_result(result: Any) -> None:
         for col in ("panel", "key", "problem"):
             t.add_column(col)
         for row in err.problems:
-            t.add_row(*row)
+            t.add_row(*[_plain(c) for c in row])
         err_console.print(t)
     elif err is not None:
-        err_console.print(f"[red]run failed:[/red] {err.render()}")
-    err_console.print(f"run directory (status: failed): {result.run_dir}")
+        err_console.print(f"[red]run failed:[/red] {escape(err.render())}", soft_wrap=True)
+    err_console.print(f"run directory (status: failed): {escape(str(result.run_dir))}")
+    if as_json:
+        _echo_json(_run_json(result))
+
+
+# ----------------------------------------------------------------------------- runs
+@cli.group()
+def runs() -> None:
+    """List runs, show one, regenerate its report."""
+
+
+@runs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def runs_list(ctx: click.Context, as_json: bool) -> None:
+    """Every run directory of the store, newest first."""
+    from perturbfm.api import list_runs
+
+    frame = list_runs(store=_store(ctx))
+    if as_json:
+        _echo_json(_frame_records(frame))
+        return
+    _print_frame(frame.drop(columns=["run_dir"]))
+
+
+@runs.command("show")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (summary and metrics rows).")
+@click.pass_context
+def runs_show(ctx: click.Context, run: str, as_json: bool) -> None:
+    """A run's summary and metrics table (RUN: run id or directory)."""
+    from perturbfm.api import load_run
+
+    r = load_run(run, store=_store(ctx))
+    info = r.info()
+    metrics = r.metrics_json if info["has_metrics"] else None
+    if as_json:
+        from perturbfm.api import metrics_frame
+
+        _echo_json({**info, "report": str(r.report_path) if r.report_path.exists() else None,
+                    "metrics": _frame_records(metrics_frame(metrics)) if metrics is not None else None})
+        return
+    for key, value in info.items():
+        err_console.print(f"{key:>12}: {escape(str(value))}")
+    if metrics is not None:
+        err_console.print(metrics_table(metrics))
+    else:
+        err_console.print("no metrics.json (the run did not succeed); see run_status.json")
+    click.echo(info["run_dir"])
+
+
+@runs.command("report")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print {run_id, report} as JSON.")
+@click.pass_context
+def runs_report(ctx: click.Context, run: str, as_json: bool) -> None:
+    """Regenerate a run's report.html from its files and print its path."""
+    from perturbfm.api import load_run
+
+    r = load_run(run, store=_store(ctx))
+    path = r.report()
+    if as_json:
+        _echo_json({"run_id": r.run_id, "report": str(path)})
+    else:
+        click.echo(str(path))
 
 
 # ----------------------------------------------------------------------------- demo
-@cli.command("demo")
+@cli.command("demo", cls=_ListsInstalled, kinds=[("model", "models")])
 @click.option("--seed", type=int, default=0, show_default=True, help="Simulator and split seed.")
-@click.option("--models", default="control-mean,train-mean,additive,linear,cgio", show_default=True)
+@click.option("--models", default=None,
+              help="Comma-separated models (default: demo.models of perturbfm/defaults.yaml or $PFM_DEFAULTS).")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs and the leaderboard path as JSON.")
 @click.pass_context
-def demo(ctx: click.Context, seed: int, models: str) -> None:
+def demo(ctx: click.Context, seed: int, models: str | None, as_json: bool) -> None:
     """The main job: a benchmark on the embedded SYNTHETIC dataset, end to end.
 
-    Simulates the default dataset, holds out a random 25% of perturbation
-    groups (hash-locked split), runs each model, and writes reports.
+    Simulates the default dataset, holds out perturbation groups with the
+    default generator (hash-locked split), runs each model, and writes reports.
+    Models, generator and its parameters come from the defaults file.
     """
     from perturbfm.datasets import create_split, import_dataset
+    from perturbfm.defaults import demo_models, load_defaults
     from perturbfm.run import execute_run
 
+    cfg = load_defaults()["demo"]
+    names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else demo_models()
+    if not names:
+        raise PerturbFMError(f"--models {models!r} names no model", field="--models",
+                             fix="omit --models for the default models, or name them: --models a,b")
     store = _store(ctx)
     err_console.print("[bold red]SYNTHETIC DATA[/bold red]: the embedded simulator stands in for a real screen")
-    stored, _ = import_dataset(store, "synthetic", None, {"seed": seed})
-    sid, _, _ = create_split(store, stored.hash, "random-groups", {"test_fraction": 0.25}, seed)
+    stored, _ = import_dataset(store, str(cfg["adapter"]), None, {"seed": seed})
+    sid, _, _ = create_split(store, stored.hash, str(cfg["generator"]), dict(cfg.get("generator_params") or {}), seed)
     err_console.print(f"dataset {stored.hash[:12]}  split {sid[:12]}")
     results = []
-    for name in [m.strip() for m in models.split(",") if m.strip()]:
-        with console.status(f"{name}: starting") as status:
-            res = execute_run(store, model=name, split=sid,
-                              progress=lambda msg, n=name: status.update(f"{n}: {msg}"))
+    for name in names:
+        with progress_reporter(name) as say:
+            res = execute_run(store, model=name, split=sid, progress=say)
         if res.status != "succeeded":
             _print_run_result(res)
             ctx.exit(EXIT_RUN_FAILED)
         results.append(res)
     from perturbfm.compare import compare_runs
 
-    board = compare_runs([r.run_dir for r in results], store.root / "reports" / f"demo_{sid[:7]}")
+    board = compare_runs([r.run_dir for r in results], store.root / "reports" / f"demo_{sid[:7]}",
+                         reference=load_defaults()["compare"]["reference"])
     path = board["files"]["html"]
     from perturbfm.references import fmt, metric_rows
 
@@ -375,15 +546,20 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
     t.add_column("panel")
     t.add_column("metric")
     for r in results:
-        t.add_column(r.metrics["model"], justify="right")
+        t.add_column(_plain(r.metrics["model"]), justify="right")
     table = [metric_rows(r.metrics) for r in results]
     for k, row in enumerate(table[0]):
-        t.add_row(row["panel"], row["metric"] + {True: " ↑", False: " ↓"}.get(row["higher_is_better"], ""),
+        t.add_row(_plain(row["panel"]), _plain(row["metric"]) + {True: " ↑", False: " ↓"}.get(row["higher_is_better"], ""),
                   *[f"{fmt(rows[k]['raw'])} / {fmt(rows[k]['calibrated'], 2)}" for rows in table])
-    console.print(t)
+    (err_console if as_json else console).print(t)
     for r in results:
-        err_console.print(f"run: {r.run_dir}")
-    click.echo(str(path))
+        err_console.print(f"run: {escape(str(r.run_dir))}")
+    if as_json:
+        _echo_json({"dataset": stored.hash, "split": sid, "synthetic": True, "leaderboard": path,
+                    "runs": [{"model": r.metrics["model"], "run_id": r.run_id, "run_dir": str(r.run_dir)}
+                             for r in results]})
+    else:
+        click.echo(str(path))
 
 
 # ----------------------------------------------------------------------------- compare
@@ -391,25 +567,34 @@ def demo(ctx: click.Context, seed: int, models: str) -> None:
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: <store>/reports/compare_<hash of the runs>).")
-@click.option("--reference", default="train-mean", show_default=True,
-              help="Model (label) the verdicts compare against.")
+@click.option("--reference", default=None,
+              help="Model (label) the verdicts compare against (default: compare.reference of defaults.yaml).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard rows and file paths as JSON.")
 @click.pass_context
-def compare_cmd(ctx: click.Context, runs: Sequence[str], out_dir: str | None, reference: str, seed: int) -> None:
+def compare_cmd(ctx: click.Context, runs: Sequence[str], out_dir: str | None, reference: str | None, seed: int,
+                as_json: bool) -> None:
     """Leaderboard of RUN... (run dirs or run ids; LABEL=RUN names a row) on the same split(s):
     raw and calibrated values with paired 95% intervals over held-out groups and
     better / worse / tie vs the reference. Writes compare.html, compare.json, compare.csv."""
     from pathlib import Path
 
     from perturbfm.compare import compare_runs, parse_run_arg
+    from perturbfm.defaults import load_defaults
     from perturbfm.hashing import sha256_json
 
     store = _store(ctx)
     parsed = [parse_run_arg(r) for r in runs]
     dirs = [p if Path(p).exists() else str(store.run_dir(p)) for _, p in parsed]
     out = Path(out_dir) if out_dir else store.root / "reports" / f"compare_{sha256_json(sorted(dirs))[:12]}"
-    res = compare_runs(dirs, out, reference=reference, labels=[lbl for lbl, _ in parsed], seed=seed)
-    click.echo(res["files"]["html"])
+    ref = reference or load_defaults()["compare"]["reference"]
+    res = compare_runs(dirs, out, reference=ref, labels=[lbl for lbl, _ in parsed], seed=seed)
+    if as_json:
+        import pandas as pd
+
+        _echo_json({"files": res["files"], "rows": _frame_records(pd.read_csv(res["files"]["csv"]))})
+    else:
+        click.echo(res["files"]["html"])
 
 
 _PLUGIN_COMMANDS_ADDED = False
@@ -467,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except PerturbFMError as exc:
         label = "plugin error" if isinstance(exc, PluginError) else "error"
-        err_console.print(f"[bold red]{label}:[/bold red] {exc.render()}")
+        err_console.print(f"[bold red]{label}:[/bold red] {escape(exc.render())}", soft_wrap=True)
         return EXIT_USER_ERROR
     return 0
 

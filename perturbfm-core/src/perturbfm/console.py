@@ -8,6 +8,9 @@ shown as typed rather than swallowed as a style.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.markup import escape
 
@@ -19,4 +22,20 @@ EXIT_USER_ERROR = 2
 #: The requested work ran and failed (model crash, incomplete panel, ...).
 EXIT_RUN_FAILED = 1
 
-__all__ = ["EXIT_RUN_FAILED", "EXIT_USER_ERROR", "console", "err_console", "escape"]
+__all__ = ["EXIT_RUN_FAILED", "EXIT_USER_ERROR", "console", "err_console", "escape", "progress_reporter"]
+
+
+@contextmanager
+def progress_reporter(title: str, *, enabled: bool | None = None) -> Iterator[Callable[[str], None]]:
+    """A Rich progress line on stderr (spinner, current step, elapsed time) for long
+    work; yields ``say(message)``. Shown only when stderr is a terminal (or ``enabled``)."""
+    show = err_console.is_terminal if enabled is None else enabled
+    if not show:
+        yield lambda _msg: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task(escape(f"{title}: starting"), total=None)
+        yield lambda msg: bar.update(task, description=escape(f"{title}: {msg}"))

@@ -51,7 +51,9 @@ def pert_genes(perturbation: str) -> tuple[str, ...]:
     """The gene set of a canonical perturbation label (empty for control)."""
     if perturbation == CONTROL:
         return ()
-    return tuple(perturbation.split(COMBO_DELIMITER))
+    from perturbfm.canonical.labels import split_combo  # bracket-aware: 'Drug(+)' is one name
+
+    return tuple(split_combo(perturbation, COMBO_DELIMITER))
 
 
 def group_id(perturbation: str, context: str, covariates: str = "") -> str:

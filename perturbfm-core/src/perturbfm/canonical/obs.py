@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perturbfm.dataset import CONTROL, canonical_perturbation
+from perturbfm.canonical.labels import split_combo
+from perturbfm.dataset import COMBO_DELIMITER, CONTROL, canonical_perturbation, pert_genes
 from perturbfm.errors import DatasetValidationError
 
 FORBIDDEN = "@"  # separates the parts of a group id
@@ -44,8 +45,7 @@ def canonical_labels(
     uniq, inverse = np.unique(raw, return_inverse=True)
     canon = []
     for label in uniq:
-        genes = [p.strip() for p in str(label).split(delim)]
-        genes = [g for g in genes if g and g != control]
+        genes = [g for g in split_combo(str(label), delim) if g and g != control]
         bad = [g for g in genes if _FORBIDDEN in g or g == CONTROL]
         if bad:
             raise DatasetValidationError(
@@ -54,7 +54,18 @@ def canonical_labels(
                 file=file, field=key,
                 fix=f"rename that gene, or pass control={bad[0]} if those are control cells",
             )
-        canon.append(canonical_perturbation(genes) if genes else CONTROL)
+        label_out = canonical_perturbation(genes) if genes else CONTROL
+        if genes and sorted(set(pert_genes(label_out))) != sorted(set(genes)):
+            raise DatasetValidationError(
+                f"perturbation label {label!r} gives the name(s) {', '.join(map(repr, genes))}, which cannot be "
+                f"told apart from a combination in the canonical form {label_out!r} (names joined by "
+                f"{COMBO_DELIMITER!r}; a {COMBO_DELIMITER!r} inside a name is kept only within brackets)",
+                file=file, field=key,
+                fix=f"pass the delimiter that separates the names of a combination (--combo-delimiter / "
+                f"combo_delimiter; now {delim!r}), or rename those perturbations without {COMBO_DELIMITER!r} "
+                "between two words (e.g. bracket it: 'Drug(+)')",
+            )
+        canon.append(label_out)
     labels = np.asarray(canon, dtype=object)[inverse]
     return labels, labels == CONTROL
 
