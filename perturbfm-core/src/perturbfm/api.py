@@ -510,12 +510,13 @@ def evaluate(
 def names(kind: str) -> list[str]:
     """Installed implementations of ``kind`` (``model``, ``split_generator``,
     ``dataset_adapter``, ``metric_panel``), sorted."""
+    from perturbfm.errors import PluginError
     from perturbfm.plugins import get_registry
 
     reg = get_registry()
     try:
         return reg.names(kind)
-    except KeyError:
+    except (KeyError, PluginError):
         raise ConfigError(f"unknown kind {kind!r}", field="kind",
                           fix="use model, split_generator, dataset_adapter or metric_panel") from None
 
