@@ -11,7 +11,14 @@ from perturbfm.fsio import check_regular_file
 from perturbfm.jsonable import jsonable
 from perturbfm.plugins import PluginRegistry, get_registry
 from perturbfm.splits import Split
-from perturbfm.store import ArtifactStore, StoredDataset, canonical_columns, content_hash, uns_mark
+from perturbfm.store import (
+    ArtifactStore,
+    StoredDataset,
+    canonical_columns,
+    carries_synthetic_mark,
+    content_hash,
+    uns_mark,
+)
 
 
 def import_dataset(
@@ -54,17 +61,23 @@ def repair_dataset(
             pass
         src = stored.manifest.get("source") or {}
         path = source if source is not None else (src.get("path") if isinstance(src, dict) else None)
-        adata = _stored_copy(stored, path) if path is not None else None
-        if adata is None:
+        copy = _stored_copy(stored, path) if path is not None else None
+        note = {"action": "pfm-bench data repair", "from": path}
+        if copy is not None:
+            adata, synthetic, space = copy
+        else:
             reg = registry or get_registry()
             impl = reg.create("dataset_adapter", str(stored.manifest.get("adapter")))
-            adata = impl.load(path, **dict(stored.manifest.get("adapter_options") or {})).adata
-        return store.datasets.restore(stored, adata, note={"action": "pfm-bench data repair", "from": path}), True
+            result = impl.load(path, **dict(stored.manifest.get("adapter_options") or {}))
+            adata, space = result.adata, result.expression_space
+            synthetic = bool(result.synthetic or carries_synthetic_mark(adata))
+        return store.datasets.restore(stored, adata, synthetic=synthetic, expression_space=space, note=note), True
 
 
-def _stored_copy(stored: StoredDataset, path: str) -> object | None:
-    """``path`` read as a copy of ``stored``'s canonical file when its content hashes
-    to the id (None when it is another kind of file, e.g. the original source)."""
+def _stored_copy(stored: StoredDataset, path: str) -> tuple[Any, bool, str] | None:
+    """``path`` read as a copy of ``stored``'s canonical file, with its synthetic flag
+    and expression space, when its content hashes to the id (None when it is
+    another kind of file, e.g. the original source)."""
     import anndata as ad
 
     check_regular_file(path, what="the file passed to --from", fix="pass a copy of the stored data.h5ad or the "
@@ -76,10 +89,10 @@ def _stored_copy(stored: StoredDataset, path: str) -> object | None:
     if not all(c in adata.obs for c in canonical_columns(adata)[:4]):
         return None
     mark = uns_mark(adata)
-    found = content_hash(adata, expression_space=str(mark.get("expression_space",
-                                                                stored.manifest.get("expression_space"))),
-                         synthetic=bool(mark.get("synthetic", stored.synthetic)))
-    return adata if found == stored.hash else None
+    space = str(mark.get("expression_space", stored.manifest.get("expression_space")))
+    synthetic = bool(mark["synthetic"]) if "synthetic" in mark else carries_synthetic_mark(adata)
+    found = content_hash(adata, expression_space=space, synthetic=synthetic)
+    return (adata, synthetic, space) if found == stored.hash else None
 
 
 def create_split(

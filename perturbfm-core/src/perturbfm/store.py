@@ -451,13 +451,14 @@ class DatasetStore:
         adata.uns[UNS_KEY] = {"dataset_hash": h, "synthetic": bool(synthetic), "expression_space": expression_space}
         write_dataset_h5ad(adata, path)
 
-    def restore(self, stored: StoredDataset, adata: Any, *, note: dict[str, Any]) -> StoredDataset:
-        """Replace ``stored``'s ``data.h5ad`` with ``adata`` (whose content must hash
-        to its id) and record ``note`` in the manifest. Call under the dataset's lock."""
-        synthetic = bool(stored.manifest.get("synthetic"))
-        space = str(stored.manifest.get("expression_space"))
+    def restore(self, stored: StoredDataset, adata: Any, *, synthetic: bool, expression_space: str,
+                note: dict[str, Any]) -> StoredDataset:
+        """Replace ``stored``'s ``data.h5ad`` with ``adata`` and record ``note`` in the
+        manifest. The content with its meta (``synthetic``, ``expression_space``)
+        must hash to the id, which proves them: the manifest's copies of both
+        are set from them. Call under the dataset's lock."""
         _stringify_object_columns(adata)
-        found = content_hash(adata, expression_space=space, synthetic=synthetic)
+        found = content_hash(adata, expression_space=expression_space, synthetic=synthetic)
         if found != stored.hash:
             raise DatasetFileError(
                 f"the replacement data hash to {found[:12]}, not to dataset {stored.hash[:12]}: they are other data",
@@ -465,14 +466,16 @@ class DatasetStore:
                 fix="pass the original source file or a copy of this dataset's data.h5ad")
         tmp = stored.path / f".data.h5ad.{os.getpid()}.tmp"
         try:
-            self._write_data(adata, tmp, stored.hash, synthetic, space)
+            self._write_data(adata, tmp, stored.hash, synthetic, expression_space)
             file_sha = sha256_file(tmp)
             with guard_write(stored.h5ad, "restore"):
+                if os.path.isdir(stored.h5ad) and not os.path.islink(stored.h5ad):
+                    shutil.rmtree(stored.h5ad)  # a folder in the file's place
                 os.replace(tmp, stored.h5ad)
         finally:
             tmp.unlink(missing_ok=True)
         manifest = dict(stored.manifest)
-        manifest["file_sha256"] = file_sha
+        manifest.update(file_sha256=file_sha, synthetic=bool(synthetic), expression_space=expression_space)
         manifest["repairs"] = [*manifest.get("repairs", []), {"at": utc_now(), **note}]
         self._write_manifest(stored, manifest)
         out = self.get(stored.hash)
@@ -502,7 +505,8 @@ class DatasetStore:
         try:
             stored.verify()
         except DatasetFileError:
-            stored = self.restore(stored, result.adata,
+            stored = self.restore(stored, result.adata, synthetic=result.synthetic,
+                                  expression_space=result.expression_space,
                                   note={"action": "restored data.h5ad by a re-import", "adapter": adapter,
                                         "source": result.source})
         record = {"at": utc_now(), "adapter": adapter, "source": result.source}
