@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,7 +159,7 @@ def cells_to_groups(obs: pd.DataFrame, cell_roles: pd.Series, file: str, field: 
 
 def from_perturbench_csv(stored: StoredDataset, path: str | Path) -> tuple[dict[str, str], dict[str, Any]]:
     """Assignments from a headerless ``obs_name,split`` CSV covering every cell."""
-    file = str(Path(path).resolve())
+    file = os.path.abspath(path)
     obs = _dataset_obs(stored)
     names: dict[str, str] = {}
     raw = read_split_file(file, "the split CSV")
@@ -228,7 +229,7 @@ def from_gears_pickle(
     """Assignments from a GEARS ``{"train": [...], "val": [...], "test": [...]}`` pickle
     of conditions (``A+ctrl``, ``A+B``); every group of a condition's perturbation
     (in every context) gets its role. ``subgroup`` (GEARS ``*_subgroup.pkl``) adds labels."""
-    file = str(Path(path).resolve())
+    file = os.path.abspath(path)
     data = safe_load_pickle(file)
     if not isinstance(data, dict) or not all(isinstance(v, (list, tuple)) for v in data.values()):
         raise SplitIntegrityError("the pickle is not a dict of condition lists", file=file, field="pickle",
@@ -265,7 +266,7 @@ def from_gears_pickle(
     source: dict[str, Any] = {"path": file, "sha256": sha256_file(file)}
     labels = ood = None
     if subgroup is not None:
-        sub_file = str(Path(subgroup).resolve())
+        sub_file = os.path.abspath(subgroup)
         sub = safe_load_pickle(sub_file)
         labels = {}
         for part in (sub.values() if isinstance(sub, dict) else []):

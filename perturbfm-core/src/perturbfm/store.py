@@ -561,7 +561,7 @@ class DatasetStore:
             manifest = json.loads(read_regular_file(mpath, what=f"the manifest of dataset {h[:12]}",
                                                     max_bytes=MAX_STORE_JSON_BYTES, error=ArtifactIntegrityError,
                                                     fix=move_away).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8
             raise ArtifactIntegrityError(f"dataset {h[:12]} has an unreadable manifest: {exc}", file=str(mpath),
                                          field="manifest.json", fix=move_away) from exc
         if not isinstance(manifest, dict) or manifest.get("hash") != h:
@@ -649,7 +649,7 @@ class SplitStore:
         try:
             content = json.loads(raw.decode("utf-8"))
             split = Split.from_content(content)
-        except (ValueError, KeyError, TypeError, SplitIntegrityError) as exc:  # ValueError: JSON and UTF-8
+        except (ValueError, KeyError, TypeError, RecursionError, SplitIntegrityError) as exc:  # ValueError: JSON, UTF-8
             why = exc.message if isinstance(exc, PerturbFMError) else f"{type(exc).__name__}: {exc}"
             raise SplitIntegrityError(f"split {sid[:12]} is unreadable: {why}", file=str(path),
                                       field=getattr(exc, "field", None) or "content",
