@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from perturbfm.errors import ArtifactIntegrityError, ConfigError, InputFileError, PerturbFMError
-from perturbfm.fsio import check_regular_file, guard_write
+from perturbfm.fsio import check_regular_file, guard_write, write_error
 from perturbfm.hashing import sha256_file
 from perturbfm.jsonable import jsonable
 from perturbfm.plugins import get_registry
@@ -157,7 +157,8 @@ def download(url: str, target: Path, *, timeout: float = TIMEOUT_S) -> int:
     return resumed
 
 
-_UNPACK_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, tarfile.TarError, OSError)
+_SOURCE_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, tarfile.TarError)
+_UNPACK_ERRORS = (*_SOURCE_ERRORS, OSError)
 
 
 def _unpack(file: Path, entry: RegistryEntry, *, verified: bool) -> Path:
@@ -203,13 +204,20 @@ def _write_fresh(out: Path, write: Any) -> None:
     tmp = out.with_name(out.name + ".tmp")
     with guard_write(out, "unpack"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        _check_local(out, "the unpacked file")
-        _check_local(tmp, "a temporary unpacked file")
+        for p in (out, tmp):  # a leftover file (or FIFO) there is replaced, a folder cannot be
+            if p.is_dir() and not p.is_symlink():
+                raise InputFileError(f"{p} is a folder, where fetch unpacks the download", file=str(p),
+                                     field="dest", fix=f"move it away (mv {p} {p}.bak) and rerun")
+            if p == tmp and os.path.lexists(p):
+                p.unlink()
     try:
-        with guard_write(out, "unpack"):
-            with open(tmp, "wb") as dst:
-                write(dst)
-            tmp.replace(out)
+        with open(tmp, "wb") as dst:
+            write(dst)
+        tmp.replace(out)
+    except _SOURCE_ERRORS:  # the download cannot be read: the caller names it
+        raise
+    except OSError as exc:  # the destination cannot be written
+        raise write_error(exc, out, "unpack") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
