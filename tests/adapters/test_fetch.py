@@ -129,3 +129,45 @@ def test_fetch_mismatch_and_unverified(server, tmp_path, monkeypatch):
     from perturbfm_bench_adapters.fetch import verify_rows
 
     assert [r["verdict"] for r in verify_rows(store)] == ["unverified"]
+
+
+class _ShortHandler(http.server.BaseHTTPRequestHandler):
+    """Announces 1000 bytes, sends ``cut`` of them (or the rest on a Range request)."""
+
+    body = bytes(range(256)) * 4
+    cut = 300
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        rng = self.headers.get("Range")
+        start = int(rng[6:].split("-")[0]) if rng else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.body) - 1}/{len(self.body)}")
+        self.send_header("Content-Length", str(len(self.body) - start))
+        self.end_headers()
+        self.wfile.write(self.body[start:] if start else self.body[: self.cut])
+        self.close_connection = True
+
+
+def test_download_detects_a_short_body_and_resumes(tmp_path):
+    from perturbfm_bench_adapters.fetch import download
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShortHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/f.bin"
+    target = tmp_path / "f.bin"
+    try:
+        with pytest.raises(PerturbFMError, match="interrupted after 300 of 1024 bytes") as err:
+            download(url, target)
+        assert "resumes f.bin.part from byte 300" in (err.value.fix or "")
+        assert (tmp_path / "f.bin.part").read_bytes() == _ShortHandler.body[:300] and not target.exists()
+        assert download(url, target) == 300
+        assert target.read_bytes() == _ShortHandler.body
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)

@@ -113,3 +113,40 @@ def test_malicious_pickle_is_refused_without_running(stored, tmp_path):
         safe_load_pickle(p)
     p.write_bytes(pickle.dumps({"train": ["A"], "n": (1, 2.5, None, True)}))
     assert safe_load_pickle(p)["n"] == (1, 2.5, None, True)
+
+
+def test_plain_pickles_of_real_size_pass_the_expansion_bound(tmp_path):
+    """The bound refuses bombs only: a GEARS-sized split (many distinct, long
+    condition names, plus a subgroup-style nested dict) loads unchanged."""
+    conds = [f"GENE{i:05d}_{'X' * 40}+ctrl" for i in range(30_000)]
+    data = {"train": conds[:20_000], "val": conds[20_000:25_000], "test": conds[25_000:],
+            "sub": {"test_subgroup": {"combo_seen0": conds[:100], "unseen_single": conds[100:200]}}}
+    path = tmp_path / "split.pkl"
+    path.write_bytes(pickle.dumps(data))
+    assert safe_load_pickle(path) == data
+
+
+def test_pickle_sharing_one_list_is_refused_by_size(tmp_path):
+    inner = ["A+ctrl"] * 10
+    level = inner
+    for _ in range(22):  # 10 * 2**22 items when expanded, a few hundred bytes pickled
+        level = [level, level]
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps({"train": level}))
+    assert path.stat().st_size < 1000
+    with pytest.raises(SplitIntegrityError, match="expands to") as err:
+        safe_load_pickle(path)
+    assert err.value.file == str(path) and err.value.fix
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "missing"])
+def test_split_file_that_is_not_a_regular_file(stored, tmp_path, kind):
+    store, ds, _ = stored
+    path = tmp_path / "split.csv"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    with pytest.raises(SplitIntegrityError) as err:
+        import_split(ds, "perturbench-csv", str(path))
+    assert err.value.file == str(path) and err.value.fix

@@ -125,3 +125,140 @@ def test_reimport_records_source_and_upgrades_verification(tmp_path: Path) -> No
     third, _ = store.datasets.put(again, adapter="t", options={})
     assert len(third.manifest["provenance_records"]) == 1
     third.load()  # data file untouched: still matches its hash
+
+
+def test_content_hash_is_rechecked_once_per_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import perturbfm.store as store_mod
+
+    store = ArtifactStore(tmp_path)
+    ds, _ = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    calls = []
+    real = store_mod.StoredDataset._check_content
+    monkeypatch.setattr(store_mod.StoredDataset, "_check_content", lambda self: (calls.append(1), real(self)))
+    store_mod._VERIFIED.clear()
+    store.datasets.get(ds.hash).verify()  # written by put: the cache stamp already vouches for it
+    assert calls == []
+    store_mod._VERIFIED.clear()
+    (tmp_path / "cache" / "verified" / f"{ds.hash}.json").unlink()
+    store.datasets.get(ds.hash).verify()  # no stamp: rehashed once, then cached
+    store.datasets.get(ds.hash).verify()
+    assert calls == [1]
+    store.datasets.get(ds.hash).verify(full=True)
+    assert calls == [1, 1]
+
+
+def test_rewritten_data_with_rewritten_digests_is_refused(tmp_path: Path) -> None:
+    import anndata as ad
+    from perturbfm.errors import DatasetFileError
+    from perturbfm.hashing import sha256_file
+    from perturbfm.store import manifest_digest
+
+    store = ArtifactStore(tmp_path)
+    ds, _ = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    adata = ad.read_h5ad(ds.h5ad)
+    adata.X = adata.X * 2
+    adata.write_h5ad(ds.h5ad)
+    m = dict(ds.manifest, file_sha256=sha256_file(ds.h5ad))
+    m["manifest_sha256"] = manifest_digest(m)
+    (ds.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetFileError, match="not to the dataset's id") as err:
+        store.datasets.get(ds.hash).load()
+    assert f"pfm-bench data repair {ds.hash}" in (err.value.fix or "")
+
+
+def test_synthetic_flag_lives_in_the_hashed_data(tmp_path: Path) -> None:
+    import anndata as ad
+
+    store = ArtifactStore(tmp_path)
+    ds, _ = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    mark = ad.read_h5ad(ds.h5ad).uns["perturbfm"]
+    assert bool(mark["synthetic"]) is True and mark["dataset_hash"] == ds.hash
+    # the same content imported without the flag but carrying the mark stays synthetic (same id)
+    plain = canonical_result(ad.read_h5ad(ds.h5ad))
+    plain.synthetic = False
+    again, created = store.datasets.put(plain, adapter="anndata", options={})
+    assert again.hash == ds.hash and not created and again.synthetic
+
+
+def test_deleted_data_is_restored_by_reimport_and_repair(tmp_path: Path) -> None:
+    import shutil
+
+    from perturbfm.datasets import repair_dataset
+    from perturbfm.errors import DatasetFileError
+
+    store = ArtifactStore(tmp_path / "s")
+    ds, _ = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    copy = tmp_path / "copy.h5ad"
+    shutil.copy(ds.h5ad, copy)
+    ds.h5ad.unlink()
+    with pytest.raises(DatasetFileError, match="deleted"):
+        store.datasets.get(ds.hash).load()
+    again, created = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    assert not created and again.manifest["repairs"]
+    again.load()
+    again.h5ad.unlink()
+    repaired, did = repair_dataset(store, ds.hash[:8], str(copy))
+    assert did and repaired.hash == ds.hash
+    repaired.verify(full=True)
+    assert repair_dataset(store, ds.hash, str(copy))[1] is False  # intact: nothing to do
+
+
+def test_stray_entries_do_not_hide_datasets_or_splits(tmp_path: Path) -> None:
+    import shutil
+
+    store = ArtifactStore(tmp_path)
+    ds, _ = store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+    shutil.copytree(ds.path, store.datasets.root / f"{ds.hash}.bak")
+    (store.datasets.root / f"{ds.hash[:10]}-notes.txt").write_text("x")
+    assert store.datasets.get(ds.hash).hash == store.datasets.get(ds.hash[:5]).hash == ds.hash
+    split = _split(ds.hash, ["G0@ctxA"], _groups(make_canonical_adata()))
+    sid, _ = store.splits.put(split)
+    shutil.copy(store.splits.root / f"{sid}.json", store.splits.root / f"{sid}.bak.json")
+    assert store.splits.get(sid[:6]) == split and [s for s, _ in store.splits.list()] == [sid]
+
+
+def test_store_folders_that_are_files(tmp_path: Path) -> None:
+    from perturbfm.errors import StoreLayoutError
+
+    store = ArtifactStore(tmp_path)
+    for name in ("splits", "runs", "datasets"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(StoreLayoutError, match="not the store's 'splits' folder"):
+        store.splits.list()
+    with pytest.raises(StoreLayoutError, match="mv "):
+        store.run_dir("20260101-120000_abcdef1_m_1234abc")
+    with pytest.raises(StoreLayoutError):
+        store.datasets.put(canonical_result(make_canonical_adata()), adapter="t", options={})
+
+
+def test_fsio_helpers(tmp_path: Path) -> None:
+    import os
+
+    from perturbfm.errors import InputFileError, StoreWriteError
+    from perturbfm.fsio import atomic_write_bytes, file_lock, make_exclusive_dir, read_regular_file
+
+    os.mkfifo(tmp_path / "fifo")
+    for name, match in (("fifo", "FIFO"), ("missing", "does not exist"), (".", "directory")):
+        with pytest.raises(InputFileError, match=match):
+            read_regular_file(tmp_path / name)
+    (tmp_path / "big").write_bytes(b"x" * 100)
+    with pytest.raises(InputFileError, match="more than"):
+        read_regular_file(tmp_path / "big", max_bytes=10)
+    assert read_regular_file(tmp_path / "big") == b"x" * 100
+    a, b = make_exclusive_dir(tmp_path / "runs", "r"), make_exclusive_dir(tmp_path / "runs", "r")
+    assert a.name == "r" and b.name == "r_1"
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(StoreWriteError, match="is a file, not a folder") as err:
+        atomic_write_bytes(tmp_path / "blocker" / "x.json", b"{}")
+    assert isinstance(err.value, OSError) and "mv " in (err.value.fix or "")
+    with file_lock(tmp_path / "locks" / "x.lock"):
+        with pytest.raises(StoreWriteError, match="held the lock"):
+            with file_lock(tmp_path / "locks" / "x.lock", timeout=0.1):
+                pass
+
+
+@pytest.mark.parametrize("content", [[1, 2], None, "x", {"schema": 1}, {"schema": 1, "dataset": "a" * 64,
+                                     "generator": "g", "params": {}, "seed": 0, "assignments": ["a"]}])
+def test_split_content_of_the_wrong_shape(content: object) -> None:
+    with pytest.raises(SplitIntegrityError):
+        Split.from_content(content)  # type: ignore[arg-type]

@@ -75,8 +75,25 @@ def data_verify(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"{r['dataset'][:12]}  {r['verdict']:<16} {r['registry'] or '-':<28} "
                        f"expected {str(r['expected_sha256'] or '-')[:12]:<12} found {str(r['found_sha256'])[:12]}  "
                        f"{r['citation'] or '-'}" + (f" doi:{r['doi']}" if r["doi"] else ""))
-    if any(r["verdict"] == "MISMATCH" for r in rows):
+    for r in rows:
+        if r["problem"]:
+            click.echo(f"{r['dataset']}: {r['problem']}\n  fix: {r['fix']}", err=True)
+    if any(r["verdict"] in ("MISMATCH", "MISSING") for r in rows):
         ctx.exit(1)
+
+
+@data_group.command("repair")
+@click.argument("dataset")
+@click.option("--from", "source", default=None,
+              help="A copy of the stored data.h5ad, or the original source file (default: the recorded source).")
+@click.pass_context
+def data_repair(ctx: click.Context, dataset: str, source: str | None) -> None:
+    """Restore a dataset's missing or damaged data.h5ad (the content must hash to its id); print its hash."""
+    from perturbfm.datasets import repair_dataset
+
+    stored, repaired = repair_dataset(_store(ctx), dataset, source)
+    click.echo(f"{'repaired' if repaired else 'intact (nothing to repair)'}: dataset {stored.hash[:12]}", err=True)
+    click.echo(stored.hash)
 
 
 @data_group.command("registry")

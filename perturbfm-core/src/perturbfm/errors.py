@@ -87,3 +87,27 @@ class PanelIncompleteError(PerturbFMError):
 
 class PredictionError(PerturbFMError):
     """Predictions are malformed (wrong shape, non-finite, missing groups ...)."""
+
+
+class StoreWriteError(PerturbFMError, OSError):
+    """Writing to the store (or another output) failed: disk full, file-size
+    limit, read-only or unwritable folder, a path component that is a file ...
+
+    Also an :class:`OSError`, so code that handles write failures generically
+    keeps working; the message names the path and a fix for the cause.
+    """
+
+
+class InputFileError(PerturbFMError):
+    """An input file cannot be read as given: missing, a directory, a FIFO or
+    device, a symlink loop, unreadable, too large, or not valid text."""
+
+
+class DatasetFileError(ArtifactIntegrityError):
+    """A stored dataset's ``data.h5ad`` is missing, damaged or replaced; the fix
+    gives the ``pfm-bench data repair`` command that restores it."""
+
+
+class StoreLayoutError(ArtifactIntegrityError):
+    """The store's folders are not as pfm-bench laid them out: a file where a
+    folder belongs, or a symlink loop."""

@@ -87,11 +87,31 @@ class Split:
             )
 
     @classmethod
-    def from_content(cls, content: dict[str, Any]) -> Split:
+    def from_content(cls, content: Any) -> Split:
+        """The split stored as ``content`` (a JSON object); a wrong type of any
+        field is a :class:`SplitIntegrityError` naming the field."""
+        if not isinstance(content, dict):
+            raise SplitIntegrityError(f"a split is a JSON object, got a JSON {_json_type(content)}", field="content",
+                                      fix="store splits with `pfm-bench splits create` or `splits import`")
         if content.get("schema") != SPLIT_SCHEMA:
             raise SplitIntegrityError(
-                f"unsupported split schema {content.get('schema')!r}", field="schema"
+                f"unsupported split schema {content.get('schema')!r}", field="schema",
+                fix=f"this version reads split schema {SPLIT_SCHEMA}: recreate the split",
             )
+        for key in ("dataset", "generator", "params", "seed", "assignments"):
+            if key not in content:
+                raise SplitIntegrityError(f"the split has no {key!r}", field=key, fix="recreate the split")
+        _expect(content, "dataset", str)
+        _expect(content, "generator", str)
+        _expect(content, "params", dict)
+        _expect(content, "seed", int, optional=True)
+        _expect_map(content, "assignments", str)
+        _expect_map(content, "ood", bool, optional=True)
+        _expect_map(content, "labels", str, optional=True)
+        _expect(content, "source", dict, optional=True)
+        _expect(content, "notes", str, optional=True)
+        _expect(content, "family", str, optional=True)
+        _expect(content, "control_policy", str, optional=True)
         return cls(
             dataset=content["dataset"],
             generator=content["generator"],
@@ -101,7 +121,29 @@ class Split:
             ood=content.get("ood"),
             labels=content.get("labels"),
             source=content.get("source"),
-            notes=content.get("notes", ""),
+            notes=content.get("notes") or "",
             family=content.get("family"),
             control_policy=content.get("control_policy", CONTROL_POLICY),
         )
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _expect(content: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> None:
+    value = content.get(key)
+    if value is None and optional:
+        return
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SplitIntegrityError(f"split field {key!r} must be a {kind.__name__}, got a JSON {_json_type(value)}",
+                                  field=key, fix="recreate the split")
+
+
+def _expect_map(content: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> None:
+    _expect(content, key, dict, optional=optional)
+    for k, v in (content.get(key) or {}).items():
+        if not isinstance(v, kind):
+            raise SplitIntegrityError(f"split field {key!r} maps {k!r} to a JSON {_json_type(v)}, not a "
+                                      f"{kind.__name__}", field=key, fix="recreate the split")
