@@ -1,4 +1,4 @@
-"""Claims: statements such as "additive beats train-mean on pcc_delta", tested
+"""Claims: statements such as "model A beats model B on pcc_delta", tested
 on the runs' per-group values, paired over held-out groups.
 
 The unit is the held-out group: each side's values are first averaged over the

@@ -146,7 +146,7 @@ class SplitEntry(ConfigModel):
     """``splits.<name>``: generated (dataset + generator + params + seed) or stored (id)."""
 
     dataset: Name | None = Field(None, description="name of a dataset of this study")
-    generator: Name | None = Field(None, description="split generator plugin, e.g. random-groups")
+    generator: Name | None = Field(None, description="split generator plugin (see `pfm-bench plugins`)")
     params: Annotated[dict[str, Any], Section] = Field(default_factory=dict, description="generator parameters")
     seed: Int = Field(0, ge=0, description="seed of the generator")
     id: Name | None = Field(None, description="id (or unique prefix) of a stored split, instead of a generator")
@@ -179,7 +179,8 @@ class StudyFile(ConfigModel):
 
 def _variants(entries: Any, path: Path) -> list[Variant]:
     _need(isinstance(entries, list) and bool(entries), "models must be a non-empty list", path, "models",
-          "write e.g. `models: [{model: additive}, {model: linear, label: linear_l1, set: {ridge_lambda: 1.0}}]`")
+          "write e.g. `models: [{model: MODEL_A}, {model: MODEL_B, label: b_strong, set: {PARAM: 1.0}}]` "
+          "with installed model names (`pfm-bench plugins`)")
     out: list[Variant] = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
@@ -245,7 +246,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudySpec:
         _need(s.dataset in datasets, f"split {sname!r} names unknown dataset {s.dataset!r}", path,
               f"{fld}.dataset", f"use one of: {', '.join(datasets) or 'none defined'}")
         _need(s.generator is not None, f"split {sname!r} needs a generator", path, f"{fld}.generator",
-              "e.g. generator: random-groups")
+              "name an installed split generator, e.g. `generator: NAME` (see `pfm-bench plugins`)")
         splits[sname] = SplitSpec(sname, s.dataset, s.generator, dict(s.params), s.seed)
     _need(bool(splits), "a study needs at least one split", path, "splits", "add a `splits:` mapping")
     _need(len(set(top.seeds)) == len(top.seeds), "seeds must not repeat", path, "seeds", "list each seed once")
