@@ -1,4 +1,9 @@
-"""The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes."""
+"""The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes.
+
+About 420 lines, on purpose: it is one class, the model as plugins see it (fit, predict with a note
+for every fallback, predict-time graph extension, diagnostics, report section); the steps of
+``fit`` live in :mod:`.fitting`, graphs in :mod:`.graphs`, the closed-form base in :mod:`.residual`.
+"""
 
 from __future__ import annotations
 
@@ -78,7 +83,7 @@ class CGIOModel(Model):
     # the fitted state (set by fit, extended by predict)
     _genes: list[str]
     _gene_pos: dict[str, int]
-    _go: Any
+    _go: G.GoTable | None
     _universe: list[str]
     _graphs: list[G.GeneGraph]
     _extended: list[str]
@@ -155,18 +160,7 @@ class CGIOModel(Model):
         universe = old + new
         for g in self._graphs:
             if g.name == "go" and self._go is not None:
-                sim = G.jaccard(self._go, new, universe)
-                for r in range(len(new)):
-                    sim[r, len(old) + r] = 0.0
-                s, d, w = G._topk_edges(sim, cfg.go_k, cfg.go_min_jaccard)
-                names = [new[j] for j in s]
-                pos = {n: k for k, n in enumerate(g.genes)}
-                extra = [n for n in new if n not in pos]
-                g.genes = g.genes + extra
-                pos.update({n: len(pos) + k for k, n in enumerate(extra)})
-                g.src = np.concatenate([g.src, [pos[n] for n in names]]).astype(np.int64)
-                g.dst = np.concatenate([g.dst, [pos[universe[j]] for j in d]]).astype(np.int64)
-                g.weight = np.concatenate([g.weight, w]).astype(np.float32)
+                G.attach_go(g, self._go, new, old, k=cfg.go_k, min_sim=cfg.go_min_jaccard)
         states = []
         for member in self._nets:
             state = member.state_dict()
