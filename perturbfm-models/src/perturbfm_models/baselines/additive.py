@@ -98,7 +98,7 @@ class AdditiveModel(Model):
                 if self._policy == "zero"
                 else "missing_single='train-mean': the context's mean training delta used for each missing single"
             )
-            parts = [f"single(s) not in training for {where}: {', '.join(missing)} ({rule})"]
+            parts: list[str | None] = [f"single(s) not in training for {where}: {', '.join(missing)} ({rule})"]
             if len(missing) == len(genes):
                 parts.append(
                     "none of this group's singles is available; the prediction is "

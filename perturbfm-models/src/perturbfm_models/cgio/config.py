@@ -70,7 +70,7 @@ class CGIOConfig(ConfigModel):
         Raises:
             ConfigError: an unknown key or a malformed value, naming the key and the fix.
         """
-        return validate(cls, dict(config), what=f"model {MODEL!r}")  # type: ignore[no-any-return]
+        return validate(cls, dict(config), what=f"model {MODEL!r}")
 
 
 #: Every key with its default (a plain mapping that remembers :class:`CGIOConfig`).

@@ -273,6 +273,24 @@ def normalised_adjacency(adj: sp.csr_matrix) -> sp.csr_matrix:
     return sp.diags(inv) @ a @ sp.diags(inv)
 
 
+def attach_go(g: GeneGraph, go: GoTable, new: Sequence[str], old: Sequence[str], *, k: int, min_sim: float) -> None:
+    """Attach the genes ``new`` (not in the universe ``old``) to the GO graph ``g`` in place, by
+    their top-``k`` GO neighbours among ``old + new`` (no self-edges)."""
+    universe = list(old) + list(new)
+    sim = jaccard(go, list(new), universe)
+    for r in range(len(new)):
+        sim[r, len(old) + r] = 0.0
+    s, d, w = _topk_edges(sim, k, min_sim)
+    names = [new[j] for j in s]
+    pos = {n: i for i, n in enumerate(g.genes)}
+    extra = [n for n in new if n not in pos]
+    g.genes = g.genes + extra
+    pos.update({n: len(pos) + i for i, n in enumerate(extra)})
+    g.src = np.concatenate([g.src, [pos[n] for n in names]]).astype(np.int64)
+    g.dst = np.concatenate([g.dst, [pos[universe[j]] for j in d]]).astype(np.int64)
+    g.weight = np.concatenate([g.weight, w]).astype(np.float32)
+
+
 def hops_to_measured(adjs: Sequence[sp.csr_matrix], measured: np.ndarray, n: int) -> np.ndarray:
     """Fewest edges from each node to any measured node over the union of ``adjs`` (inf: no path)."""
     union = sp.csr_matrix((n, n), dtype=np.float32)

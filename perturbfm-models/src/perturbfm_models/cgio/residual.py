@@ -149,8 +149,9 @@ class BaseIndex:
             return out, "transfer_new_context" if "T" in out else "global_mean"
         if self.use_additive and len(genes) > 1:
             singles = [self._single(x, q.context, q.covariates, q.group_id) for x in genes]
-            if all(s is not None for s in singles):
-                out["A"] = np.sum(singles, axis=0)
+            measured = [s for s in singles if s is not None]
+            if len(measured) == len(singles):
+                out["A"] = np.sum(measured, axis=0)
         same = [d for gid, ctx, d in self.by_pert.get(q.perturbation, []) if gid != q.group_id and ctx != q.context]
         if same:
             out["T"] = np.mean(same, axis=0)

@@ -1,4 +1,9 @@
-"""The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes."""
+"""The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes.
+
+About 420 lines, on purpose: it is one class, the model as plugins see it (fit, predict with a note
+for every fallback, predict-time graph extension, diagnostics, report section); the steps of
+``fit`` live in :mod:`.fitting`, graphs in :mod:`.graphs`, the closed-form base in :mod:`.residual`.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +30,13 @@ _TORCH_ERROR: ImportError | None = None
 
 
 def _ensure_torch() -> None:
-    """Import torch and the torch-backed modules into this module's globals, once."""
-    global torch, CGIONet, NetSpec, Batch, Curve, seed_everything, train_net, _TORCH_ERROR
+    """Import torch into this module's globals, once (the torch-backed modules :mod:`.model`,
+    :mod:`.train` and :mod:`.fitting` are imported where they are used, after this)."""
+    global torch, _TORCH_ERROR
     if torch is not None or _TORCH_ERROR is not None:
         return
     try:
         import torch as _torch
-
-        from .model import CGIONet, NetSpec
-        from .train import Batch, Curve, seed_everything, train_net
     except ImportError as exc:  # pragma: no cover - exercised only without torch
         _TORCH_ERROR = exc
         return
@@ -43,10 +46,8 @@ def _ensure_torch() -> None:
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
 
-
-def _inv_softplus(v: np.ndarray) -> np.ndarray:
-    v = np.maximum(v, 1e-6)
-    return np.where(v > 20, v, np.log(np.expm1(v)))
+    from .model import CGIONet, NetSpec
+    from .train import Batch
 
 
 class CGIOModel(Model):
@@ -78,6 +79,32 @@ class CGIOModel(Model):
     description = ("Graph-propagated gene-set interventions with gated GO/co-expression priors and a "
                    "context-conditioned low-rank operator; Gaussian mean and variance of the delta.")
     gives_variance = True
+
+    # the fitted state (set by fit, extended by predict)
+    _genes: list[str]
+    _gene_pos: dict[str, int]
+    _go: G.GoTable | None
+    _universe: list[str]
+    _graphs: list[G.GeneGraph]
+    _extended: list[str]
+    _silent: set[str]
+    _adjs: list[sp.csr_matrix]
+    _hops: np.ndarray
+    _trained_genes: set[str]
+    _ctx: dict[str, int]
+    _time_scale: float
+    _index: R.BaseIndex
+    _basis: np.ndarray
+    _bias: np.ndarray
+    _logvar: np.ndarray
+    _spec: NetSpec
+    _device: Any
+    _nets: list[CGIONet]
+    _shrink: dict[str, dict[str, float]]
+    _var_scale: dict[str, np.ndarray]
+    _self_effect: dict[str, dict[str, float]]
+    _fit_groups: list[GroupInfo]
+    _singles: dict[tuple[str, str, str], np.ndarray]
 
     def __init__(self) -> None:
         self._cfg: CGIOConfig | None = None
@@ -125,24 +152,15 @@ class CGIOModel(Model):
     def _extend(self, new: list[str]) -> None:
         """Attach query genes outside the universe: GO top-k neighbours (and edge-list
         edges) to the existing nodes; their own embeddings start at zero."""
+        from .model import CGIONet
+
         cfg, net = self._cfg, self._net
         assert cfg is not None and net is not None
         old = list(self._universe)
         universe = old + new
         for g in self._graphs:
             if g.name == "go" and self._go is not None:
-                sim = G.jaccard(self._go, new, universe)
-                for r in range(len(new)):
-                    sim[r, len(old) + r] = 0.0
-                s, d, w = G._topk_edges(sim, cfg.go_k, cfg.go_min_jaccard)
-                names = [new[j] for j in s]
-                pos = {n: k for k, n in enumerate(g.genes)}
-                extra = [n for n in new if n not in pos]
-                g.genes = g.genes + extra
-                pos.update({n: len(pos) + k for k, n in enumerate(extra)})
-                g.src = np.concatenate([g.src, [pos[n] for n in names]]).astype(np.int64)
-                g.dst = np.concatenate([g.dst, [pos[universe[j]] for j in d]]).astype(np.int64)
-                g.weight = np.concatenate([g.weight, w]).astype(np.float32)
+                G.attach_go(g, self._go, new, old, k=cfg.go_k, min_sim=cfg.go_min_jaccard)
         states = []
         for member in self._nets:
             state = member.state_dict()
@@ -165,6 +183,9 @@ class CGIOModel(Model):
 
     # ------------------------------------------------------------------ data
     def _batch(self, groups: Sequence[GroupInfo], deltas: np.ndarray | None, net: CGIONet | None = None) -> Batch:
+        """The tensors of ``groups`` (their targets ``deltas``, zeros without), signals propagated by ``net``."""
+        from .train import Batch
+
         pos = {g: i for i, g in enumerate(self._universe)}
         x = np.zeros((len(groups), len(self._universe)), dtype=np.float32)
         for b, g in enumerate(groups):
@@ -184,178 +205,68 @@ class CGIOModel(Model):
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: TrainingData, val: TrainingData | None, config: Mapping[str, Any]) -> None:
-        """Build graphs from training data only, then train (early stopping, optional refit)."""
+        """Build graphs from training data only, then train (cross-fitting, or early stopping with
+        an optional refit); the steps are the functions of :mod:`.fitting`, run in its order."""
         _ensure_torch()
         if _TORCH_ERROR is not None:
             raise ConfigError(f"model 'cgio' needs torch, which is not importable ({_TORCH_ERROR})",
                               field="model", fix="pip install 'perturbfm-models[cgio]' (torch==2.13.0)")
+        from . import fitting as F
+        from .train import seed_everything
+
         t0 = time.perf_counter()
         cfg = self._cfg = CGIOConfig.parse(config)
         seed_everything(cfg.seed)
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        self._device = torch.device("cuda" if use_cuda else "cpu")
-        fit_groups = list(train.groups) + (list(val.groups) if val is not None else [])
-        deltas = np.vstack([train.deltas()] + ([val.deltas()] if val is not None and val.groups else []))
+        self._device = F.choose_device(cfg.device)
+        data = F.collect_fit_data(train, val)
         self._genes = list(train.genes)
         self._gene_pos = {g: i for i, g in enumerate(self._genes)}
-        seeds = list(dict.fromkeys(self._genes + sorted({x for g in fit_groups for x in g.genes})))
+        measured = self._fit_universe(train, data.groups)
+        self._trained_genes = {x for g in data.groups for x in g.genes}
+        self._ctx = {c: i for i, c in enumerate(sorted({g.context for g in data.groups}))}
+        self._time_scale = F.time_scale(data.groups)
+        # residual design: the network learns a correction to a closed-form base (residual.py)
+        se2 = F.stacked_se2(train, val) if cfg.denoise else None
+        self._index = R.BaseIndex(data.groups, data.deltas, use_additive=cfg.additive_prior, stack=cfg.stacking,
+                                  se2=se2)
+        kinds_fit, target = F.residual_target(self._index, data, cfg.residual)
+        self._basis, self._bias, self._logvar = F.output_init(target, cfg.rank)
+        self._spec = F.net_spec(cfg, n_nodes=len(self._universe), measured=measured, n_contexts=len(self._ctx),
+                                n_graphs=len(self._graphs))
+        make = F.net_factory(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device)
+        full = self._batch(data.groups, target, make())
+        members = F.train_members(make, full, data, cfg, se2, self._gene_pos, len(self._ctx))
+        self._nets, self._net = members.nets, members.nets[0]
+        self._shrink, self._var_scale, self._self_effect = members.shrink, members.var_scale, members.self_effect
+        self._fit_groups = data.groups
+        self._singles = {(g.genes[0], g.context, g.covariates): d
+                         for g, d in zip(data.groups, data.deltas) if len(g.genes) == 1}
+        self._diag = F.fit_diagnostics(cfg, n_nodes=len(self._universe), n_measured=len(self._genes),
+                                       n_trained_genes=len(self._trained_genes), graphs=self._graphs,
+                                       kinds_fit=kinds_fit, index=self._index, members=members)
+        self._diag["gates"] = self._gate_summary(full)
+        self._diag["device"] = str(self._device)
+        self._diag["fit_seconds"] = round(time.perf_counter() - t0, 3)
+
+    def _fit_universe(self, train: TrainingData, groups: Sequence[GroupInfo]) -> np.ndarray:
+        """The node universe, graphs, normalised adjacencies and hop distances of the fit;
+        returns the node index of each measured gene."""
+        seeds = list(dict.fromkeys(self._genes + sorted({x for g in groups for x in g.genes})))
         self._go = None
         self._universe, self._graphs = self._build_graphs(train, seeds)
-        self._extended: list[str] = []
-        self._silent: set[str] = set()
+        self._extended = []
+        self._silent = set()
         self._adjs = self._adjacency(self._universe)
         pos = {g: i for i, g in enumerate(self._universe)}
         measured = np.array([pos[g] for g in self._genes], dtype=np.int64)
         self._hops = G.hops_to_measured(self._adjs, measured, len(self._universe))
-        self._trained_genes = {x for g in fit_groups for x in g.genes}
-        self._ctx = {c: i for i, c in enumerate(sorted({g.context for g in fit_groups}))}
-        times = [abs(g.time) for g in fit_groups if g.time is not None]
-        self._time_scale = max(times) if times and max(times) > 0 else 1.0
-        # residual design: the network learns a correction to a closed-form base (residual.py)
-        n_genes = len(self._genes)
-        se2 = (np.vstack([train.mean_se2()] + ([val.mean_se2()] if val is not None and val.groups else []))
-               if cfg.denoise else None)
-        self._index = R.BaseIndex(fit_groups, deltas, use_additive=cfg.additive_prior, stack=cfg.stacking, se2=se2)
-        base_fit, kinds_fit = self._index.bases(fit_groups, n_genes)
-        if not cfg.residual:
-            base_fit = np.zeros_like(deltas)
-        target = deltas - base_fit
-        # low-rank basis initialised from the targets' principal directions
-        centred = target - target.mean(axis=0)
-        _, s, vt = np.linalg.svd(centred, full_matrices=False)
-        r = cfg.rank
-        basis = np.zeros((len(self._genes), r))
-        k = min(r, vt.shape[0])
-        basis[:, :k] = vt[:k].T * (s[:k] / np.sqrt(max(len(target), 1)))
-        self._basis, self._bias = basis, target.mean(axis=0)
-        self._logvar = _inv_softplus(target.var(axis=0) + 1e-4)
-        self._spec = NetSpec(n_nodes=len(self._universe), measured_idx=measured, n_contexts=len(self._ctx),
-                             n_graphs=len(self._graphs), hidden=cfg.hidden, rank=r, steps=cfg.steps,
-                             use_graphs=cfg.use_graphs and bool(self._graphs), gating=cfg.gating,
-                             context_conditioning=cfg.context_conditioning, dropout=cfg.dropout)
-
-        def make() -> CGIONet:
-            return CGIONet(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device).to(
-                self._device)
-
-        full = self._batch(fit_groups, target, make())
-        n_tr = len(train.groups)
-        kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
-                  context_dropout=cfg.context_dropout, unknown_ctx=len(self._ctx), seed=cfg.seed)
-        n_fit = len(fit_groups)
-        self._shrink = {k: {"s": 1.0, "lambda": 1.0, "n": 0} for k in R.KINDS}
-        self._var_scale: dict[str, np.ndarray] = {}
-        self._self_effect: dict[str, dict[str, float]] = {}
-        refit: Curve | None = None
-        if cfg.cv_folds >= 2 and n_fit >= 2 * cfg.cv_folds:
-            # K-fold cross-fitting: each member early-stops on its held-out fold; the members'
-            # out-of-fold corrections (bases from that fold's training groups only) fit the
-            # per-kind gate s and shrinkage λ; the prediction averages the members
-            perm = np.random.default_rng(cfg.seed).permutation(n_fit)
-            folds = [np.sort(f) for f in np.array_split(perm, cfg.cv_folds)]
-            nets, curves = [], []
-            oof_base, oof_corr, oof_var, oof_truth, oof_kind = [], [], [], [], []
-            for fi, va_idx in enumerate(folds):
-                tr_idx = np.setdiff1d(np.arange(n_fit), va_idx)
-                net_k, curve_k = train_net(make, full.subset(tr_idx), full.subset(va_idx), epochs=cfg.epochs,
-                                           **{**kw, "seed": cfg.seed + fi})
-                nets.append(net_k)
-                curves.append(curve_k)
-                sub = R.BaseIndex([fit_groups[i] for i in tr_idx], deltas[tr_idx], use_additive=cfg.additive_prior,
-                                  stack=cfg.stacking, se2=None if se2 is None else se2[tr_idx])
-                b, kinds = sub.bases([fit_groups[i] for i in va_idx], n_genes)
-                if not cfg.residual:
-                    b = np.zeros_like(b)
-                with torch.no_grad():
-                    sv = full.subset(va_idx)
-                    c, cv_, _ = (t.cpu().numpy().astype(np.float64) for t in net_k(sv.x, sv.ctx, sv.cov, sv.sig))
-                oof_base.append(b), oof_corr.append(c), oof_var.append(cv_), oof_truth.append(deltas[va_idx])
-                oof_kind += kinds
-            if cfg.shrinkage:
-                self._shrink = R.fit_shrinkage(np.vstack(oof_base), np.vstack(oof_corr), np.vstack(oof_truth),
-                                               oof_kind)
-            if cfg.residual:  # variance calibrated on the out-of-fold error of the final prediction
-                sh = [self._shrink[k] for k in oof_kind]
-                lam = np.array([x["lambda"] for x in sh])[:, None]
-                s_ = np.array([x["s"] for x in sh])[:, None]
-                oof_pred = lam * (np.vstack(oof_base) + s_ * np.vstack(oof_corr))
-                oof_truth_a = np.vstack(oof_truth)
-                if cfg.self_effect:  # the perturbed genes' own change, from the out-of-fold error there
-                    oof_groups = [fit_groups[i] for f in folds for i in f]
-                    self._self_effect = R.fit_self_effect(oof_pred, oof_truth_a, oof_groups, oof_kind,
-                                                          self._gene_pos)
-                    oof_pred = self._add_self_effect(oof_pred, oof_groups, oof_kind)
-                self._var_scale = R.fit_variance_scale(oof_pred, np.vstack(oof_var), oof_truth_a, oof_kind)
-            self._nets = nets
-            self._net = nets[0]
-            curve = curves[0]
-            how = f"{cfg.cv_folds}-fold cross-fitting over the training groups (members averaged)"
-        else:
-            self._nets = []
-        if self._nets:
-            pass
-        elif val is not None and val.groups:
-            tr_idx, va_idx, how = np.arange(n_tr), np.arange(n_tr, len(fit_groups)), "given val set"
-        elif n_tr >= 5 and cfg.val_fraction > 0:
-            perm = np.random.default_rng(cfg.seed).permutation(n_tr)
-            n_va = max(1, int(round(cfg.val_fraction * n_tr)))
-            tr_idx, va_idx, how = np.sort(perm[n_va:]), np.sort(perm[:n_va]), "held-out slice of training groups"
-        else:
-            tr_idx, va_idx, how = np.arange(n_tr), np.zeros(0, np.int64), "none (too few groups)"
-        if not self._nets:
-            net, curve = train_net(make, full.subset(tr_idx), full.subset(va_idx) if va_idx.size else None,
-                                   epochs=cfg.epochs, **kw)
-            if va_idx.size and cfg.refit_full:
-                net, refit = train_net(make, full, None, epochs=max(curve.best_epoch, 1), **kw)
-            self._net = net
-            self._nets = [net]
-        self._fit_groups = fit_groups
-        self._singles = {(g.genes[0], g.context, g.covariates): d
-                         for g, d in zip(fit_groups, deltas) if len(g.genes) == 1}
-        self._diag = {
-            "node_universe": {"n_nodes": len(self._universe), "n_measured": len(self._genes),
-                              "n_perturbed_in_training": len(self._trained_genes),
-                              "go_hops": cfg.go_hops if "go" in cfg.graphs else None, "max_nodes": cfg.max_nodes},
-            "graphs": [dict(name=g.name, **g.provenance) for g in self._graphs],
-            "switches": {"use_graphs": cfg.use_graphs, "graphs": cfg.graphs, "gating": cfg.gating,
-                         "context_conditioning": cfg.context_conditioning, "additive_prior": cfg.additive_prior,
-                         "residual": cfg.residual, "stacking": cfg.stacking, "denoise": cfg.denoise,
-                         "self_effect": cfg.self_effect,
-                         "cv_folds": cfg.cv_folds,
-                         "shrinkage": cfg.shrinkage},
-            "base_kinds_in_training": {k: kinds_fit.count(k) for k in R.KINDS},
-            "base_weights": self._index.weights,
-            "denoise_mean_factor_per_context": self._index.shrink_factors,
-            "self_effect_per_context": self._self_effect,
-            "shrinkage": self._shrink,
-            "variance_calibration": {k: {"median_scale": float(np.median(v)), "min": float(v.min()),
-                                         "max": float(v.max())} for k, v in self._var_scale.items()},
-            "ensemble_members": len(self._nets),
-            "early_stopping": how,
-            "training_curve": curve.summary(),
-            "refit_on_all_groups": refit.summary() if refit else None,
-            "gates": self._gate_summary(full),
-            "device": str(self._device),
-            "fit_seconds": round(time.perf_counter() - t0, 3),
-        }
+        return measured
 
     def _self_effect_for(self, g: GroupInfo, kind: str) -> tuple[dict[str, float] | None, list[str]]:
-        """The context's fitted self-effect and the measured perturbed genes it applies to, for
-        a group whose base kind carries no measurement of its perturbation (else ``None``)."""
-        eff = self._self_effect.get(g.context)
-        own = [x for x in g.genes if x in self._gene_pos]
-        if eff is None or kind not in R.SELF_EFFECT_KINDS or not own:
-            return None, []
-        return eff, own
+        """See :func:`.fitting.self_effect_for`."""
+        from .fitting import self_effect_for
 
-    def _add_self_effect(self, pred: np.ndarray, groups: Sequence[GroupInfo], kinds: Sequence[str]) -> np.ndarray:
-        """``pred`` plus the context's ``κ`` at the genes :meth:`_self_effect_for` names."""
-        out = np.array(pred, dtype=np.float64, copy=True)
-        for i, (g, k) in enumerate(zip(groups, kinds)):
-            eff, own = self._self_effect_for(g, k)
-            for x in own:
-                out[i, self._gene_pos[x]] += eff["kappa"]
-        return out
+        return self_effect_for(self._self_effect, self._gene_pos, g, kind)
 
     def _gate_summary(self, full: Batch) -> dict[str, dict[str, float]]:
         """Mean gate per graph over the training groups of each context."""
@@ -396,12 +307,14 @@ class CGIOModel(Model):
         """Mean and variance of each query's delta, with notes for every fallback."""
         _ensure_torch()
         net: CGIONet = require_fitted(self, "_net", self.name)
+        from .fitting import add_self_effect
+
         cfg = self._cfg
         assert cfg is not None
         new = sorted({x for q in queries for x in q.genes} - set(self._universe))
         if new:
             self._extend(new)
-            net = self._net
+            net = self._nets[0]  # _extend rebuilt the members (self._net is the first)
         unreachable = {self._universe[i] for i in np.flatnonzero(~np.isfinite(self._hops))}
         self._silent = {g for g in unreachable if g not in self._trained_genes}
         batch = self._batch(queries, None)
@@ -410,7 +323,9 @@ class CGIOModel(Model):
             for member in self._nets:
                 m_, v_, g_ = (t.cpu().numpy().astype(np.float64)
                               for t in member(batch.x, batch.ctx, batch.cov, batch.sig))
-                means.append(m_), vars_.append(v_), gams.append(g_)
+                means.append(m_)
+                vars_.append(v_)
+                gams.append(g_)
         mean = np.mean(means, axis=0)
         head_var = np.mean(vars_, axis=0)
         spread = np.var(means, axis=0) if len(means) > 1 else np.zeros_like(head_var)
@@ -426,11 +341,11 @@ class CGIOModel(Model):
                 else:
                     var[i] = sh["lambda"] ** 2 * sh["s"] ** 2 * var[i] + 1e-6
             if self._self_effect:
-                mean = self._add_self_effect(mean, queries, kinds)
+                mean = add_self_effect(mean, queries, kinds, self._self_effect, self._gene_pos)
         notes: dict[str, str] = {}
         n_add = 0
         for i, q in enumerate(queries):
-            parts: list[str | None] = self._gene_notes(q)
+            parts: list[str | None] = [*self._gene_notes(q)]
             if q.context not in self._ctx:
                 parts.append(f"context {q.context!r} has no training groups: used the learned 'unknown' context "
                              "embedding (trained by context dropout)")
@@ -443,7 +358,8 @@ class CGIOModel(Model):
                 sb = self._batch(sq, None)
                 with torch.no_grad():
                     sm = net(sb.x, sb.ctx, sb.cov, sb.sig)[0].cpu().numpy().astype(np.float64)
-                mean[i] = np.sum(singles, axis=0) + mean[i] - sm.sum(axis=0)
+                measured = [s for s in singles if s is not None]  # all of them, in this branch
+                mean[i] = np.sum(measured, axis=0) + mean[i] - sm.sum(axis=0)
                 n_add += 1
             elif cfg.additive_prior and len(q.genes) > 1:
                 miss = [g for g, s in zip(q.genes, singles) if s is None]
