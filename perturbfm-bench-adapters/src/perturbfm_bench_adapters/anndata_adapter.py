@@ -109,7 +109,7 @@ class AnnDataAdapter(DatasetAdapter):
         "citation": "citation of the source data, recorded in the manifest",
     }
 
-    def load(  # type: ignore[override]
+    def load(
         self,
         path: str | Path | ad.AnnData | None = None,
         *,

@@ -49,7 +49,7 @@ class FormatAdapter(AnnDataAdapter):
     #: context column used when ``context_keys`` is not given and the column exists.
     auto_context: ClassVar[str | None] = None
 
-    def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:  # type: ignore[override]
+    def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:
         """Read ``path`` with the format's defaults (see ``options``)."""
         opts = {**GENERIC_DEFAULTS, **self.defaults, **options}
         own = {k: opts.pop(k) for k in list(opts) if k in self.own_options}
@@ -117,7 +117,7 @@ class GearsAdapter(FormatAdapter):
         "gene_name_key": "var column of gene symbols (default 'gene_name' where present)",
     }
 
-    def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:  # type: ignore[override]
+    def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:
         """As the base, but var 'gene_name' (if present) names the genes unless told otherwise."""
         if isinstance(path, ad.AnnData):
             if "gene_name_key" not in options and "gene_name" in path.var.columns:
@@ -190,7 +190,7 @@ class ScPerturbAdapter(FormatAdapter):
         obs["pfm_source_perturbation"] = pd.Categorical(labels)
         return obs, {"perturbation_key": "pfm_source_perturbation"}
 
-    def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:  # type: ignore[override]
+    def load(self, path: str | Path | None = None, **options: Any) -> AdapterResult:
         """As the base; the derived column is parsed with an internal delimiter."""
         opts = {**GENERIC_DEFAULTS, **self.defaults, **options}
         own = {k: opts.pop(k) for k in list(opts) if k in self.own_options}

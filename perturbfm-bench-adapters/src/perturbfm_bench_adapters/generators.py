@@ -10,7 +10,7 @@ Parameters may arrive as CLI strings (``"0.2"``, ``"a,b"``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 from perturbfm.dataset import GroupInfo, canonical_perturbation
@@ -60,7 +60,15 @@ class ValParams(SplitParams):
                                 "validation")
 
 
-def parse_params(gen: SplitGenerator | type[SplitGenerator], params: Mapping[str, Any]) -> Any:
+class ConfiguredGenerator(Protocol):
+    """A generator (instance or class) that declares its parameters' typed model,
+    as every generator of this package does (``config_model``)."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[ConfigModel]]
+
+
+def parse_params(gen: ConfiguredGenerator | type[ConfiguredGenerator], params: Mapping[str, Any]) -> Any:
     """Validate ``params`` against the generator's ``config_model``.
 
     Raises:

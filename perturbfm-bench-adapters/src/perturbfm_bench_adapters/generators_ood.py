@@ -113,9 +113,9 @@ class LeaveOneContextOut(SplitGenerator):
             if str(ctx) not in contexts:
                 raise ConfigError(f"unknown context {ctx!r}", field="context", fix=f"use one of: {', '.join(contexts)}")
             fold = contexts.index(str(ctx))
-        if not 0 <= int(fold) < len(contexts):  # type: ignore[arg-type]
+        if not 0 <= int(fold) < len(contexts):
             raise ConfigError(f"fold {fold} out of range", field="fold", fix=f"use 0..{len(contexts) - 1}")
-        held = contexts[int(fold)]  # type: ignore[arg-type]
+        held = contexts[int(fold)]
         assignments = {g: "test" if groups[g].context == held else "train" for g in ids}
         n_val = _val_from_train(assignments, p.val_fraction, seed)
         _, labels = seen_perturbation_labels(groups, assignments)

@@ -527,6 +527,7 @@ def demo(ctx: click.Context, seed: int, models: str | None, as_json: bool) -> No
     sid, _, _ = create_split(store, stored.hash, str(cfg["generator"]), dict(cfg.get("generator_params") or {}), seed)
     err_console.print(f"dataset {stored.hash[:12]}  split {sid[:12]}")
     results = []
+    run_metrics: list[dict[str, Any]] = []
     for name in names:
         with progress_reporter(name) as say:
             res = execute_run(store, model=name, split=sid, progress=say)
@@ -534,6 +535,8 @@ def demo(ctx: click.Context, seed: int, models: str | None, as_json: bool) -> No
             _print_run_result(res)
             ctx.exit(EXIT_RUN_FAILED)
         results.append(res)
+        assert res.metrics is not None  # a run that succeeded carries its metrics
+        run_metrics.append(res.metrics)
     from perturbfm.compare import compare_runs
 
     board = compare_runs([r.run_dir for r in results], store.root / "reports" / f"demo_{sid[:7]}",
@@ -545,9 +548,9 @@ def demo(ctx: click.Context, seed: int, models: str | None, as_json: bool) -> No
                     "1 = split-half replicate)")
     t.add_column("panel")
     t.add_column("metric")
-    for r in results:
-        t.add_column(_plain(r.metrics["model"]), justify="right")
-    table = [metric_rows(r.metrics) for r in results]
+    for m in run_metrics:
+        t.add_column(_plain(m["model"]), justify="right")
+    table = [metric_rows(m) for m in run_metrics]
     for k, row in enumerate(table[0]):
         t.add_row(_plain(row["panel"]), _plain(row["metric"]) + {True: " ↑", False: " ↓"}.get(row["higher_is_better"], ""),
                   *[f"{fmt(rows[k]['raw'])} / {fmt(rows[k]['calibrated'], 2)}" for rows in table])
@@ -556,8 +559,8 @@ def demo(ctx: click.Context, seed: int, models: str | None, as_json: bool) -> No
         err_console.print(f"run: {escape(str(r.run_dir))}")
     if as_json:
         _echo_json({"dataset": stored.hash, "split": sid, "synthetic": True, "leaderboard": path,
-                    "runs": [{"model": r.metrics["model"], "run_id": r.run_id, "run_dir": str(r.run_dir)}
-                             for r in results]})
+                    "runs": [{"model": m["model"], "run_id": r.run_id, "run_dir": str(r.run_dir)}
+                             for r, m in zip(results, run_metrics)]})
     else:
         click.echo(str(path))
 

@@ -36,7 +36,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from perturbfm import stats
 from perturbfm.defaults import COMPARE_REFERENCE
@@ -194,7 +194,8 @@ def strata(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 # --------------------------------------------------------------------------- values
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
+    """A finite number (an int counts; a bool does not)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
@@ -450,9 +451,9 @@ def compare(runs: Sequence[RunInput], *, reference: str = DEFAULT_REFERENCE, con
                     ref_raw = _restrict(ref_side.raw, units) if not ref_side.not_applicable else None
                     ref_cal = _restrict(ref_side.cal, units) if ref_side.cal is not None else None
                 elif kind == "baseline" or kind == "replicate":
-                    ref_side = sides[reference][1] if ref_source == "run" else (
+                    base_ref = sides[reference][1] if ref_source == "run" else (
                         sides[EMBEDDED_TM][1] if ref_source == "metrics.json train_mean" else None)
-                    ref_raw = _restrict(ref_side.raw, units) if ref_side else None
+                    ref_raw = _restrict(base_ref.raw, units) if base_ref else None
                     ref_cal = None
                 else:
                     ref_raw = ref_cal = None
@@ -633,9 +634,11 @@ def _plot(m: Mapping[str, Any], synthetic: bool) -> str | None:
                     ax.text(0.02, y, "undefined", transform=ax.get_yaxis_transform(), va="center", color="#888")
                     continue
                 color = "#b00020" if r["is_reference"] else "#555" if r["kind"] != "model" else "#1f4e99"
-                has = _finite(lo) and _finite(hi)
-                pts.setdefault((color, has), []).append((float(y), float(est), float(lo) if has else 0.0,
-                                                         float(hi) if has else 0.0))
+                if _finite(lo) and _finite(hi):
+                    has, lo_f, hi_f = True, float(lo), float(hi)
+                else:
+                    has, lo_f, hi_f = False, 0.0, 0.0
+                pts.setdefault((color, has), []).append((float(y), float(est), lo_f, hi_f))
             for (color, has), p in pts.items():  # one artist per colour: quick to draw
                 y_, e_, l_, h_ = (list(t) for t in zip(*p))
                 if has:

@@ -54,19 +54,19 @@ def _panels(value: Any) -> Any:
 class RunConfig(ConfigModel):
     """The ``run:`` section: parameters of the harness, not of the model."""
 
-    seed: Int = Field(0, ge=0, description="seed of the run (model seed offsets, bootstrap draws, subsampling)")
+    seed: Int = Field(default=0, ge=0, description="seed of the run (model seed offsets, bootstrap draws, subsampling)")
     panels: Annotated[str | list[str], BeforeValidator(_panels)] = Field(
-        "standard", description="metric panels: standard (every installed standard panel) or a list of names",
+        default="standard", description="metric panels: standard (every installed standard panel) or a list of names",
         json_schema_extra={"type_label": "standard or a list of panel names"})
-    replicate_seeds: Int = Field(5, ge=2, description="replicate splits of the true cells behind the "
+    replicate_seeds: Int = Field(default=5, ge=2, description="replicate splits of the true cells behind the "
                                  "split-half reference ceiling")
-    max_cells: Int = Field(2000, gt=0, description="cells per group used by cell-level panels (subsampled)")
-    ensemble: Int = Field(1, ge=1, description="members trained (seed or bootstrap ensemble) for a variance")
+    max_cells: Int = Field(default=2000, gt=0, description="cells per group used by cell-level panels (subsampled)")
+    ensemble: Int = Field(default=1, ge=1, description="members trained (seed or bootstrap ensemble) for a variance")
     ensemble_mode: Literal["seeds", "bootstrap"] = Field(
-        "seeds", description="seeds: vary the model seed; bootstrap: resample training groups")
-    conformal: Bool = Field(False, description="split-conformal intervals on the split's calibration groups")
-    conformal_mondrian: Bool = Field(False, description="conformal intervals calibrated per context (Mondrian)")
-    timeout_s: Float | None = Field(None, gt=0, description="seconds allowed for fit + predict together; "
+        default="seeds", description="seeds: vary the model seed; bootstrap: resample training groups")
+    conformal: Bool = Field(default=False, description="split-conformal intervals on the split's calibration groups")
+    conformal_mondrian: Bool = Field(default=False, description="conformal intervals calibrated per context (Mondrian)")
+    timeout_s: Float | None = Field(default=None, gt=0, description="seconds allowed for fit + predict together; "
                                     "null: no limit (the run fails as timed out past it)")
 
 

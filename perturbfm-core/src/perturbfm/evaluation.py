@@ -54,7 +54,7 @@ def validate_prediction(pred: Prediction, queries: Sequence[GroupInfo], genes: S
         if bad.any():
             rows, cols = np.nonzero(bad)
             gs = sorted({want[r] for r in rows})
-            gn = sorted({str(genes[c]) for c in cols})
+            gn = sorted({str(genes[int(c)]) for c in cols})
             raise PredictionError(
                 f"{name} has {int(bad.sum())} non-finite values in groups {', '.join(gs[:10])}"
                 f"{' ...' if len(gs) > 10 else ''} at genes {', '.join(gn[:10])}{' ...' if len(gn) > 10 else ''}",

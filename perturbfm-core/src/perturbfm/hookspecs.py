@@ -52,6 +52,7 @@ def pfm_register_dataset_adapters() -> list[type]:
     dataset AnnData: ``.obs`` columns ``pfm_perturbation``, ``pfm_is_control``,
     ``pfm_context`` and optional covariates, ``X`` in log1p-normalised space.
     """
+    raise NotImplementedError  # a specification: pluggy calls the implementations, never this body
 
 
 @hookspec
@@ -63,6 +64,7 @@ def pfm_register_split_generators() -> list[type]:
     ``train``/``val``/``test``/``calibration``; the core hashes and stores the
     result immutably.
     """
+    raise NotImplementedError  # a specification: pluggy calls the implementations, never this body
 
 
 @hookspec
@@ -73,6 +75,7 @@ def pfm_register_models() -> list[type]:
     mean (and optionally the variance) of the expression change against the
     context's control mean.
     """
+    raise NotImplementedError  # a specification: pluggy calls the implementations, never this body
 
 
 @hookspec
@@ -84,6 +87,7 @@ def pfm_register_metric_panels() -> list[type]:
     ``metrics.json`` only if every declared key has a finite value or a declared
     not-applicable reason.
     """
+    raise NotImplementedError  # a specification: pluggy calls the implementations, never this body
 
 
 @hookspec
@@ -91,6 +95,7 @@ def pfm_register_executors() -> list[type]:
     """Return executor classes (subclasses of
     :class:`perturbfm.interfaces.Executor`) that run lists of jobs (for example
     the runs of an ablation grid)."""
+    raise NotImplementedError  # a specification: pluggy calls the implementations, never this body
 
 
 @hookspec

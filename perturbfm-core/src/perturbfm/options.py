@@ -395,7 +395,9 @@ def validation_error(exc: ValidationError, model_cls: type[BaseModel], *, what: 
     an error location to the file or option the value came from.
     """
     errors = exc.errors(include_url=False)
-    lines, first_path, first_fix, first_loc = [], "", "", ()
+    lines: list[str] = []
+    first_path, first_fix = "", ""
+    first_loc: tuple[int | str, ...] = ()
     for e in errors:
         loc = tuple(p for p in e["loc"] if not _is_tag(p))
         path = _path(prefix, loc)
@@ -427,7 +429,7 @@ def validate(model_cls: type[BaseModel], data: Any, *, what: str = "", prefix: s
 
 
 # --------------------------------------------------------------------------- defaults and plugins
-class ConfigDefaults(dict):  # type: ignore[type-arg]
+class ConfigDefaults(dict[str, Any]):
     """A model's defaults (a plain mapping of parameter -> value) that remembers
     the typed model they came from, so :func:`perturbfm.config.resolve_config`
     can validate against it when only ``default_config()`` is handed over."""
@@ -482,7 +484,7 @@ def infer_config_model(defaults: Mapping[str, Any], name: str = "model") -> type
     for key, default in defaults.items():
         fields[str(key)] = (_inferred_type(default), Field(default=default, description="(no description given)"))
     safe = "".join(c if c.isalnum() else "_" for c in name) or "model"
-    return create_model(f"{safe}_config", __base__=ConfigModel, **fields)  # type: ignore[call-overload,no-any-return]
+    return create_model(f"{safe}_config", __base__=ConfigModel, **fields)
 
 
 def file_fields(model_cls: type[BaseModel]) -> list[str]:

@@ -256,7 +256,7 @@ class KindRegistry(Generic[T]):
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """An instance of the class registered as ``name``."""
-        return self.entry(name).cls(*args, **kwargs)  # type: ignore[no-any-return]
+        return self.entry(name).cls(*args, **kwargs)
 
     def origin(self, name: str) -> Origin:
         """The distribution and version that registered ``name``."""
@@ -379,9 +379,9 @@ class PluginRegistry:
                 row: dict[str, Any] = {**call.to_dict(), "returned": [], "registered": [], "problems": []}
                 rows.append(row)
                 if call.failure is not None:
-                    problem = f"{reg.hook} {call.failure.describe()}"
-                    row["problems"].append(problem)
-                    info.add_problem(problem)
+                    failed = f"{reg.hook} {call.failure.describe()}"
+                    row["problems"].append(failed)
+                    info.add_problem(failed)
                     continue
                 names = []
                 for cls, problem in _classes(call.value, reg.hook, reg.base):

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -245,14 +245,18 @@ def indep_control_data(data: EvalData) -> tuple[EvalData | None, str]:
 
 
 # --------------------------------------------------------------------------- calibration
-def _levels(v: MetricValue) -> tuple[str, dict[str, float]]:
+_Level = Literal["per_group", "per_context"]
+
+
+def _levels(v: MetricValue) -> tuple[_Level, dict[str, float]]:
     if v.per_group is not None:
         return "per_group", {k: float(x) for k, x in v.per_group.items()}
     return "per_context", {k: float(x) for k, x in (v.per_context or {}).items()}
 
 
-def _agg(level: str, values: Mapping[str, float], data: EvalData) -> dict[str, Any]:
-    out = aggregate(MetricValue(**{level: dict(values)}), data.groups)
+def _agg(level: _Level, values: Mapping[str, float], data: EvalData) -> dict[str, Any]:
+    mv = MetricValue(per_group=dict(values)) if level == "per_group" else MetricValue(per_context=dict(values))
+    out = aggregate(mv, data.groups)
     out.pop("extra", None)
     return out
 

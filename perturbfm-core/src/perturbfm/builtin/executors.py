@@ -118,7 +118,7 @@ class ProcessExecutor(Executor):
     description = "run jobs in a local pool of spawned worker processes"
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or default_workers()
+        self.workers: int = workers or default_workers()
 
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> list[Any]:
         import multiprocessing as mp

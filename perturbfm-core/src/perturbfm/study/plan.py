@@ -156,6 +156,7 @@ def build_plan(spec: StudySpec, store: ArtifactStore, registry: PluginRegistry,
         elif s.generator not in registry.names("split_generator"):
             reason = f"split generator plugin {s.generator!r} is not installed or failed to load"
         else:
+            assert s.dataset is not None  # read_study: a split without an id names one of the study's datasets
             try:
                 sid, _, _ = create_split(store, plan.datasets[s.dataset], s.generator, dict(s.params), s.seed,
                                          registry=registry)

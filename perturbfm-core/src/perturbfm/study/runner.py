@@ -275,11 +275,11 @@ def _run_locked(spec: StudySpec, st: ArtifactStore, study_dir: Path, ex: Any, ex
                                f"{math.ceil(len(pending) / k)} times; each invocation continues where the last stopped)")
     todo = pending[:chunk] if chunk else pending
     jobs = []
-    for c in todo:
-        cfg = study_dir / "configs" / f"{c.key}.yaml"
-        atomic_write_yaml(cfg, c.config)
-        jobs.append({"store": str(st.root), "study_dir": str(study_dir), "key": c.key, "model": c.model,
-                     "split": c.split_id, "config_file": str(cfg), "label": c.label})
+    for cell in todo:
+        cfg = study_dir / "configs" / f"{cell.key}.yaml"
+        atomic_write_yaml(cfg, cell.config)
+        jobs.append({"store": str(st.root), "study_dir": str(study_dir), "key": cell.key, "model": cell.model,
+                     "split": cell.split_id, "config_file": str(cfg), "label": cell.label})
     inv = {"executor": executor, "workers": getattr(ex, "workers", None), "chunk": chunk, "ran": len(jobs)}
     running = {**base, "phase": "running", "invocation": inv,
                "next_step": "wait; if this invocation dies, rerun the same command to continue"}
