@@ -145,8 +145,13 @@ def test_override_sets():
 def test_list_runs_when_runs_is_a_file(_isolated_store):
     _isolated_store.mkdir(parents=True)
     (_isolated_store / "runs").write_text("not a folder")
-    with pytest.raises(ArtifactNotFoundError, match="not a directory"):
+    from perturbfm.errors import StoreLayoutError
+
+    with pytest.raises(StoreLayoutError, match="is a file, not the store's 'runs' folder") as err:
         pfm.list_runs()
+    assert err.value.fix and "mv " in err.value.fix  # the store names the fix: move the file away
+    (_isolated_store / "runs").rename(_isolated_store / "runs.bak")  # follow it
+    assert len(pfm.list_runs()) == 0
 
 
 def test_evaluate_in_memory_equals_files_and_out_is_guarded(tmp_path):
