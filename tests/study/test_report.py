@@ -102,3 +102,86 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: str) -> N
     keep = os.environ.get("PFM_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+# --------------------------------------------------------------------------- escaping (jinja2 autoescape)
+XSS = "<script>alert('x')</script>\"&"
+
+
+def _assert_escaped(page: str) -> None:
+    assert "<script" not in page.lower(), page[page.lower().find("<script") - 200:][:400]
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&#34;&amp;" in page
+
+
+def test_run_report_escapes_labels_and_model_sections(tmp_path: Path) -> None:
+    from perturbfm.interfaces import ReportSection
+    from perturbfm.report import render_run_report, write_run_report
+
+    d = _run_dir(tmp_path, synthetic=True, verification="bad" + XSS, calibration=True, gates=False)
+    metrics = json.loads((d / "metrics.json").read_text())
+    label = f"{XSS}@ctx0"  # a perturbation label from the data
+    metrics["groups"][0]["group_id"] = label
+    metrics["model_notes"] = {label: "note " + XSS}
+    for panel in metrics["panels"].values():
+        for entry in panel["metrics"].values():
+            if "per_group" in entry:
+                entry["per_group"] = {label if g == "A@ctx0" else g: v for g, v in entry["per_group"].items()}
+                entry["per_context"][XSS] = 0.1
+    metrics["panels"]["p" + XSS] = {"metrics": {"m" + XSS: {"definition": XSS, "not_applicable": XSS}}}
+    metrics["model_info"] = {XSS: XSS}
+    metrics["conventions"] = {XSS: XSS}
+    metrics["references"] = {"definitions": {XSS: XSS}, "unsplittable_groups": {XSS: XSS}}
+    metrics["panel_selection"] = {"selection": "narrower: " + XSS}
+    prov = json.loads((d / "provenance.json").read_text())
+    prov["dataset"]["citation"] = XSS
+    prov["split"]["generator"] = XSS
+    sections = [ReportSection(XSS, XSS, ["ctx", XSS], [[XSS, 0.5], ["c1", XSS]], heatmap=True),
+                ReportSection(XSS, rows=[1], headers=["a"])]  # a row that is no list: the section says so
+
+    page = write_run_report(d, metrics, prov, sections).read_text()
+    _assert_escaped(page)
+    assert page.count("<h2>&lt;script&gt;") == 2 and "this section could not be rendered" in page
+    assert page.count("class='banner'") == 3 and page.rstrip().endswith("</html>")
+    # the markup itself is intact: the same tables as for benign labels
+    plain = render_run_report(json.loads((d / "metrics.json").read_text()),
+                              json.loads((d / "provenance.json").read_text()), None, None)
+    assert page.count("<table>") > plain.count("<table>") >= 6
+
+
+def test_study_report_escapes_every_value(tmp_path: Path) -> None:
+    from perturbfm.study.plan import Exclusion
+    from perturbfm.study.report import render_study_report
+
+    run_dir = str(tmp_path / ("r'" + XSS))  # a quote cannot leave the href attribute
+    status = {"phase": "p" + XSS, "next_step": XSS, "error": XSS, "synthetic_datasets": [XSS],
+              "synthetic_splits": [XSS],
+              "cells": {"c": {"status": "succeeded", "run_dir": run_dir, "split": XSS, "label": XSS, "seed": 0,
+                              "run_id": XSS}}}
+    rows = [{"label": XSS, "split": XSS, "status": "succeeded", "synthetic": True, XSS: 0.5}]
+    claims = [{"id": XSS, "statement": XSS, "synthetic": True, "status": XSS, "test": XSS, "n": 1,
+               "statistic": XSS, "ci": XSS, "reason": XSS}]
+    boards = [{"split": XSS, "link": XSS, "reference": XSS, "rows": [[XSS, XSS, XSS, XSS, XSS, 0.5, XSS]]},
+              {"split": XSS, "link": XSS, "error": XSS}]
+    page = render_study_report(XSS, status, rows, [XSS], claims, [Exclusion("model", XSS, XSS, 1)],
+                               leaderboards=boards)
+    _assert_escaped(page)
+    assert "<title>PerturbFM study &lt;script&gt;" in page and "<b>&lt;script&gt;" in page
+    assert "href='" + str(tmp_path) + "/r&#39;&lt;script&gt;" in page
+    assert page.count("<td>SYNTHETIC</td>") == 3 and page.count("<img") == 1
+
+
+def test_report_templates_are_autoescaped_package_data() -> None:
+    import fnmatch
+    import importlib.resources
+    import tomllib
+
+    from perturbfm.report import _env
+
+    root = Path(__file__).resolve().parents[2] / "perturbfm-core"
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["perturbfm"]
+    names = [p.name for p in (importlib.resources.files("perturbfm") / "templates").iterdir() if p.name.endswith(".j2")]
+    assert {"run_report.html.j2", "study_report.html.j2", "report_macros.html.j2"} <= set(names)
+    autoescape = _env().autoescape
+    for name in names:
+        assert callable(autoescape) and autoescape(name) is True, name
+        assert any(fnmatch.fnmatch(f"templates/{name}", p) for p in patterns), name

@@ -2,62 +2,67 @@
 calibration, the model's own sections and provenance, readable on its own
 (plots embedded as PNG). :func:`render_run_report_from_dir` rebuilds it from
 ``metrics.json`` / ``provenance.json`` / ``calibration.json`` alone (no
-predictions needed)."""
+predictions needed).
+
+The markup lives in jinja2 templates (``templates/run_report.html.j2`` and its
+fragments; ``report_page.html.j2`` / ``report_macros.html.j2`` are shared with the
+study report), rendered with autoescaping: this module only computes the values."""
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perturbfm.fsio import atomic_write_text
 
-_CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
-table{border-collapse:collapse;margin:.6em 0 1.4em}th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px}
-th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.banner{background:#b00020;color:#fff;padding:.7em 1em;font-weight:bold;border-radius:4px}
-code{background:#f5f5f5;padding:0 3px}.muted{color:#666;font-size:13px}
-"""
+if TYPE_CHECKING:
+    import jinja2
 
 
-class _Raw(str):
-    """Trusted HTML that the table writes as is."""
+def _is_number(v: Any) -> bool:
+    """A table cell right-aligned as a number (bools included, as before)."""
+    return isinstance(v, (int, float))
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, _Raw):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+def _cell(v: Any) -> Any:
+    """A table cell's text: floats to 4 significant digits; the template escapes the rest."""
+    return f"{v:.4g}" if isinstance(v, float) else v
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(
-            f"<td class='num'>{_fmt(c)}</td>" if isinstance(c, (int, float)) else f"<td>{_fmt(c)}</td>" for c in r
-        ) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+@functools.cache
+def _env() -> jinja2.Environment:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("perturbfm", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["report_cell"] = _cell
+    env.tests["report_number"] = _is_number
+    return env
+
+
+def render_template(template: str, /, **context: Any) -> str:
+    """Render the report template ``templates/<template>`` (autoescaped: values from data,
+    labels and plugins are escaped; fragments rendered here are passed to ``|safe``)."""
+    return _env().get_template(template).render(**context)
 
 
 def _png(fig: Any) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'/>"
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _per_group_plot(metrics: dict[str, Any], synthetic: bool) -> str:
+def _per_group_plot(metrics: dict[str, Any], synthetic: bool) -> str | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +74,7 @@ def _per_group_plot(metrics: dict[str, Any], synthetic: bool) -> str:
             if "per_group" in entry:
                 keys.append((pname, key, entry))
     if not keys:
-        return ""
+        return None
     keys = keys[:4]
     # one shared group axis (ordered by the first metric), labelled once on the left
     order = [g for g, _ in sorted(keys[0][2]["per_group"].items(), key=lambda kv: kv[1])]
@@ -115,10 +120,6 @@ def banners(metrics: dict[str, Any], provenance: dict[str, Any]) -> list[str]:
     return out
 
 
-def _banner_html(texts: list[str]) -> str:
-    return "".join(f"<p class='banner'>{html.escape(t)}</p>" for t in texts)
-
-
 def _curve_plot(title: str, curves: dict[str, list[list[float]]], xlabel: str, ylabel: str,
                 diagonal: bool = False) -> str:
     import matplotlib
@@ -157,7 +158,7 @@ def _scalar_cell(v: Any) -> Any:
     if isinstance(v, dict) and "not_applicable" in v:
         return "n/a: " + str(v["not_applicable"])
     if isinstance(v, dict):
-        return ", ".join(f"{k}: {_fmt(x) if isinstance(x, float) else x}" for k, x in v.items())
+        return ", ".join(f"{k}: {_cell(x)}" for k, x in v.items())
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
         return float(v)
     return "not recorded" if v is None else str(v)
@@ -167,14 +168,15 @@ def render_calibration(cal: dict[str, Any]) -> str:
     """Calibration tables and risk-coverage / reliability plots. Missing or
     unexpected keys are tolerated: the report says what it could not show."""
     try:
-        return _render_calibration(cal)
+        return render_template("run_calibration.html.j2", error=None, **_calibration_context(cal))
     except Exception as exc:  # a report must never fail a run  # noqa: BLE001
-        return f"<h2>Calibration</h2><p>calibration.json could not be rendered: {html.escape(repr(exc))}</p>"
+        return render_template("run_calibration.html.j2", error=repr(exc))
 
 
-def _render_calibration(cal: dict[str, Any]) -> str:
-    parts = ["<h2>Calibration</h2>"]
-    rows, reliab, ctx_rows = [], {}, []
+def _calibration_context(cal: dict[str, Any]) -> dict[str, Any]:
+    rows: list[list[Any]] = []
+    reliab: dict[str, list[list[float]]] = {}
+    ctx_rows: list[list[Any]] = []
     for method in ("gaussian", "conformal"):
         entry = cal.get(method)
         if entry is None:
@@ -192,16 +194,14 @@ def _render_calibration(cal: dict[str, Any]) -> str:
         curve = _curves(entry.get("reliability") or []).get("all")
         if curve:
             reliab[method] = curve
-    parts.append(_table(["method", "empirical coverage at nominal levels", "reliability points"], rows))
-    if ctx_rows:
-        parts.append(_table(["method", "nominal", "context", "empirical coverage"], ctx_rows))
-    parts.append(_table(["quantity", "value"], [[k, _scalar_cell(cal.get(k))] for k in ("nll", "aurc", "ood_auroc")]))
+    plots = []
     rc = _curves(cal.get("risk_coverage") or [])
     if rc:
-        parts.append(_curve_plot("risk-coverage", rc, "coverage", "risk"))
+        plots.append(_curve_plot("risk-coverage", rc, "coverage", "risk"))
     if reliab:
-        parts.append(_curve_plot("reliability", reliab, "nominal coverage", "empirical coverage", diagonal=True))
-    return "\n".join(parts)
+        plots.append(_curve_plot("reliability", reliab, "nominal coverage", "empirical coverage", diagonal=True))
+    return {"methods": rows, "per_context": ctx_rows, "plots": plots,
+            "quantities": [[k, _scalar_cell(cal.get(k))] for k in ("nll", "aurc", "ood_auroc")]}
 
 
 def render_sections(sections: Any) -> str:
@@ -210,12 +210,11 @@ def render_sections(sections: Any) -> str:
     rendered says so; a report never fails a run."""
     parts = []
     for sec in sections or []:
-        title = str(getattr(sec, "title", "") or "Model section")
         try:
-            parts.append(_render_section(sec))
+            parts.append(render_template("run_section.html.j2", error=None, **_section_context(sec)))
         except Exception as exc:  # a report must never fail a run  # noqa: BLE001
-            parts.append(f"<h2>{html.escape(title)}</h2><p>this section could not be rendered: "
-                         f"{html.escape(repr(exc))}</p>")
+            title = str(getattr(sec, "title", "") or "Model section")
+            parts.append(render_template("run_section.html.j2", title=title, error=repr(exc)))
     return "\n".join(parts)
 
 
@@ -224,14 +223,12 @@ def _num(v: Any) -> float | None:
     return float(v) if ok else None
 
 
-def _render_section(sec: Any) -> str:
-    parts = [f"<h2>{html.escape(str(sec.title))}</h2>"]
-    if sec.text:
-        parts.append(f"<p class='muted'>{html.escape(str(sec.text))}</p>")
+def _section_context(sec: Any) -> dict[str, Any]:
+    title, text = str(sec.title), str(sec.text) if sec.text else ""
     rows = [list(r) for r in (sec.rows or [])]
-    if sec.headers or rows:
-        parts.append(_table([str(h) for h in sec.headers], [
-            [c if isinstance(c, (int, float)) and not isinstance(c, bool) else str(c) for c in r] for r in rows]))
+    headers = [str(h) for h in sec.headers]
+    cells = [[c if isinstance(c, (int, float)) and not isinstance(c, bool) else str(c) for c in r] for r in rows]
+    heatmap = None
     if getattr(sec, "heatmap", False) and rows and len(sec.headers) > 1:
         import matplotlib
 
@@ -239,7 +236,7 @@ def _render_section(sec: Any) -> str:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        cols = [str(h) for h in sec.headers[1:]]
+        cols = headers[1:]
         labels = [str(r[0]) for r in rows]
         arr = np.array([[(_num(c) if _num(c) is not None else np.nan) for c in r[1:]] for r in rows], dtype=float)
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.8 + 0.35 * len(labels)))
@@ -248,9 +245,10 @@ def _render_section(sec: Any) -> str:
         ax.set_xticks(range(len(cols)), cols, fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         fig.colorbar(im, ax=ax)
-        ax.set_title(str(sec.title), fontsize=9)
-        parts.append(_png(fig))
-    return "\n".join(parts)
+        ax.set_title(title, fontsize=9)
+        heatmap = _png(fig)
+    return {"title": title, "text": text,
+            "table": bool(sec.headers or rows), "headers": headers, "rows": cells, "heatmap": heatmap}
 
 
 def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
@@ -259,16 +257,7 @@ def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
 
     refs = metrics.get("references") or {}
     sel = (metrics.get("panel_selection") or {}).get("selection", "")
-    out = ["<h2>Metrics: raw and calibrated</h2>",
-           "<p>Raw: mean over groups, per context, weighted by true cells. Calibrated = (raw − baseline) / "
-           "(replicate − baseline) over the resolved groups: <b>0</b> scores like the mean-response baseline (the "
-           "average true response of the evaluated groups given to every group), <b>1</b> like a split-half "
-           "replicate of the experiment; higher is always better, not clipped. Indep. ctrl: the delta-based "
-           "metric with prediction and truth referenced to disjoint control halves (a large drop from raw is "
-           "shared-control inflation).</p>"]
-    if sel.startswith("narrower"):
-        out.append(f"<p class='banner'>Panels: {html.escape(sel)} — not the standard set</p>")
-    rows = []
+    rows: list[list[Any]] = []
     for r in metric_rows(metrics):
         direction = {True: "↑", False: "↓"}.get(r["higher_is_better"], "")
         if r["raw"] is None:
@@ -278,29 +267,21 @@ def render_calibrated_metrics(metrics: dict[str, Any]) -> str:
                      fmt(r["replicate"]), fmt(r["indep_ctrl"]), fmt(r["train_mean"]),
                      "" if r["n_unresolvable"] is None else f"{r['n_unresolvable']} / {r['n_resolved']}",
                      r["n_not_applicable_groups"] or ""])
-    out.append(_table(["panel", "metric", "better", "raw", "calibrated", "baseline", "replicate", "indep. ctrl",
-                       "training mean", "unresolvable / resolved groups", "groups declared n/a"], rows))
     unsplit = refs.get("unsplittable_groups") or {}
-    if unsplit:
-        out.append(f"<p>{len(unsplit)} groups could not be split for the replicate: "
-                   + html.escape("; ".join(f"{k}: {v}" for k, v in list(unsplit.items())[:20])) + "</p>")
-    if refs.get("definitions"):
-        out.append(_table(["reference", "definition"], [[k, v] for k, v in refs["definitions"].items()]))
-    return "\n".join(out)
+    return render_template(
+        "run_metrics.html.j2", rows=rows, narrower=sel if sel.startswith("narrower") else "",
+        n_unsplittable=len(unsplit), unsplittable="; ".join(f"{k}: {v}" for k, v in list(unsplit.items())[:20]),
+        definitions=[[k, v] for k, v in (refs.get("definitions") or {}).items()])
 
 
 def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
                       calibration: dict[str, Any] | None = None, sections: Any = None) -> str:
-    """The HTML text of a run report; ``sections`` are the model's own
-    (:meth:`perturbfm.interfaces.Model.report_sections`)."""
+    """The HTML text of a run report (template ``run_report.html.j2``); ``sections`` are
+    the model's own (:meth:`perturbfm.interfaces.Model.report_sections`)."""
     synthetic = bool(metrics.get("synthetic"))
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM run {html.escape(metrics['run_id'])}"
-             f"</title><style>{_CSS}</style></head><body>"]
-    parts.append(_banner_html(banners(metrics, provenance)))
-    parts.append(f"<h1>Run {html.escape(metrics['run_id'])}</h1>")
     ds = provenance["dataset"]
     sp = provenance["split"]
-    parts.append(_table(["item", "value"], [
+    overview = [
         ["model", f"{metrics['model']} ({provenance['model']['distribution']} {provenance['model']['version']})"],
         ["dataset", f"{ds['hash'][:12]} ({'synthetic' if synthetic else 'real'}; {ds.get('expression_space')})"],
         ["dataset source", str(ds.get("source"))[:300]],
@@ -310,46 +291,32 @@ def render_run_report(metrics: dict[str, Any], provenance: dict[str, Any],
         ["evaluated groups / true cells", f"{metrics['n_groups']} / {metrics['n_true_cells']}"],
         ["config hash", provenance["config_hash"][:12]],
         ["git", str(provenance["git"])],
-    ]))
-    parts.append(render_calibrated_metrics(metrics))
-    parts.append("<h3>Raw values per context</h3>")
+    ]
     contexts = sorted({c for p in metrics["panels"].values() for e in p["metrics"].values()
                        for c in e.get("per_context", {})})
-    rows = []
+    context_rows: list[list[Any]] = []
     for pname, panel in metrics["panels"].items():
         for key, e in panel["metrics"].items():
             if "not_applicable" in e:
-                rows.append([pname, key, "n/a: " + e["not_applicable"]] + [""] * len(contexts))
+                context_rows.append([pname, key, "n/a: " + e["not_applicable"]] + [""] * len(contexts))
             else:
-                rows.append([pname, key, e["global"]] + [e["per_context"].get(c, "–") for c in contexts])
-    parts.append(_table(["panel", "metric", "global"] + [f"context {c}" for c in contexts], rows))
-    parts.append("<h3>Definitions</h3>")
-    parts.append(_table(["metric", "definition", "variant", "higher is better"], [
-        [k, e["definition"], e.get("variant", ""), e.get("higher_is_better")]
-        for p in metrics["panels"].values() for k, e in p["metrics"].items()
-    ]))
-    parts.append("<h2>Per group</h2>")
-    parts.append(_per_group_plot(metrics, synthetic))
+                context_rows.append([pname, key, e["global"]] + [e["per_context"].get(c, "–") for c in contexts])
     group_keys = [(p, k) for p, panel in metrics["panels"].items() for k, e in panel["metrics"].items()
                   if "per_group" in e]
-    grows = []
-    for g in metrics["groups"]:
-        gid = g["group_id"]
-        grows.append([gid, g["context"], g["n_true_cells"]]
-                     + [metrics["panels"][p]["metrics"][k]["per_group"].get(gid, "n/a") for p, k in group_keys]
-                     + [metrics["model_notes"].get(gid, "")])
-    parts.append(_table(["group", "context", "true cells"] + [k for _, k in group_keys] + ["model note"], grows))
-    if metrics.get("model_info"):
-        parts.append("<h2>Model declarations</h2>")
-        parts.append(_table(["item", "value"], [[k, str(v)] for k, v in metrics["model_info"].items()]))
-    if sections:
-        parts.append(render_sections(sections))
-    if calibration is not None:
-        parts.append(render_calibration(calibration))
-    parts.append("<h2>Conventions</h2>")
-    parts.append(_table(["convention", "value"], [[k, str(v)] for k, v in metrics["conventions"].items()]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    group_rows = [[g["group_id"], g["context"], g["n_true_cells"]]
+                  + [metrics["panels"][p]["metrics"][k]["per_group"].get(g["group_id"], "n/a") for p, k in group_keys]
+                  + [metrics["model_notes"].get(g["group_id"], "")]
+                  for g in metrics["groups"]]
+    return render_template(
+        "run_report.html.j2", run_id=metrics["run_id"], banners=banners(metrics, provenance), overview=overview,
+        metrics_html=render_calibrated_metrics(metrics), contexts=contexts, context_rows=context_rows,
+        definitions=[[k, e["definition"], e.get("variant", ""), e.get("higher_is_better")]
+                     for p in metrics["panels"].values() for k, e in p["metrics"].items()],
+        per_group_plot=_per_group_plot(metrics, synthetic), group_metrics=[k for _, k in group_keys],
+        group_rows=group_rows, model_info=[[k, str(v)] for k, v in (metrics.get("model_info") or {}).items()],
+        sections_html=render_sections(sections) if sections else "",
+        calibration_html=render_calibration(calibration) if calibration is not None else "",
+        conventions=[[k, str(v)] for k, v in metrics["conventions"].items()])
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -367,8 +334,7 @@ def model_sections(model: str | None, diagnostics: Any) -> list[Any]:
     try:
         from perturbfm.plugins import get_registry
 
-        cls = get_registry().get("model", model).cls
-        return list(cls.report_sections(diagnostics) or [])
+        return list(get_registry().models.get(model).report_sections(diagnostics) or [])
     except Exception:  # a report must never fail because of a model's section  # noqa: BLE001
         return []
 

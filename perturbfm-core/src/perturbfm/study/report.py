@@ -8,7 +8,6 @@ damaged), never a crash."""
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from perturbfm.fsio import atomic_write_json, atomic_write_text
 from perturbfm.hashing import sha256_json
-from perturbfm.report import _CSS, _png, _Raw, _table, banners
+from perturbfm.report import _png, banners, render_template
 from perturbfm.study.integrity import RunDamaged, read_json_object
 
 LEADERBOARDS_INDEX = "leaderboards.json"
@@ -55,23 +54,14 @@ def _study_banners(cells: dict[str, dict[str, Any]], status: dict[str, Any]) -> 
 def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, Any]], columns: list[str],
                         claims: list[dict[str, Any]], exclusions: list[Any], *,
                         leaderboards: list[dict[str, Any]] | None = None) -> str:
-    """The HTML text of a study report (``leaderboards``: see :func:`write_leaderboards`)."""
+    """The HTML text of a study report (template ``study_report.html.j2``;
+    ``leaderboards``: see :func:`write_leaderboards`)."""
     cells = status.get("cells", {})
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>PerturbFM study {html.escape(name)}</title>"
-             f"<style>{_CSS}</style></head><body>"]
-    parts += [f"<p class='banner'>{html.escape(b)}</p>" for b in _study_banners(cells, status)]
     syn_splits = set(status.get("synthetic_splits") or [])
-    parts.append(f"<h1>Study {html.escape(name)}</h1>")
-    parts.append(f"<p>phase <b>{html.escape(str(status.get('phase')))}</b>; "
-                 f"{sum(1 for c in cells.values() if c['status'] == 'succeeded')} of {len(cells)} runs succeeded. "
-                 f"Next step: {html.escape(str(status.get('next_step')))}</p>")
-    if status.get("error"):
-        parts.append(f"<pre>{html.escape(str(status['error']))}</pre>")
-    parts.append("<h2>Results (global metric, mean ± sd over seeds)</h2>")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["label"], r["split"]), []).append(r)
-    trows = []
+    results = []
     for (label, split), rs in groups.items():
         syn_rows = [r.get("synthetic") for r in rs if r.get("synthetic") is not None]
         ok = [r for r in rs if r["status"] == "succeeded"]
@@ -80,32 +70,28 @@ def render_study_report(name: str, status: dict[str, Any], rows: list[dict[str, 
             vals = [r[col] for r in ok if r.get(col) is not None]
             cellv.append(f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.2g}" if vals else "–")
         mark = _data_mark(any(syn_rows) or split in syn_splits if syn_rows or syn_splits else None)
-        trows.append([label, split, mark, f"{len(ok)}/{len(rs)}"] + cellv)
-    parts.append(_table(["label", "split", "data", "runs ok"] + columns, trows))
-    if columns and any(r["status"] == "succeeded" for r in rows):
-        parts.append(_bars(groups, columns[:4]))
-    if leaderboards is not None or status.get("phase") not in (None, "complete"):
-        parts.append(_leaderboards_html(leaderboards))
-    parts.append("<h2>Claims</h2>")
-    if claims:
-        parts.append(_table(["id", "statement", "data", "status", "test", "n", "statistic", "CI / p", "reason"], [
-            [c["id"], c.get("statement") or "", _data_mark(c.get("synthetic")),
-             _Raw(f"<b>{html.escape(c['status'])}</b>"), c["test"], c.get("n", 0),
-             c.get("statistic", ""), str(c.get("ci") or c.get("p_value") or ""), c.get("reason", "")]
-            for c in claims]))
-    else:
-        parts.append("<p>No claims were declared.</p>")
-    parts.append("<h2>Excluded by the plan filter</h2>")
-    parts.append(_table(["kind", "entry", "cells", "reason"], [[e.kind, e.entry, e.cells, e.reason] for e in exclusions])
-                 if exclusions else "<p>Nothing was excluded.</p>")
-    parts.append("<h2>Runs</h2>")
-    parts.append(_table(["label", "split", "data", "seed", "status", "run"], [
-        [c["label"], c["split"], _data_mark(c["split"] in syn_splits if "synthetic_splits" in status else None),
-         c["seed"], c["status"],
-         _Raw(f"<a href='{html.escape(str(c['run_dir']))}/report.html'>{html.escape(c['run_id'])}</a>")
-         if c.get("run_id") else ""] for c in cells.values()]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        results.append([label, split, mark, f"{len(ok)}/{len(rs)}"] + cellv)
+    return render_template(
+        "study_report.html.j2", name=name, banners=_study_banners(cells, status), phase=str(status.get("phase")),
+        n_succeeded=sum(1 for c in cells.values() if c["status"] == "succeeded"), n_cells=len(cells),
+        next_step=str(status.get("next_step")), error=str(status["error"]) if status.get("error") else "",
+        columns=list(columns), results=results,
+        bars=_bars(groups, columns[:4]) if columns and any(r["status"] == "succeeded" for r in rows) else None,
+        show_leaderboards=leaderboards is not None or status.get("phase") not in (None, "complete"),
+        leaderboards=None if leaderboards is None else [_board_view(b) for b in leaderboards],
+        claims=[{"id": c["id"], "statement": c.get("statement") or "", "data": _data_mark(c.get("synthetic")),
+                 "status": c["status"], "test": c["test"], "n": c.get("n", 0), "statistic": c.get("statistic", ""),
+                 "ci_p": str(c.get("ci") or c.get("p_value") or ""), "reason": c.get("reason", "")} for c in claims],
+        exclusions=[[e.kind, e.entry, e.cells, e.reason] for e in exclusions],
+        runs=[{"label": c["label"], "split": c["split"], "seed": c["seed"], "status": c["status"],
+               "data": _data_mark(c["split"] in syn_splits if "synthetic_splits" in status else None),
+               "run_id": c.get("run_id") or "", "run_dir": str(c.get("run_dir"))} for c in cells.values()])
+
+
+def _board_view(b: dict[str, Any]) -> dict[str, Any]:
+    """A leaderboard entry as the template shows it (``error`` set when it was not produced)."""
+    return {"split": b["split"], "link": b["link"], "error": b.get("error"), "reference": str(b.get("reference")),
+            "rows": b.get("rows") or []}
 
 
 def _bars(groups: dict[tuple[str, str], list[dict[str, Any]]], columns: list[str]) -> str:
@@ -214,25 +200,6 @@ def _iv(iv: dict[str, Any] | None) -> str:
         return "–"
     lo, hi = iv.get("low"), iv.get("high")
     return f"{iv['estimate']:.4g}" + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else " [–]")
-
-
-def _leaderboards_html(boards: list[dict[str, Any]] | None) -> str:
-    parts = ["<h2>Leaderboards (mean over held-out groups, seeds averaged within group; paired 95% intervals)</h2>"]
-    if boards is None:
-        return parts[0] + "<p>Written when the study is complete (every planned run succeeded); rerun the study " \
-                          "to continue it.</p>"
-    if not boards:
-        return parts[0] + "<p>No run has succeeded yet.</p>"
-    for b in boards:
-        parts.append(f"<h3>split {html.escape(b['split'])}: <a href='{html.escape(b['link'])}'>full comparison</a>"
-                     "</h3>")
-        if "error" in b:
-            parts.append(f"<p>not produced: {html.escape(b['error'])}</p>")
-            continue
-        ref = str(b.get("reference"))
-        parts.append(_table(["metric", "label", "raw [95% CI]", f"Δ vs {ref} [95% CI]", f"vs {ref}",
-                             "calibrated [95% CI]", f"calibrated vs {ref}"], b["rows"]))
-    return "\n".join(parts)
 
 
 def write_study_report(path: Path, *args: Any) -> Path:
