@@ -9,6 +9,9 @@ rewriting the data and its recorded digests makes every load refuse it. A
 missing or damaged file is restored by ``pfm-bench data repair ID`` or by
 importing the same content again; every read-modify-write of a manifest runs
 under the dataset's lock (``<store>/locks``).
+
+Length (over 400 lines on purpose): identity, verification, import and repair share the
+locks and the verified-stat cache; splitting them would let one path bypass the checks of another.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ error names the dotted field (``run.panels[0]``), the file or option and a fix.
 Plugin classes declare their model as the ``config_model`` class attribute
 (:func:`config_model_of`); :func:`options_table` renders it for
 ``pfm-bench plugins --options NAME``.
+
+Length (over 400 lines on purpose): the field types, the parser, the validation-error
+translation and the option tables must agree on one vocabulary of types and constraints.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@
 An optional ``device`` (e.g. ``"cuda"``) runs the distance GEMM with torch when
 torch is importable; otherwise everything is numpy. torch is imported lazily.
 Parity with the peers (scperturb, POT) is checked by :mod:`perturbfm_metrics.parity`.
+
+Length (over 400 lines on purpose): the distances share the centring, batching and
+convergence bookkeeping defined here; parity checks live in :mod:`perturbfm_metrics.parity`.
 """
 
 from __future__ import annotations

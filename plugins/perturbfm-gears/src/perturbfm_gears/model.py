@@ -5,6 +5,9 @@ conditioning). Its GO graph is built from our own GO table with CGIO's GO helper
 (:func:`perturbfm_models.cgio.graphs.load_go_table`, ``go_graph``) and handed to
 GEARS as tensors, so nothing is downloaded. See the plugin README for the full
 list of offline files, fallbacks and limits.
+
+Length (over 400 lines on purpose): the offline adaptation of one pinned GEARS release
+(data conversion, graph hand-over, per-context training) is one unit tied to that release.
 """
 
 from __future__ import annotations
