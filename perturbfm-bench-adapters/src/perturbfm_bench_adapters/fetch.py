@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from perturbfm.console import byte_progress
 from perturbfm.errors import ArtifactIntegrityError, ConfigError, InputFileError, PerturbFMError
 from perturbfm.fsio import check_regular_file, guard_write, write_error
 from perturbfm.hashing import sha256_file
@@ -135,7 +136,8 @@ def download(url: str, target: Path, *, timeout: float = TIMEOUT_S) -> int:
         else:
             resumed, total = 0, length_n
         written = resumed
-        with guard_write(part), open(part, "ab" if resumed else "wb") as fh:
+        with guard_write(part), open(part, "ab" if resumed else "wb") as fh, \
+                byte_progress(f"downloading {target.name}", total, completed=resumed) as advance:
             while True:
                 try:
                     block = resp.read(BLOCK)
@@ -146,6 +148,7 @@ def download(url: str, target: Path, *, timeout: float = TIMEOUT_S) -> int:
                     break
                 fh.write(block)
                 written += len(block)
+                advance(len(block))
     if total is not None and written < total:
         raise _interrupted(url, part, written, total, "the connection closed before the announced length")
     if total is not None and written > total:

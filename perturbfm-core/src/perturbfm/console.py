@@ -22,7 +22,8 @@ EXIT_USER_ERROR = 2
 #: The requested work ran and failed (model crash, incomplete panel, ...).
 EXIT_RUN_FAILED = 1
 
-__all__ = ["EXIT_RUN_FAILED", "EXIT_USER_ERROR", "console", "err_console", "escape", "progress_reporter"]
+__all__ = ["EXIT_RUN_FAILED", "EXIT_USER_ERROR", "byte_progress", "console", "err_console", "escape",
+           "progress_reporter"]
 
 
 @contextmanager
@@ -39,3 +40,28 @@ def progress_reporter(title: str, *, enabled: bool | None = None) -> Iterator[Ca
                   transient=True) as bar:
         task = bar.add_task(escape(f"{title}: starting"), total=None)
         yield lambda msg: bar.update(task, description=escape(f"{title}: {msg}"))
+
+
+@contextmanager
+def byte_progress(title: str, total: int | None, *, completed: int = 0,
+                  enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar of bytes on stderr (size, speed, time left) for downloads;
+    yields ``advance(n_bytes)``. ``completed`` is where a resumed download starts.
+    Shown only when stderr is a terminal (or ``enabled``)."""
+    show = err_console.is_terminal if enabled is None else enabled
+    if not show:
+        yield lambda _n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(escape(title), total=total, completed=completed)
+        yield lambda n: bar.advance(task, n)
