@@ -109,8 +109,9 @@ def pfm_register_commands(cli: Any) -> None:
 
 @hookspec
 def pfm_run_started(run_dir: str, run_info: dict[str, Any]) -> None:
-    """Observer: a run started. ``run_info`` holds the run id, model, split
-    and resolved configuration. Called through
+    """Observer: a run started. ``run_info`` holds the run id, model, split id,
+    dataset hash, resolved configuration and the synthetic flag (``provenance.json``
+    is written once, when the run ends). Called through
     :meth:`perturbfm.plugins.PluginRegistry.call_observers`: whatever an
     implementation raises (``SystemExit`` included) is recorded in the run's
     status with the plugin's name and never aborts the run."""

@@ -91,8 +91,8 @@ class RunContext:
 
     @property
     def run_info(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "model": self.model_name, "split": self.split.id, "config": self.config,
-                "synthetic": self.synthetic}
+        return {"run_id": self.run_id, "model": self.model_name, "split": self.split.id,
+                "dataset": self.dataset.hash, "config": self.config, "synthetic": self.synthetic}
 
 
 def make_run_id(split_id: str, model: str, config_hash: str, when: datetime | None = None) -> str:
