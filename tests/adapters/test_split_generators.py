@@ -113,3 +113,14 @@ def test_context_ood():
         gen.generate(GROUPS, {"context": "X"}, 0)
     with pytest.raises(PerturbFMError, match="context"):
         gen.generate(GROUPS, {}, 0)
+
+
+def test_hints_for_unknown_names_keep_bracketed_compound_names_whole() -> None:
+    """A bracketed compound name (``Drug(+)``) is one name in the explicit split's
+    hints and in GEARS conditions, never split at its inner ``+``."""
+    from perturbfm.canonical.labels import split_combo
+    from perturbfm_bench_adapters.official_splits import _gears_perturbation
+
+    assert split_combo("Drug(+)", "+") == ["Drug(+)"]
+    assert _gears_perturbation("(+)-JQ1+ctrl") == "(+)-JQ1"
+    assert _gears_perturbation("KLF1+MAP2K6") == "KLF1+MAP2K6"

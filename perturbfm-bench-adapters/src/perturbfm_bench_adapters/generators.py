@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
+from perturbfm.canonical.labels import split_combo
 from perturbfm.dataset import GroupInfo, canonical_perturbation
 from perturbfm.errors import ConfigError
 from perturbfm.interfaces import SplitAssignment, SplitGenerator
@@ -191,7 +192,7 @@ class ExplicitSplit(SplitGenerator):
         if unknown:
             hints = []
             for u in unknown:
-                canon = canonical_perturbation(u.split("+")) if "@" not in u else u
+                canon = canonical_perturbation(split_combo(u, "+")) if "@" not in u else u
                 matches = [g for g in ids if groups[g].perturbation in (u, canon)]
                 if matches:
                     hints.append(f"{u!r} is not a group id; matching groups: {', '.join(matches[:6])}")

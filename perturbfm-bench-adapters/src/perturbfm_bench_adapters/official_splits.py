@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from perturbfm.canonical.labels import split_combo
 from perturbfm.canonical.obs import head
 from perturbfm.dataset import CONTROL_COL, GROUP_COL, PERT_COL, canonical_perturbation, ensure_group_column
 from perturbfm.errors import SplitIntegrityError
@@ -220,7 +221,7 @@ def from_obs_column(stored: StoredDataset, column: str) -> tuple[dict[str, str],
 
 
 def _gears_perturbation(condition: str) -> str:
-    return canonical_perturbation([g for g in str(condition).split("+") if g.strip() != "ctrl"])
+    return canonical_perturbation([g for g in split_combo(str(condition), "+") if g.strip() != "ctrl"])
 
 
 def from_gears_pickle(
