@@ -68,6 +68,12 @@ class RunConfig(ConfigModel):
     conformal_mondrian: Bool = Field(default=False, description="conformal intervals calibrated per context (Mondrian)")
     timeout_s: Float | None = Field(default=None, gt=0, description="seconds allowed for fit + predict together; "
                                     "null: no limit (the run fails as timed out past it)")
+    env_call_timeout_s: Float | None = Field(
+        default=None, gt=0, description="seconds allowed for each fit or predict call of a model running in its own "
+        "environment (the subprocess is killed past it); null: no per-call limit")
+    env_max_cells_per_group: Int = Field(
+        default=500, gt=0, description="cells per group sent to a model running in its own environment "
+        "(subsampled with run.seed; recorded in the provenance)")
 
 
 #: Run-level parameters and their defaults.

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from perturbfm.dataset import GroupInfo
+    from perturbfm.envs.spec import EnvSpec
     from perturbfm.evaldata import EvalData
     from perturbfm.training import TrainingData
 
@@ -143,6 +144,11 @@ class Model(abc.ABC):
     description: ClassVar[str] = ""
     #: True when ``predict`` returns ``var_delta``.
     gives_variance: ClassVar[bool] = False
+    #: The model's own Python environment (:class:`perturbfm.envs.EnvSpec`); None: the
+    #: model runs in the harness's process. A model that sets it subclasses
+    #: :class:`perturbfm.envs.IsolatedModel`, whose fit/predict run in a subprocess of
+    #: that environment (see docs/environments.md).
+    environment: ClassVar[EnvSpec | None] = None
 
     def default_config(self) -> dict[str, Any]:
         """Every parameter the model reads, with its default."""

@@ -164,10 +164,12 @@ def check_run_config(model_cls: type[Model], model_defaults: dict[str, Any], con
                      split: Any) -> None:
     """Refuse run settings that cannot work, before anything is written."""
     from perturbfm.config import ENSEMBLE_MODES
+    from perturbfm.envs.harness import check_declaration
     from perturbfm.evaldata import check_sampling
     from perturbfm.run.guards import check_timeout
 
     run = config["run"]
+    check_declaration(model_cls)
     check_sampling(run["max_cells"], run["seed"])
     check_timeout(run.get("timeout_s"))
     if run["ensemble"] < 1:

@@ -133,10 +133,16 @@ def fit(ctx: RunContext, deadline: Deadline) -> None:
     """Fit the model (or each member of an ensemble) under the run's time limit."""
     import time
 
+    from perturbfm.envs import IsolatedModel
+    from perturbfm.envs.harness import prepare_environment
+
     model_cls: type[Model] = ctx.model_reg.cls
+    binding = prepare_environment(ctx)  # a model in its own environment: built or reused here, not timed
     k_members = int(ctx.run_cfg["ensemble"])
     for k in range(k_members):
         member = model_cls()
+        if binding is not None and isinstance(member, IsolatedModel):
+            member.bind(binding)
         cfg = dict(ctx.config["model"])
         member_train = ctx.train
         if k_members > 1 and ctx.run_cfg["ensemble_mode"] == "seeds":
@@ -158,6 +164,8 @@ def predict(ctx: RunContext, deadline: Deadline) -> None:
     """Predict the test (and calibration) groups; the model never sees true cell counts."""
     import time
 
+    from perturbfm.envs import IsolatedModel
+
     queries = [replace(g, n_cells=0) for g in ctx.test_groups + ctx.cal_groups]
     preds: list[Prediction] = []
     for member in ctx.members:
@@ -166,6 +174,8 @@ def predict(ctx: RunContext, deadline: Deadline) -> None:
             out = member.predict(list(queries))
         ctx.timings["predict"] += time.perf_counter() - t0
         preds.append(check_prediction(out, ctx.model_name))
+        if isinstance(member, IsolatedModel):
+            member.close()  # an isolated model's state folder: its results are in memory now
     combined = combine_ensemble(preds)
     if len(preds) > 1:
         combined.info["ensemble_mode"] = ctx.run_cfg["ensemble_mode"]
