@@ -28,7 +28,8 @@ __version__ = "0.1.0"
 from perturbfm.hookspecs import hookimpl  # noqa: E402
 
 _API = ("Dataset", "Run", "compare", "evaluate", "import_adata", "import_data", "list_datasets", "list_runs", "list_splits",
-        "load_run", "make_split", "metrics_frame", "names", "run")
+        "load_run", "make_split", "metrics_frame", "names", "run",
+        "build_environments", "list_environments", "remove_environment")
 
 
 class _CallableModule(types.ModuleType):

@@ -521,5 +521,38 @@ def names(kind: str) -> list[str]:
                           fix="use model, split_generator, dataset_adapter or metric_panel") from None
 
 
-__all__ = ["Dataset", "Run", "compare", "evaluate", "import_adata", "import_data", "list_datasets", "list_runs", "list_splits",
-           "load_run", "make_split", "metrics_frame", "names", "run"]
+# ----------------------------------------------------------------------------- model environments
+def list_environments(*, store: StoreLike = None) -> pd.DataFrame:
+    """Every installed model's own environment (built or not) and every environment folder
+    under ``<store>/envs`` (see docs/environments.md); one row each."""
+    import pandas as pd
+
+    from perturbfm.envs.manage import environment_rows
+    from perturbfm.plugins import get_registry
+
+    return pd.DataFrame(environment_rows(get_registry(), _store(store).root))
+
+
+def build_environments(models: str | Sequence[str] | None = None, *, store: StoreLike = None,
+                       force: bool = False, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Build (``force``: rebuild) the environments of ``models`` (default: every installed
+    model that declares one); returns hash, path, packages and build time of each."""
+    from perturbfm.envs.manage import build_model_environments
+    from perturbfm.plugins import get_registry
+
+    return build_model_environments(get_registry(), _keys(models), store=_store(store).root, force=force,
+                                    say=progress)
+
+
+def remove_environment(ref: str, *, store: StoreLike = None) -> list[str]:
+    """Remove a model environment (``ref``: model name, hash prefix, or ``"incomplete"``
+    for every killed build); returns the hashes removed."""
+    from perturbfm.envs.manage import remove_environments
+    from perturbfm.plugins import get_registry
+
+    return remove_environments(get_registry(), ref, store=_store(store).root)
+
+
+__all__ = ["Dataset", "Run", "build_environments", "compare", "evaluate", "import_adata", "import_data",
+           "list_datasets", "list_environments", "list_runs", "list_splits", "load_run", "make_split",
+           "metrics_frame", "names", "remove_environment", "run"]

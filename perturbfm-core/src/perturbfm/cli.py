@@ -104,19 +104,28 @@ def plugins(ctx: click.Context, as_json: bool, hook: str | None, options_of: str
     if options_of is not None:
         _show_plugin_options(reg, options_of, as_json)
         return
+    from perturbfm.envs.manage import environment_status
+
     rows = [p.to_dict() for p in reg.plugins]
+    envs = environment_status(reg, ctx.obj["store"])
+    for p in rows:  # each model's own environment (absent: the model runs in-process)
+        p["environments"] = {m: envs[m] for m in p["registers"].get("model", []) if m in envs}
     conflicts = [{"kind": k, "name": n, "distributions": d} for (k, n), d in reg.conflicts().items()]
     if as_json:
         click.echo(json.dumps({"plugins": rows, "conflicts": conflicts}, indent=2))
         return
     t = Table(title="PerturbFM plugins (entry-point group 'perturbfm')")
-    for col in ("distribution", "version", "entry point", "registers", "status"):
+    for col in ("distribution", "version", "entry point", "registers", "environment", "status"):
         t.add_column(col)
     for p in rows:
         regs = "\n".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()) or "-"
         status = (f"[red]{escape(p['error'])}[/red]" + (f"\nfix: {escape(p['fix'])}" if p["fix"] else "")
                   if p["error"] else "[green]ok[/green]")
-        t.add_row(escape(p["distribution"]), escape(p["version"]), escape(p["entry_point"]), escape(regs), status)
+        env_col = "\n".join(f"{m}: {e['environment']} {e['spec_hash'][:12]} "
+                             + ("built" if e["built"] else "not built (built on first run)")
+                             for m, e in p["environments"].items()) or "-"
+        t.add_row(escape(p["distribution"]), escape(p["version"]), escape(p["entry_point"]), escape(regs),
+                  escape(env_col), status)
     console.print(t)
     for c in conflicts:
         console.print(f"[red]conflict:[/red] {c['kind']} {escape(repr(c['name']))} registered by "
@@ -188,6 +197,78 @@ def _show_plugin_options(reg: Any, spec: str, as_json: bool) -> None:
                          + ("" if info["typed"] else ": no typed config declared")))
     console.print(escape(render_options_table(info["options"]) if info["options"] else "(no options)"),
                   soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- envs
+@cli.group()
+def envs() -> None:
+    """Model environments: models that run in their own Python environment (built with uv under <store>/envs)."""
+
+
+@envs.command("list")
+@click.option("--sizes", is_flag=True, help="Also measure each environment's size on disk (slower).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (full hashes).")
+@click.pass_context
+def envs_list(ctx: click.Context, sizes: bool, as_json: bool) -> None:
+    """Every installed model's environment (built or not) and every environment folder on disk."""
+    from perturbfm.envs.manage import environment_rows
+
+    rows = environment_rows(get_registry(), ctx.obj["store"], sizes=sizes)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        err_console.print("no model environments (no installed model declares one, and none is on disk)")
+        return
+    t = Table(title="model environments")
+    for col in ("hash", "name", "models", "status", "python", "packages", "built at", *(["MB"] if sizes else [])):
+        t.add_column(col)
+    for r in rows:
+        pk = r.get("packages")
+        t.add_row(r["spec_hash"][:12], escape(str(r.get("name") or "-")), escape(", ".join(r["models"]) or "-"),
+                  escape(r["status"]), escape(str(r.get("python") or "-")), str(pk) if pk is not None else "-",
+                  escape(str(r.get("built_at") or "-")),
+                  *([f"{r.get('bytes', 0) / 1e6:.1f}"] if sizes else []))
+    console.print(t)
+
+
+@envs.command("build")
+@click.argument("models", nargs=-1)
+@click.option("--force", is_flag=True, help="Rebuild even when built (replaces it atomically).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def envs_build(ctx: click.Context, models: Sequence[str], force: bool, as_json: bool) -> None:
+    """Build the environments of MODELS (default: every installed model that declares one)."""
+    from perturbfm.envs.manage import build_model_environments
+
+    out = build_model_environments(get_registry(), list(models), store=ctx.obj["store"], force=force,
+                                   say=lambda msg: err_console.print(escape(msg), soft_wrap=True))
+    if as_json:
+        _echo_json(out)
+        return
+    for r in out:
+        how = "reused (already built)" if r["reused"] else f"built in {r['build_seconds']:.1f} s"
+        err_console.print(escape(f"{r['model']}: environment {r['name']} {r['spec_hash'][:12]} {how}, "
+                                 f"{len(r['packages'])} packages"))
+        click.echo(r["path"])
+
+
+@envs.command("remove")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def envs_remove(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Remove an environment: REF is a model name, a hash (prefix) or 'incomplete' (every killed build)."""
+    from perturbfm.envs.manage import remove_environments
+
+    removed = remove_environments(get_registry(), ref, store=ctx.obj["store"])
+    if as_json:
+        _echo_json({"removed": removed})
+        return
+    for h in removed:
+        click.echo(h)
+    if not removed:
+        err_console.print("nothing to remove")
 
 
 # ----------------------------------------------------------------------------- data

@@ -209,7 +209,7 @@ def _failed_requirements(spec: EnvSpec, stderr: str) -> list[str]:
 
     text = _norm(stderr)
     return [r for r in spec.requirements if re.search(r"(?<![a-z0-9-])" + re.escape(_norm(Requirement(r).name))
-                                                      + r"(?![a-z0-9])", text)]
+                                                      + r"(?![a-z0-9]|-[a-z0-9])", text)]
 
 
 def _build_into(spec: EnvSpec, tmp: Path, say: Callable[[str], None]) -> dict[str, Any]:
