@@ -3,6 +3,7 @@ of a numpy-only environment, the file protocol, and every failure as a clean fai
 
 The fake model (tests/fixtures/isolated_model) is a test double on SYNTHETIC data."""
 
+# ruff: noqa: F811  (the session fixtures are imported from envs_support, then used as arguments)
 from __future__ import annotations
 
 import json

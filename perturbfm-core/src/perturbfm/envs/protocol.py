@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from perturbfm.errors import PluginError
-from perturbfm.run.guards import RunTimeoutError
+from perturbfm.errors import PerturbFMError, PluginError
 
 PROTOCOL = 1
 WORKER_HOST = Path(__file__).with_name("worker_host.py")
@@ -51,8 +50,11 @@ class EnvProtocolError(PluginError):
     """The model's subprocess returned malformed output (which file, which field)."""
 
 
-class EnvTimeoutError(RunTimeoutError):
-    """A fit or predict call in a model environment ran past its time limit."""
+class EnvTimeoutError(PerturbFMError):
+    """A fit or predict call in a model environment ran past its time limit (a run
+    failed by it is recorded as timed out, like one past ``run.timeout_s``)."""
+
+    timed_out = True
 
 
 # --------------------------------------------------------------------------- requests

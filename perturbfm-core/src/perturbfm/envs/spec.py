@@ -13,6 +13,8 @@ environment's ``env.json``, so one spec has one hash on every machine.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,7 +24,6 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from perturbfm.errors import ConfigError
-from perturbfm.hashing import sha256_file, sha256_json
 
 #: Version of the environment layout and of the file protocol; part of every spec hash.
 LAYOUT_VERSION = 1
@@ -113,7 +114,8 @@ class EnvSpec:
 
     def spec_hash(self) -> str:
         """The sha256 of :meth:`content`: the environment's directory name under ``<store>/envs/``."""
-        return sha256_json(self.content())
+        body = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
     def worker_path(self) -> Path:
         """The worker file; a clear error when it does not exist."""
@@ -125,7 +127,7 @@ class EnvSpec:
         return path.resolve()
 
     def worker_sha256(self) -> str:
-        return sha256_file(self.worker_path())
+        return hashlib.sha256(self.worker_path().read_bytes()).hexdigest()
 
 
 def _split(value: str) -> list[str]:

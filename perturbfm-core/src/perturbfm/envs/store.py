@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ from filelock import FileLock, Timeout
 
 from perturbfm.envs.spec import LAYOUT_VERSION, EnvSpec, machine_sources
 from perturbfm.errors import ArtifactNotFoundError, PerturbFMError
-from perturbfm.fsio import atomic_write_bytes
-from perturbfm.store_layout import resolve_store_root, utc_now
 
 ENVS_DIR_ENV = "PFM_ENVS_DIR"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -79,6 +78,8 @@ def envs_root(store: str | os.PathLike[str] | None = None) -> Path:
     """``$PFM_ENVS_DIR`` when set (one folder shared by every store, e.g. in CI), else ``<store>/envs``."""
     if os.environ.get(ENVS_DIR_ENV, "").strip():
         return Path(os.environ[ENVS_DIR_ENV]).expanduser().resolve()
+    from perturbfm.store_layout import resolve_store_root  # imported here: it pulls in the numerical stack
+
     return resolve_store_root(store) / "envs"
 
 
@@ -267,11 +268,11 @@ def _build_into(spec: EnvSpec, tmp: Path, say: Callable[[str], None]) -> dict[st
         "interpreter_requested": py_arg,
         "packages": packages,
         "build_seconds": round(time.perf_counter() - t0, 3),
-        "built_at": utc_now(),
+        "built_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "uv_version": version,
         "machine_sources": machine,
     }
-    atomic_write_bytes(tmp / "env.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    (tmp / "env.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")  # inside the build folder
     say(f"{where} built in {info['build_seconds']:.1f} s ({len(packages)} packages)")
     return info
 

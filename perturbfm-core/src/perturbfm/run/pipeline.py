@@ -87,7 +87,8 @@ def _next_stage(ctx: RunContext) -> str:
 def _timed_out(exc: PerturbFMError) -> dict[str, Any]:
     from perturbfm.run.guards import RunTimeoutError
 
-    return {"timed_out": True} if isinstance(exc, RunTimeoutError) else {}
+    # RunTimeoutError, or an error that says it is a time limit (perturbfm.envs.EnvTimeoutError)
+    return {"timed_out": True} if isinstance(exc, RunTimeoutError) or getattr(exc, "timed_out", False) is True else {}
 
 
 def _fail(ctx: RunContext, exc: PerturbFMError, **info: Any) -> RunResult:
