@@ -136,6 +136,22 @@ def typecheck() -> int:
     return subprocess.call(args, cwd=REPO)
 
 
+def env_find_links(env: dict[str, str]) -> None:
+    """Model environments (perturbfm.envs, built with uv, which ignores pip's configuration) get
+    this machine's wheel folders too: ``$PFM_ENV_FIND_LINKS`` from ``$PIP_FIND_LINKS`` or pip's
+    ``global.find-links`` (so e.g. torch comes from a local CPU wheel, never a CUDA download)."""
+    if env.get("PFM_ENV_FIND_LINKS", "").strip():
+        return
+    links = env.get("PIP_FIND_LINKS", "").strip()
+    if not links:
+        res = subprocess.run([_bin("python"), "-m", "pip", "config", "get", "global.find-links"],
+                             capture_output=True, text=True)
+        links = res.stdout.strip() if res.returncode == 0 else ""
+    if links:
+        env["PFM_ENV_FIND_LINKS"] = links
+        print(f"+ PFM_ENV_FIND_LINKS={links}", flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print(__doc__)
@@ -149,6 +165,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([_bin("pfm-bench"), "demo", *rest], env=env)
     ensure_system_packages()
     smoke()
+    env_find_links(env)
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     args = [_bin("python"), "-m", "pytest", "-p", "xdist.plugin", "-n", os.environ.get("PFM_TEST_WORKERS", "2"),
             "-q", str(REPO / "tests"), *rest]
