@@ -243,6 +243,27 @@ def test_run_timeout_kills_the_subprocess(tmp_path: Path, monkeypatch: pytest.Mo
         os.kill(pid, 0)
 
 
+def test_run_timeout_kills_the_subprocess_outside_the_main_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  fake_env: Any) -> None:
+    """No SIGALRM in a worker thread (an executor's): the call's own limit is the time the run has left."""
+    import threading
+
+    pidfile = tmp_path / "worker.pid"
+    monkeypatch.setenv("FAKE_WORKER_PIDFILE", str(pidfile))
+    store, sid, registry = _store_and_split(tmp_path)
+    out: list[Any] = []
+    t0 = time.monotonic()
+    thread = threading.Thread(target=lambda: out.append(_run(store, sid, registry, "model.mode=hang_fit",
+                                                             "run.timeout_s=4")))
+    thread.start()
+    thread.join(120)
+    assert out and out[0].status == "failed" and time.monotonic() - t0 < 60
+    status = json.loads((out[0].run_dir / "run_status.json").read_text())
+    assert status["timed_out"] is True and "left under run.timeout_s" in status["error"], status["error"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
+
+
 def test_direct_use_honours_the_class_timeout(monkeypatch: pytest.MonkeyPatch, fake_env: Any) -> None:
     from perturbfm.envs import EnvTimeoutError
     from perturbfm.testing.data import make_canonical_adata, training_and_queries

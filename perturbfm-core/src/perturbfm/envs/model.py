@@ -51,6 +51,17 @@ class EnvBinding:
     #: subsampling seed (run.seed); None: the model config's ``seed`` (else 0)
     seed: int | None
     say: Callable[[str], None] | None = None
+    #: the run's :class:`~perturbfm.run.guards.Deadline` (``run.timeout_s``): a call never gets
+    #: more than the time it leaves, so the subprocess is killed even where no signal can be used
+    deadline: Any = None
+
+    def limit(self) -> tuple[float | None, str]:
+        """(seconds allowed for the next call, the option that sets it)."""
+        limit, name = self.call_timeout_s, "run.env_call_timeout_s"
+        left = self.deadline.left() if self.deadline is not None else None
+        if left is not None and (limit is None or left < limit):
+            limit, name = max(float(left), 0.001), "run.timeout_s"
+        return limit, name
 
 
 class IsolatedModel(Model):
@@ -124,8 +135,9 @@ class IsolatedModel(Model):
         try:
             write_request(call_dir, {"call": call, "worker": str(worker),
                                      "state_dir": str(self._state_dir / "state"), **request}, arrays)
-            seconds = run_call(env.python, call_dir, call=call, where=self._where(),
-                               timeout_s=self._binding.call_timeout_s)
+            limit, option = self._binding.limit()
+            seconds = run_call(env.python, call_dir, call=call, where=self._where(), timeout_s=limit,
+                               option=option)
             out = read(call_dir)
         except BaseException:
             self.close()  # a failed call leaves nothing behind

@@ -145,7 +145,8 @@ def _tail(path: Path) -> str:
     return text
 
 
-def run_call(python: Path, call_dir: Path, *, call: str, where: str, timeout_s: float | None) -> float:
+def run_call(python: Path, call_dir: Path, *, call: str, where: str, timeout_s: float | None,
+             option: str = "run.env_call_timeout_s") -> float:
     """Run one call in the environment's Python; returns the seconds it took.
 
     Raises :class:`EnvTimeoutError` past ``timeout_s`` (the process group is killed),
@@ -162,11 +163,12 @@ def run_call(python: Path, call_dir: Path, *, call: str, where: str, timeout_s: 
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill(proc)
+            what = (f"run.env_call_timeout_s = {timeout_s:g} s" if option == "run.env_call_timeout_s" else
+                    f"the {timeout_s:.3g} s left under {option}")
             raise EnvTimeoutError(
-                f"{where}: {call}() did not finish within run.env_call_timeout_s = {timeout_s:g} s (timed out; "
-                "the process was killed)", field="run.env_call_timeout_s",
-                fix="raise it (--set run.env_call_timeout_s=SECONDS, or null for no per-call limit) or make the "
-                "model faster") from None
+                f"{where}: {call}() did not finish within {what} (timed out; the process was killed)",
+                field=option, fix=f"raise it (--set {option}=SECONDS, or null for no limit) or make the model "
+                "faster") from None
         finally:
             _kill(proc)
     seconds = time.perf_counter() - t0
