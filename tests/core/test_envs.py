@@ -321,6 +321,33 @@ def test_a_damaged_environment_is_rebuilt(tmp_path: Path, fake_env: Any) -> None
     assert not built.reused and find_env(spec, root) is not None
 
 
+def test_a_second_builder_waits_for_the_lock_then_reuses(tmp_path: Path, fake_env: Any) -> None:
+    """Two runs needing one environment: the second waits on the hash's lock, then finds it built."""
+    import shutil
+    import threading
+
+    from filelock import FileLock
+    from perturbfm.envs import build_env
+
+    root = tmp_path / "envs"
+    spec = FakeIsolatedModel.environment
+    (root / ".locks").mkdir(parents=True)
+    lock = FileLock(str(root / ".locks" / f"{spec.spec_hash()}.lock"))
+    lock.acquire()  # "another process" is building
+    said: list[str] = []
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(build_env(spec, root, say=said.append)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert said and said[0].startswith("waiting for another process building environment 'fake-isolated'")
+    shutil.copytree(fake_env.path, root / spec.spec_hash(), symlinks=True)  # what the other builder made
+    lock.release()
+    thread.join(60)
+    assert out and out[0].reused and out[0].path == root / spec.spec_hash() and len(said) == 1
+
+
 def test_an_uninstallable_requirement_fails_the_run_naming_it(tmp_path: Path, fake_env: Any) -> None:
     class Unbuildable(FakeIsolatedModel):
         name = "fake-isolated"
