@@ -123,6 +123,30 @@ def test_fit_may_not_return_arrays(tmp_path: Path) -> None:
         read_fit_response(call_dir, "model 'x'")
 
 
+def test_training_payload_matches_the_public_training_api() -> None:
+    """The payload's indexed fast path sends exactly what TrainingData.cells / control_cells give."""
+    from perturbfm.envs.protocol import training_payload
+    from perturbfm.testing.data import make_canonical_adata, training_and_queries
+
+    train, _ = training_and_queries(make_canonical_adata(seed=2), HELD_OUT)
+
+    class PublicOnly:  # the same object seen through its public API only
+        genes, groups, control, synthetic = train.genes, train.groups, train.control, train.synthetic
+        cells = staticmethod(train.cells)
+        control_cells = staticmethod(train.control_cells)
+
+    for cap in (5, 10_000):
+        fast = training_payload(train, None, max_cells_per_group=cap, seed=3)
+        slow = training_payload(PublicOnly(), None, max_cells_per_group=cap, seed=3)
+        assert fast[0] == slow[0]
+        np.testing.assert_array_equal(fast[1], slow[1])
+        np.testing.assert_array_equal(fast[2], slow[2])
+        assert fast[1].dtype == np.float32
+    meta = fast[0]
+    assert {g["split"] for g in meta["groups"]} == {"train", "control"} and meta["control_contexts"] == ["ctxA", "ctxB"]
+    assert sum(g["n_cells"] for g in meta["groups"]) == fast[1].shape[0]
+
+
 # ------------------------------------------------------------------ a real environment
 @pytest.mark.usefixtures("fake_env")
 class TestFakeIsolatedConformance(ModelConformance):
