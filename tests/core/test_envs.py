@@ -207,9 +207,9 @@ def test_first_run_builds_the_environment_second_reuses_it(tmp_path: Path, monke
     assert [r["status"] for r in list_envs(store.root / "envs")] == ["built"]
 
 
-def test_cells_per_group_cap_is_applied_and_recorded(tmp_path: Path, fake_env: Any) -> None:
+def test_cells_cap_and_an_ensemble_through_one_environment(tmp_path: Path, fake_env: Any) -> None:
     store, sid, registry = _store_and_split(tmp_path)
-    res = _run(store, sid, registry, "run.env_max_cells_per_group=5")
+    res = _run(store, sid, registry, "run.env_max_cells_per_group=5", "run.ensemble=2")  # two members, one env
     assert res.status == "succeeded", res.error
     diag = json.loads((res.run_dir / "metrics.json").read_text())["model_diagnostics"]
     sent = diag["isolation"]["sent"]
