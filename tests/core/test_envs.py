@@ -394,6 +394,18 @@ def test_an_uninstallable_requirement_fails_the_run_naming_it(tmp_path: Path, fa
     assert not list(root.glob(".build-*")) and not (root / Unbuildable.environment.spec_hash()).exists()
 
 
+def test_no_network_is_told_apart_from_a_bad_requirement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from perturbfm.envs import EnvBuildError, build_env
+
+    monkeypatch.setenv("UV_OFFLINE", "1")  # what uv sees on a machine without a package index
+    spec = _spec(requirements=["pfm-test-never-cached==1.0.0"], python=FAKE.PYTHON)
+    with pytest.raises(EnvBuildError) as err:
+        build_env(spec, tmp_path / "envs")
+    assert err.value.unreachable and "pfm-test-never-cached==1.0.0" in err.value.message
+    assert "PFM_ENV_FIND_LINKS" in (err.value.fix or "")
+    assert [p.name for p in (tmp_path / "envs").iterdir()] == [".locks"]  # nothing half-built left
+
+
 def test_declaring_an_environment_needs_isolated_model(tmp_path: Path) -> None:
     from perturbfm.interfaces import Model
     from perturbfm.plugins import PluginRegistry
