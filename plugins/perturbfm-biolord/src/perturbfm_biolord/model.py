@@ -6,7 +6,7 @@ Host side only: the environment spec and the parameters; the work is in ``worker
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from perturbfm.envs import EnvSpec, IsolatedModel
 from perturbfm.options import Bool, ConfigModel, Int, defaults_of
@@ -19,6 +19,9 @@ REQUIREMENTS = ["torch==2.13.0", "biolord==0.0.3", "scvi-tools==1.4.2", "anndata
 
 class BiolordConfig(ConfigModel):
     """biolord's parameters: biolord 0.0.3's own defaults."""
+
+    #: shown in the parameter ledger (parameters.csv) beside every default
+    defaults_source: ClassVar[str] = "biolord 0.0.3 package defaults"
 
     n_latent: Int = Field(128, ge=1, description="free latent dimensions (package default 128)")
     max_epochs: Int | None = Field(None, ge=1, description="epochs; null: scvi-tools' rule "

@@ -6,7 +6,7 @@ Host side only: the environment spec and the parameters; the work is in ``worker
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from perturbfm.envs import EnvSpec, IsolatedModel
 from perturbfm.options import Bool, ConfigModel, Float, Int, defaults_of
@@ -22,6 +22,9 @@ OVERRIDES = ["torch==2.13.0", 'torchaudio; python_version < "0"', "setuptools==7
 
 class CpaConfig(ConfigModel):
     """CPA's parameters: cpa-tools 0.8.8's defaults and the authors' tutorial training budget."""
+
+    #: shown in the parameter ledger (parameters.csv) beside every default
+    defaults_source: ClassVar[str] = "cpa-tools 0.8.8 package defaults and the authors' tutorial training budget; recon_loss gauss for log-normalised data"
 
     n_latent: Int = Field(128, ge=1, description="latent dimensions (package default 128)")
     recon_loss: str = Field("gauss", description="reconstruction loss: gauss for log-normalised data (package "

@@ -7,7 +7,7 @@ Host side only: the environment spec and the parameters; the work is in ``worker
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from perturbfm.envs import EnvSpec, IsolatedModel
 from perturbfm.options import Bool, ConfigModel, Float, Int, defaults_of
@@ -25,6 +25,9 @@ CONSTRAINTS = ["jax<0.4.24", "jaxlib<0.4.24", "scipy<1.13", "pandas<2.2", "pyarr
 
 class ScgenConfig(ConfigModel):
     """scGen's parameters; defaults are the authors' (SCGEN() and the scGen tutorial's train())."""
+
+    #: shown in the parameter ledger (parameters.csv) beside every default
+    defaults_source: ClassVar[str] = "authors' published defaults (SCGEN() and the scGen tutorial's train())"
 
     n_hidden: Int = Field(800, ge=1, description="hidden units per layer (authors' default 800)")
     n_latent: Int = Field(100, ge=1, description="latent dimensions (authors' default 100)")

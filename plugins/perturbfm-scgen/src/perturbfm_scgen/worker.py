@@ -113,7 +113,7 @@ def fit(train: dict, config: dict, state_dir: str) -> dict:
     model.train(max_epochs=int(cfg["max_epochs"]), batch_size=int(cfg["batch_size"]),
                 early_stopping=bool(cfg["early_stopping"]),
                 early_stopping_patience=int(cfg["early_stopping_patience"]),
-                use_gpu=False, enable_progress_bar=False, logger=False, enable_checkpointing=False)
+                use_gpu=False)
     model.save(os.path.join(state_dir, "scgen"), overwrite=True, save_anndata=True)
     seen: dict = {}
     for g in groups.values():
