@@ -39,7 +39,7 @@ def block_network() -> None:
     def create_connection(address, *a, **kw):
         raise RuntimeError(f"biolord worker: network access to {address!r} is blocked (offline run)")
 
-    socket.socket.connect = connect
+    socket.socket.connect = connect  # type: ignore[method-assign]
     socket.create_connection = create_connection
 
 

@@ -40,7 +40,7 @@ def block_network() -> None:
     def create_connection(address, *a, **kw):
         raise RuntimeError(f"cpa worker: network access to {address!r} is blocked (offline run)")
 
-    socket.socket.connect = connect
+    socket.socket.connect = connect  # type: ignore[method-assign]
     socket.create_connection = create_connection
 
 
@@ -167,11 +167,13 @@ def predict(queries: list, state_dir: str) -> dict:
     cfg = meta["config"]
     X = np.load(os.path.join(state_dir, "cpa_X.npy"))
     rows = [dict(r) for r in meta["rows"]]
-    ctrl_idx = {}
+    ctrl_idx: dict = {}
     for i, r in enumerate(rows):
         if r["condition"] == CTRL:
             ctrl_idx.setdefault(r["context"], []).append(i)
-    q_rows, q_X, spans = [], [], []
+    q_rows: list = []
+    q_X: list = []
+    spans: list = []
     for q in queries:
         idx = ctrl_idx.get(q["context"], [])
         if not idx:

@@ -41,7 +41,7 @@ def block_network() -> None:
     def create_connection(address, *a, **kw):
         raise RuntimeError(f"scgen worker: network access to {address!r} is blocked (offline run)")
 
-    socket.socket.connect = connect
+    socket.socket.connect = connect  # type: ignore[method-assign]
     socket.create_connection = create_connection
 
 
@@ -76,6 +76,20 @@ def import_scgen():
     return scgen
 
 
+def _build(X, cond: list, ctx: list, genes: list, cfg: dict):
+    """The AnnData of the training cells, registered, and an (untrained) SCGEN over it."""
+    import anndata as ad
+    import pandas as pd
+
+    scgen = import_scgen()
+    obs = pd.DataFrame({"condition": pd.Categorical(cond), "context": pd.Categorical(ctx)},
+                       index=[f"c{i}" for i in range(len(cond))])
+    adata = ad.AnnData(X=np.asarray(X, dtype=np.float32), obs=obs, var=pd.DataFrame(index=list(genes)))
+    scgen.SCGEN.setup_anndata(adata, batch_key="condition", labels_key="context")
+    return scgen.SCGEN(adata, n_hidden=int(cfg["n_hidden"]), n_latent=int(cfg["n_latent"]),
+                       n_layers=int(cfg["n_layers"]), dropout_rate=float(cfg["dropout_rate"]))
+
+
 def _seed(seed: int) -> None:
     import random
 
@@ -90,12 +104,9 @@ def fit(train: dict, config: dict, state_dir: str) -> dict:
     block_network()
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
     t0 = time.time()
-    import anndata as ad
-    import pandas as pd
     import scvi
 
     scgen = import_scgen()
-
     scvi.settings.seed = int(cfg["seed"])
     _seed(int(cfg["seed"]))
     groups = {g["group_id"]: g for g in train["groups"]}
@@ -103,23 +114,23 @@ def fit(train: dict, config: dict, state_dir: str) -> dict:
     use = np.array([groups[c]["is_control"] or groups[c]["split"] == "train" for c in cell_group], dtype=bool)
     cond = np.array([CTRL if groups[c]["is_control"] else label(groups[c]) for c in cell_group[use]], dtype=object)
     ctx = np.array([str(groups[c]["context"]) for c in cell_group[use]], dtype=object)
-    obs = pd.DataFrame({"condition": pd.Categorical(cond), "context": pd.Categorical(ctx)},
-                       index=[f"c{i}" for i in range(int(use.sum()))])
-    adata = ad.AnnData(X=np.asarray(train["X"], dtype=np.float32)[use], obs=obs,
-                       var=pd.DataFrame(index=list(train["genes"])))
-    scgen.SCGEN.setup_anndata(adata, batch_key="condition", labels_key="context")
-    model = scgen.SCGEN(adata, n_hidden=int(cfg["n_hidden"]), n_latent=int(cfg["n_latent"]),
-                        n_layers=int(cfg["n_layers"]), dropout_rate=float(cfg["dropout_rate"]))
+    X = np.asarray(train["X"], dtype=np.float32)[use]
+    model = _build(X, list(cond), list(ctx), list(train["genes"]), cfg)
     model.train(max_epochs=int(cfg["max_epochs"]), batch_size=int(cfg["batch_size"]),
                 early_stopping=bool(cfg["early_stopping"]),
                 early_stopping_patience=int(cfg["early_stopping_patience"]),
                 use_gpu=False)
-    model.save(os.path.join(state_dir, "scgen"), overwrite=True, save_anndata=True)
+    import torch
+
+    # the weights alone (torch >= 2.6 refuses scvi 0.19's pickled save files under weights_only loading)
+    torch.save(model.module.state_dict(), os.path.join(state_dir, "scgen_module.pt"))
+    np.save(os.path.join(state_dir, "scgen_X.npy"), X)
     seen: dict = {}
     for g in groups.values():
         if not g["is_control"] and g["split"] == "train":
             seen.setdefault(label(g), set()).add(str(g["context"]))
-    meta = {"seen": {k: sorted(v) for k, v in seen.items()}, "control_contexts": list(train["control_contexts"]),
+    meta = {"seen": {k: sorted(v) for k, v in seen.items()}, "condition": list(cond), "context": list(ctx),
+            "genes": list(train["genes"]), "control_contexts": list(train["control_contexts"]),
             "n_genes": len(train["genes"]), "seed": int(cfg["seed"]), "config": cfg}
     with open(os.path.join(state_dir, "scgen_meta.json"), "w") as fh:
         json.dump(meta, fh)
@@ -139,8 +150,13 @@ def predict(queries: list, state_dir: str) -> dict:
     with open(os.path.join(state_dir, "scgen_meta.json")) as fh:
         meta = json.load(fh)
     check_queries(queries, meta["seen"], meta["control_contexts"])
-    scgen = import_scgen()
-    model = scgen.SCGEN.load(os.path.join(state_dir, "scgen"), use_gpu=False)
+    import torch
+
+    X = np.load(os.path.join(state_dir, "scgen_X.npy"))
+    model = _build(X, meta["condition"], meta["context"], meta["genes"], meta["config"])
+    model.module.load_state_dict(torch.load(os.path.join(state_dir, "scgen_module.pt")))
+    model.module.eval()
+    model.is_trained_ = True
     obs = model.adata.obs
     out = np.zeros((len(queries), meta["n_genes"]), dtype=np.float64)
     notes = {}
