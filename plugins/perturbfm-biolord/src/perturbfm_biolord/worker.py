@@ -121,7 +121,11 @@ def fit(train: dict, config: dict, state_dir: str) -> dict:
     _seed(int(cfg["seed"]))
     model = _model(adata, cfg)
     model.train(max_epochs=cfg["max_epochs"], batch_size=int(cfg["batch_size"]),
-                early_stopping=bool(cfg["early_stopping"]), accelerator="cpu", enable_progress_bar=False)
+                early_stopping=bool(cfg["early_stopping"]), accelerator="cpu", enable_progress_bar=False,
+                # biolord 0.0.3 adds a checkpoint callback that scvi-tools 1.4's SaveCheckpoint breaks on (its
+                # NaN check reads a loss biolord's manual optimisation does not return); it only writes
+                # checkpoint files (never restored), so it is left out
+                enable_checkpointing=False)
     import torch
 
     torch.save(model.module.state_dict(), os.path.join(state_dir, "biolord_module.pt"))
