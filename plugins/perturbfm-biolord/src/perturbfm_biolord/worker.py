@@ -174,7 +174,9 @@ def predict(queries: list, state_dir: str) -> dict:
             col = cf.obs[attr].astype(str).to_numpy(copy=True)
             col[idx] = value
             cf.obs[attr] = pd.Categorical(col, categories=adata.obs[attr].cat.categories)
-        pred_mean, _ = model.predict(cf, indices=idx)
+        # only these cells (biolord 0.0.3's predict(indices=...) mislabels its output); their obs keep the
+        # training "_indices" column, so each cell's learned latent is looked up as in training
+        pred_mean, _ = model.predict(cf[idx].copy())
         out[k] = np.asarray(pred_mean.X, dtype=np.float64).mean(axis=0) - X[idx].astype(np.float64).mean(axis=0)
         notes[q["group_id"]] = (f"biolord counterfactual: {len(idx)} control cells of {q['context']!r} with "
                                 f"perturbation {q['perturbation']!r} (seen in "
