@@ -41,6 +41,8 @@ SUITES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # licence files, versions, py.typed, pins, wheels: reads the sources, builds the wheels
     "packaging": ((), ()),
     "gears": (ALL + ("plugins/perturbfm-gears",), ()),
+    # the peer wrappers' host sides (their models run in uv environments; PFM_PEER_ENVS=1 builds them)
+    "peers": (ALL + ("plugins/perturbfm-scgen", "plugins/perturbfm-cpa", "plugins/perturbfm-biolord"), ()),
     # the observer's tests pip-install the plugin privately (--target), so only mlflow comes here
     "mlflow": (ALL, ("mlflow-skinny",)),
 }
@@ -75,7 +77,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
     """mypy over every package and plugin (configuration: mypy.ini)."""
-    _install(session, ALL + ("plugins/perturbfm-gears", "plugins/perturbfm-mlflow"), ("mypy>=1.10", "types-PyYAML"))
+    _install(session, ALL + ("plugins/perturbfm-gears", "plugins/perturbfm-mlflow", "plugins/perturbfm-scgen",
+                            "plugins/perturbfm-cpa", "plugins/perturbfm-biolord"), ("mypy>=1.10", "types-PyYAML"))
     session.run("mypy", "--config-file", "mypy.ini")
 
 

@@ -29,7 +29,7 @@ CONSTRAINTS = REPO / "constraints.txt"
 # what the main job needs; models[cgio] brings torch (its exact build comes from constraints.txt)
 PACKAGES = ["perturbfm-core", "perturbfm-metrics", "perturbfm-bench-adapters", "perturbfm-models[cgio]"]
 # optional plugins installed editable for their tests (the MLflow observer's tests install it privately)
-PLUGINS = ["plugins/perturbfm-gears"]
+PLUGINS = ["plugins/perturbfm-gears", "plugins/perturbfm-scgen", "plugins/perturbfm-cpa", "plugins/perturbfm-biolord"]
 # setuptools >= 77 (PEP 639 licence metadata) for the tests that build plugins without build isolation
 TOOLS = ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "nox>=2024.3", "mypy>=1.10", "types-PyYAML",
          "setuptools>=77"]

@@ -190,6 +190,10 @@ def resolve_config(
         obj = validate(schema, values[section], what=what, prefix=section, file=file_of)
         resolved[section] = obj.model_dump(mode="python")
         default_label = "default" if section == "run" else f"default ({model_name})"
+        # a model's typed config may say where its defaults come from (e.g. the authors' published ones)
+        defaults_source = getattr(schema, "defaults_source", None)
+        if section != "run" and isinstance(defaults_source, str) and defaults_source:
+            default_label = f"default ({model_name}: {defaults_source})"
         for k in sorted(resolved[section]):
             src = source[(section, k)][0] if k in obj.model_fields_set else default_label
             ledger.append(LedgerRow(f"{section}.{k}", resolved[section][k], src))

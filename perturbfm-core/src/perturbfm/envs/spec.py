@@ -53,6 +53,10 @@ class EnvSpec:
             interpreter is used (the running one when it matches), never downloaded
             unless ``$PFM_ENV_PYTHON_DOWNLOADS=1``.
         constraints: extra pins for transitive dependencies (``-c`` lines).
+        overrides: replacements for what a dependency itself declares (uv's
+            ``--override``), for a pinned release whose metadata caps a package below
+            what the environment must use (e.g. ``torch==2.13.0`` over cpa-tools 0.8.8's
+            ``torch<=2.0.1``). Hashed only when non-empty.
         find_links: directories or URLs of wheels (``--find-links``).
         extra_index_urls: package indexes besides PyPI (``--extra-index-url``).
         worker: path of the stand-alone env-side Python file defining
@@ -68,13 +72,14 @@ class EnvSpec:
     find_links: list[str] = field(default_factory=list)
     extra_index_urls: list[str] = field(default_factory=list)
     worker: str = ""
+    overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         where = f"environment {self.name!r}"
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ConfigError(f"environment name {self.name!r} is not a plain name", field="EnvSpec.name",
                               fix="use letters, digits, '.', '_' or '-', e.g. EnvSpec(name='scgen', ...)")
-        for attr in ("requirements", "constraints", "find_links", "extra_index_urls"):
+        for attr in ("requirements", "constraints", "find_links", "extra_index_urls", "overrides"):
             value = getattr(self, attr)
             if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise ConfigError(f"{where}: EnvSpec.{attr} must be a list of non-empty strings, got {value!r}",
@@ -83,7 +88,7 @@ class EnvSpec:
         if not self.requirements:
             raise ConfigError(f"{where}: EnvSpec.requirements is empty", field="EnvSpec.requirements",
                               fix="list the pinned packages the worker imports, e.g. ['numpy==2.2.6']")
-        for attr in ("requirements", "constraints"):
+        for attr in ("requirements", "constraints", "overrides"):
             for line in getattr(self, attr):
                 try:
                     req = Requirement(line)
@@ -110,6 +115,8 @@ class EnvSpec:
             "constraints": sorted(self.constraints),
             "find_links": sorted(self.find_links),
             "extra_index_urls": sorted(self.extra_index_urls),
+            # only when set, so specs without overrides keep their hashes
+            **({"overrides": sorted(self.overrides)} if self.overrides else {}),
         }
 
     def spec_hash(self) -> str:

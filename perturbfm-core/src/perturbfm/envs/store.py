@@ -235,6 +235,9 @@ def _build_into(spec: EnvSpec, tmp: Path, say: Callable[[str], None]) -> dict[st
     if spec.constraints:
         (tmp / "constraints.txt").write_text("\n".join(spec.constraints) + "\n")
         args += ["-c", "constraints.txt"]
+    if spec.overrides:
+        (tmp / "overrides.txt").write_text("\n".join(spec.overrides) + "\n")
+        args += ["--override", "overrides.txt"]
     for link in [*spec.find_links, *machine["find_links"]]:
         args += ["--find-links", link]
     for url in [*spec.extra_index_urls, *machine["extra_index_urls"]]:

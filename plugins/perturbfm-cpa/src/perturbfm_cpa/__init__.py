@@ -1,0 +1,7 @@
+"""PerturbFM CPA model plugin (see :mod:`perturbfm_cpa.model`)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,14 @@
+"""Entry point (group ``perturbfm``): registers the ``scgen`` model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perturbfm import hookimpl
+
+
+@hookimpl
+def pfm_register_models() -> list[Any]:
+    from perturbfm_scgen.model import ScgenModel
+
+    return [ScgenModel]
