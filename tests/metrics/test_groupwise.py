@@ -1,0 +1,109 @@
+"""Parity of the blocked, vectorised group x group computations with the per-row reference
+implementations they replaced (kept here, not in the package)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from perturbfm_metrics import groupwise
+from perturbfm_metrics.groupwise import discrimination_ranks, resolve_backend
+from perturbfm_metrics.vcc import discrimination_l1
+
+torch = pytest.importorskip("torch")
+
+
+def _reference_discrimination(pred: np.ndarray, true: np.ndarray, drop: list[np.ndarray]) -> np.ndarray:
+    """The per-row loop the vcc panel used before (O(N^2 G), a copy of the kept genes per row)."""
+    n, g = true.shape
+    out = np.empty(n)
+    for i in range(n):
+        keep = np.ones(g, dtype=bool)
+        keep[drop[i]] = False
+        d = np.abs(true[:, keep] - pred[i, keep]).sum(axis=1)
+        rank = int(np.sum(d <= d[i])) - 1
+        out[i] = 1.0 - rank / n
+    return out
+
+
+def _cases(seed: int) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+    """Randomised deltas with exact ties (duplicated rows, rows differing only on a dropped
+    gene, integer-valued deltas), zero-variance genes and near-collapsed predictions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n, g in ((2, 3), (7, 40), (33, 257), (60, 90)):
+        true = rng.standard_normal((n, g))
+        true[:, : g // 5] = 0.25  # zero-variance genes across groups
+        pred = 0.7 * true + 0.3 * rng.standard_normal((n, g))
+        drop = [rng.choice(g, size=rng.integers(0, 3), replace=False) for _ in range(n)]
+        out.append((pred, true, drop))
+        # exact ties: duplicated true rows, a row differing from another only on its dropped gene,
+        # a collapsed prediction (every group predicted the same)
+        t2 = true.copy()
+        t2[1::3] = t2[0]
+        if n > 2:
+            t2[2] = t2[1]
+            t2[2, drop[1]] += 5.0 if drop[1].size else 0.0
+        p2 = np.broadcast_to(t2.mean(axis=0), t2.shape).copy()
+        out.append((p2, t2, drop))
+        # integer-valued deltas (many exact equalities of distances) and a prediction equal to the truth
+        t3 = rng.integers(-2, 3, size=(n, g)).astype(np.float64)
+        p3 = np.where(rng.random((n, g)) < 0.5, t3, rng.integers(-2, 3, size=(n, g)))
+        out.append((p3.astype(np.float64), t3, drop))
+        out.append((t3.copy(), t3, [np.zeros(0, dtype=np.int64)] * n))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_discrimination_matches_reference_exactly(backend):
+    for seed in range(3):
+        for pred, true, drop in _cases(seed):
+            want = _reference_discrimination(pred, true, drop)
+            got = discrimination_l1(pred, true, drop, backend=backend, device="cpu")
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
+            assert np.array_equal(got, want)  # ranks are integers: equal, not just close
+
+
+def test_discrimination_blocked_rows_equal_whole(monkeypatch):
+    pred, true, drop = _cases(5)[3]
+    whole = discrimination_ranks(pred, true, drop, backend="numpy")
+    monkeypatch.setattr(groupwise, "BLOCK_VALUES", 1)  # one row per block
+    monkeypatch.setattr(groupwise, "L1_ROWS", 3)
+    assert np.array_equal(discrimination_ranks(pred, true, drop, backend="numpy"), whole)
+    assert np.array_equal(discrimination_ranks(pred, true, drop, backend="torch", device="cpu"), whole)
+
+
+def test_near_tie_recheck_decides_with_reference(monkeypatch):
+    """Distances that differ by less than the rounding bound are re-decided by the reference sum:
+    a tie that only rounding separates must not be broken by the fast path's summation order."""
+    rng = np.random.default_rng(3)
+    g = 1000
+    true = rng.random((4, g)) * 1e-3
+    true[1] = true[0][::-1]  # same multiset of terms vs pred 0 = 0: equal exact sums, different order
+    pred = np.zeros((4, g))
+    drop = [np.zeros(0, dtype=np.int64)] * 4
+    want = _reference_discrimination(pred, true, drop)
+    calls = []
+    real = groupwise.l1_reference_rows
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(groupwise, "l1_reference_rows", spy)
+    for backend in ("numpy", "torch"):
+        assert np.array_equal(discrimination_l1(pred, true, drop, backend=backend, device="cpu"), want)
+    assert calls  # the reversed row is a near tie of row 0 for pred 0
+
+
+def test_resolve_backend(monkeypatch):
+    monkeypatch.setenv(groupwise.BACKEND_ENV, "numpy")
+    assert resolve_backend() == ("numpy", None)
+    monkeypatch.setenv(groupwise.BACKEND_ENV, "torch")
+    monkeypatch.setenv(groupwise.DEVICE_ENV, "cpu")
+    assert resolve_backend() == ("torch", "cpu")
+    monkeypatch.setenv(groupwise.BACKEND_ENV, "cupy")
+    with pytest.raises(ValueError, match="PFM_METRICS_BACKEND"):
+        resolve_backend()
+    monkeypatch.delenv(groupwise.BACKEND_ENV)
+    if not torch.cuda.is_available():
+        assert resolve_backend()[0] == "numpy"  # auto: torch only with a CUDA device
