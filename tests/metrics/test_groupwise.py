@@ -107,3 +107,65 @@ def test_resolve_backend(monkeypatch):
     monkeypatch.delenv(groupwise.BACKEND_ENV)
     if not torch.cuda.is_available():
         assert resolve_backend()[0] == "numpy"  # auto: torch only with a CUDA device
+
+
+def _reference_perturbench_ranks(data) -> dict[str, dict[str, float]]:
+    """The rank keys as computed before: the whole [N, N] matrices, then diagonal_rank."""
+    from perturbfm_metrics.perturbench import cosine_matrix, diagonal_rank, logfc, rmse_matrix
+
+    ids = data.group_ids
+    ctrl = np.asarray(data.ctrl_mean, dtype=np.float64)
+    lfc_p = logfc(np.asarray(data.pred_mean, dtype=np.float64), ctrl)
+    lfc_t = logfc(np.asarray(data.true_mean, dtype=np.float64), ctrl)
+    out: dict[str, dict[str, float]] = {}
+    for c_i, (_, idx) in enumerate(data.context_indices().items()):
+        if len(idx) < 2:
+            continue
+        mats = {"rmse_average": (rmse_matrix(data.pred_delta[idx], data.true_delta[idx]), False),
+                "cosine_logfc": (cosine_matrix(lfc_p[idx], lfc_t[idx]), True)}
+        for s_i, (name, (M, hib)) in enumerate(mats.items()):
+            for t_i, (suffix, mat) in enumerate((("", M), ("_transpose", M.T))):
+                r = diagonal_rank(mat, higher_is_better=hib, rng=np.random.default_rng([data.seed, c_i, s_i, t_i]))
+                out.setdefault(f"rank_{name}{suffix}", {}).update({ids[j]: float(v) for j, v in zip(idx, r)})
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 7, groupwise.BLOCK_VALUES])
+def test_perturbench_ranks_blocked_equal_whole_matrix(monkeypatch, adata, build_eval, block):
+    from perturbfm_metrics.perturbench import PerturBenchPanel
+
+    rng = np.random.default_rng(4)
+
+    def collapse(true_delta):  # ties: half the groups predicted identically, the rest noisy
+        p = 0.5 * true_delta + 0.2 * rng.standard_normal(true_delta.shape)
+        p[::2] = p[0]
+        return p
+
+    data = build_eval(adata, collapse)
+    monkeypatch.setattr(groupwise, "BLOCK_VALUES", block)
+    got = PerturBenchPanel().compute(data)
+    for key, want in _reference_perturbench_ranks(data).items():
+        assert got[key].per_group == pytest.approx(want, rel=1e-9, abs=0), key
+
+
+def test_pds_blocked_equal_whole(monkeypatch):
+    from perturbfm_metrics import vcc2026
+
+    rng = np.random.default_rng(8)
+    real = rng.standard_normal((23, 15))
+    real[5] = real[3]  # exact ties of distances
+    pred = 0.5 * real + 0.3 * rng.standard_normal(real.shape)
+    pred[7] = 0.0  # zero-norm operand: distance 1
+    whole = vcc2026.midrank_pds(pred, real)
+    monkeypatch.setattr(groupwise, "BLOCK_VALUES", 23 * 4)
+    assert np.array_equal(vcc2026.midrank_pds(pred, real), whole)
+    # the midrank written out
+    def dist(i, j):
+        den = np.linalg.norm(pred[i]) * np.linalg.norm(real[j])
+        return float(np.clip(1 - (pred[i] @ real[j]) / den, 0, 2)) if den else 1.0
+
+    for i in range(23):
+        d = [dist(i, j) for j in range(23)]
+        less = sum(x < d[i] - 1e-12 for x in d)
+        eq = sum(abs(x - d[i]) <= 1e-12 for x in d)
+        assert whole[i] == pytest.approx(1 - (less + (eq - 1) / 2) / 22, abs=1e-12)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -85,10 +85,10 @@ def _cuda_likely() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
-def row_blocks(n_rows: int, n_cols: int, budget: int = BLOCK_VALUES) -> Iterator[slice]:
+def row_blocks(n_rows: int, n_cols: int, budget: int | None = None) -> Iterator[slice]:
     """Consecutive row slices of an ``[n_rows, n_cols]`` matrix, each at most ``budget`` values
-    (at least one row)."""
-    step = max(1, budget // max(n_cols, 1))
+    (default :data:`BLOCK_VALUES`; at least one row)."""
+    step = max(1, (BLOCK_VALUES if budget is None else budget) // max(n_cols, 1))
     for s in range(0, n_rows, step):
         yield slice(s, min(s + step, n_rows))
 
@@ -196,3 +196,28 @@ def discrimination_ranks(pred: np.ndarray, true: np.ndarray, drop: list[np.ndarr
         le[loc, np.arange(rows.start, rows.stop)] = False
         ranks[rows] = le.sum(axis=1)
     return ranks
+
+
+def blocked_diagonal_rank(columns: Callable[[slice], np.ndarray], n: int, *, higher_is_better: bool,
+                          rng: np.random.Generator, tie_rtol: float) -> np.ndarray:
+    """:func:`perturbfm_metrics.perturbench.diagonal_rank` of an ``[n, n]`` matrix given a column
+    block at a time (``columns(cols)`` returns ``M[:, cols]``): memory O(n x block), never the
+    whole matrix. The tie-breaking draws are made once for all columns, as for the whole matrix.
+    """
+    if n < 2:
+        raise ValueError(f"diagonal_rank needs N >= 2, got {n}")
+    better = np.empty(n, dtype=np.int64)
+    ties = np.empty(n, dtype=np.int64)
+    for cols in row_blocks(n, n):
+        block = columns(cols)
+        k = np.arange(cols.stop - cols.start)
+        diag = block[np.arange(cols.start, cols.stop), k]
+        tol = tie_rtol * np.max(np.abs(block), axis=0)
+        diff = block - diag[None, :]
+        if higher_is_better:
+            np.negative(diff, out=diff)
+        diff[np.arange(cols.start, cols.stop), k] = np.nan  # the diagonal is neither better nor a tie
+        better[cols] = np.sum(diff < -tol[None, :], axis=0)
+        ties[cols] = np.sum(np.abs(diff) <= tol[None, :], axis=0)
+    rank = better + rng.integers(0, ties + 1)
+    return rank / (n - 1)
