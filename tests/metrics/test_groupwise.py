@@ -67,7 +67,7 @@ def test_discrimination_blocked_rows_equal_whole(monkeypatch):
     pred, true, drop = _cases(5)[3]
     whole = discrimination_ranks(pred, true, drop, backend="numpy")
     monkeypatch.setattr(groupwise, "BLOCK_VALUES", 1)  # one row per block
-    monkeypatch.setattr(groupwise, "L1_ROWS", 3)
+    monkeypatch.setattr(groupwise, "L1_VALUES", 3 * 257)  # 3 true rows per step
     assert np.array_equal(discrimination_ranks(pred, true, drop, backend="numpy"), whole)
     assert np.array_equal(discrimination_ranks(pred, true, drop, backend="torch", device="cpu"), whole)
 

@@ -13,7 +13,7 @@ on CPU for testing). Choose with the ``PFM_METRICS_BACKEND`` environment variabl
 
 L1 distances have no GEMM form (``|a - b|`` does not factor), so the L1 matrix is computed
 directly, O(N^2 x genes) either way: on numpy in cache-sized blocks of true rows (one pred row
-x ``L1_ROWS`` true rows x genes per ``subtract``/``abs``/``sum``, the buffer stays in cache
+x a cache-sized block of true rows x genes per ``subtract``/``abs``/``sum``, the buffer stays in cache
 and no ``[N, genes]`` copy is made per row, which is what the per-row loop paid), on torch
 with ``torch.cdist(p=1)`` a block of pred rows at a time. The ranks need only the comparisons
 ``d_j <= d_i`` of each row; a fast path sums in its own order, so every comparison closer
@@ -37,8 +37,8 @@ BACKEND_ENV = "PFM_METRICS_BACKEND"
 DEVICE_ENV = "PFM_METRICS_DEVICE"
 #: values of an [rows, N] block of a group x group matrix (bounds memory: 8 MB at float64)
 BLOCK_VALUES = 1_000_000
-#: true rows per numpy L1 step (one pred row x L1_ROWS x genes: a buffer that stays in cache)
-L1_ROWS = 16
+#: values per numpy L1 step (one pred row x rows x genes: a buffer that stays in cache)
+L1_VALUES = 65_536
 #: unit roundoff of float64
 _U = 2.0**-53
 
@@ -108,17 +108,18 @@ def _l1_block_numpy(pred: np.ndarray, true: np.ndarray, drop: list[np.ndarray], 
     (the same: the terms are non-negative)."""
     n, g = true.shape
     out = np.empty((rows.stop - rows.start, n))
-    buf = np.empty((L1_ROWS, g))
+    step = max(1, L1_VALUES // max(g, 1))
+    buf = np.empty((step, g))
     for r, i in enumerate(range(rows.start, rows.stop)):
         p = pred[i]
         d = drop[i]
-        for s in range(0, n, L1_ROWS):
-            b = buf[: min(L1_ROWS, n - s)]
-            np.subtract(true[s:s + L1_ROWS], p, out=b)
+        for s in range(0, n, step):
+            b = buf[: min(step, n - s)]
+            np.subtract(true[s:s + step], p, out=b)
             np.abs(b, out=b)
             if d.size:
                 b[:, d] = 0.0
-            np.add.reduce(b, axis=1, out=out[r, s:s + L1_ROWS])
+            np.add.reduce(b, axis=1, out=out[r, s:s + step])
     return out, out
 
 
