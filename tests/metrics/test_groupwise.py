@@ -169,3 +169,15 @@ def test_pds_blocked_equal_whole(monkeypatch):
         less = sum(x < d[i] - 1e-12 for x in d)
         eq = sum(abs(x - d[i]) <= 1e-12 for x in d)
         assert whole[i] == pytest.approx(1 - (less + (eq - 1) / 2) / 22, abs=1e-12)
+
+
+def test_scperturbench_edistance_torch_matches_numpy():
+    from perturbfm_metrics.scperturbench import _edist_both
+
+    rng = np.random.default_rng(6)
+    for n, m in ((1, 5), (2, 2), (17, 30)):
+        p, t = rng.standard_normal((n, 12)), rng.standard_normal((m, 12)) + 0.3
+        p[:, 0] = t[0, 0] = 0.0  # a zero-variance gene
+        ref = _edist_both(p, t)
+        got = _edist_both(p, t, device="cpu")  # the torch GEMM
+        np.testing.assert_allclose(got, ref, rtol=1e-9)
