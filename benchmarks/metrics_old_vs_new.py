@@ -7,7 +7,9 @@ first on ``PYTHONPATH``; "new" is the working tree (``new-torch`` forces the tor
 CPU, ``PFM_METRICS_BACKEND=torch``). Each repeat is a new Python process: the input is built
 (seeded, synthetic) inside it and only the metric call is timed. Prints, per case and side, the
 median and the range of the repeats, the speed-up (old median / new median), the peak RSS and
-whether the results equal the old ones. Nothing is asserted: this is a report.
+whether the results equal the old ones. The process CPU time of the call is printed too: on a
+shared, oversubscribed machine it is the steadier figure (single-threaded code; with several
+threads it exceeds the wall time). Nothing is asserted: this is a report.
 
 Usage::
 
@@ -108,9 +110,9 @@ def worker(case: str) -> dict[str, object]:
         pred, true, drop = _deltas(n, g)
         if os.environ.get("PFM_METRICS_BACKEND") == "torch":
             import torch  # noqa: F401 - the import (seconds) stays out of the timing
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = discrimination_l1(pred, true, drop)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
         result = _digest(np.round(out, 12).tolist())
     else:
         data = _eval_data(n, g, int(os.environ["BENCH_CELLS"]), int(os.environ["BENCH_CONTROLS"]))
@@ -122,12 +124,12 @@ def worker(case: str) -> dict[str, object]:
             raise SystemExit(f"unknown case kind {kind!r}: use disc, vcc or rank")
         if os.environ.get("PFM_METRICS_BACKEND") == "torch":
             import torch  # noqa: F401
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = Panel().compute(data)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
         vals = {k: v.per_group for k, v in sorted(res.items()) if hasattr(v, "per_group") and v.per_group}
         result = _digest({k: {gid: round(x, 12) for gid, x in v.items()} for k, v in vals.items()})
-    return {"seconds": seconds, "result": result, "package": perturbfm_metrics.__file__,
+    return {"seconds": seconds, "cpu_seconds": cpu, "result": result, "package": perturbfm_metrics.__file__,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -173,19 +175,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old_src = _old_tree(args.old_rev, Path(tmp))
         print(f"{'case':18s} {'side':10s} {'median s':>9s} {'min s':>8s} {'max s':>8s} {'speed-up':>8s} "
-              f"{'peak MB':>8s}  same as old", flush=True)
+              f"{'cpu s':>8s} {'cpu x':>6s} {'peak MB':>8s}  same as old", flush=True)
         for case in args.cases.split(","):
             runs = {s: [_run(case, s, old_src, args.cells, args.controls) for _ in range(args.repeat)]
                     for s in sides}
             base = statistics.median(r["seconds"] for r in runs["old"]) if "old" in runs else float("nan")
+            cbase = statistics.median(r["cpu_seconds"] for r in runs["old"]) if "old" in runs else float("nan")
             ref = runs["old"][0]["result"] if "old" in runs else None
             for s, rs in runs.items():
                 t = [float(r["seconds"]) for r in rs]
+                c = statistics.median(float(r["cpu_seconds"]) for r in rs)
                 same = "-" if ref is None else str(all(r["result"] == ref for r in rs))
                 if s == "old" and not any(args.old_rev and str(old_src) in str(r["package"]) for r in rs):
                     same += " (old package NOT loaded!)"
                 print(f"{case:18s} {s:10s} {statistics.median(t):9.2f} {min(t):8.2f} {max(t):8.2f} "
-                      f"{base / statistics.median(t):8.1f} {max(float(r['peak_rss_mb']) for r in rs):8.0f}  {same}",
+                      f"{base / statistics.median(t):8.1f} {c:8.2f} {cbase / c:6.1f} "
+                      f"{max(float(r['peak_rss_mb']) for r in rs):8.0f}  {same}",
                       flush=True)
     threads = {k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     print(f"old = {args.old_rev}; repeats = {args.repeat} fresh processes each; BLAS threads {threads}; "
