@@ -94,21 +94,24 @@ class MWReference:
         del srt
         self.uvals = np.unique(flat)
         self._stride = np.int64(self.uvals.size + 1)
-        gene_of = np.repeat(np.arange(self.n_genes, dtype=np.int64), self.n)
-        codes = np.searchsorted(self.uvals, flat)
-        self.keys = gene_of * self._stride + codes
-        del codes
+        keys = np.searchsorted(self.uvals, flat).reshape(self.n_genes, self.n)
+        keys += (np.arange(self.n_genes, dtype=np.int64) * self._stride)[:, None]
+        self.keys = keys.ravel()
+        del keys
         if flat.size:
             start = np.empty(flat.size, dtype=bool)
             start[0] = True
             np.not_equal(flat[1:], flat[:-1], out=start[1:])
             start[:: max(self.n, 1)] = True  # every gene starts a new run
             pos = np.flatnonzero(start)
+            del start
         else:
             pos = np.zeros(0, dtype=np.int64)
         self.run_vals = flat[pos]
-        self.run_counts = np.diff(np.append(pos, flat.size)).astype(np.float64)
-        self.run_gene = gene_of[pos]
+        del flat
+        # counts and genes of the runs in 4 bytes each (the runs may number n x genes)
+        self.run_counts = np.diff(np.append(pos, self.n * self.n_genes)).astype(np.int32)
+        self.run_gene = (pos // max(self.n, 1)).astype(np.int32)
 
     def counts(self, vals: np.ndarray, gene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(#(ref_g < v), #(ref_g <= v))`` for every query value ``v`` of gene ``g``, as float64."""
@@ -205,7 +208,8 @@ def mannwhitney_shifted(ref: MWReference, deltas: np.ndarray) -> np.ndarray:
     out = np.ones((B, G))
     if B == 0 or n2 == 0 or G == 0:
         return out
-    rg = ref.run_gene
+    rg = ref.run_gene.astype(np.int64)
+    counts = ref.run_counts.astype(np.float64)
     new_gene = np.ones(rg.size, dtype=bool)
     new_gene[1:] = rg[1:] != rg[:-1]
     n1 = np.full((1, 1), float(n2))
@@ -215,7 +219,7 @@ def mannwhitney_shifted(ref: MWReference, deltas: np.ndarray) -> np.ndarray:
         start[1:] |= sv[1:] != sv[:-1]
         pos = np.flatnonzero(start)
         vals, gene = sv[pos], rg[pos]
-        cx = np.add.reduceat(ref.run_counts, pos) if pos.size < sv.size else ref.run_counts
+        cx = np.add.reduceat(counts, pos) if pos.size < sv.size else counts
         lo, hi = ref.counts(vals, gene)
         cy = hi - lo
         u1 = np.bincount(gene, weights=cx * (lo + 0.5 * cy), minlength=G)
