@@ -9,12 +9,19 @@ difference of the values. Nothing is asserted: this is a report.
 Usage::
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/metrics_speed.py [--sizes 200x300x100,20x2000x100] [--repeat 3]
+
+With ``--old-vs-new CASES`` (e.g. ``disc:1000x2000,vcc:1000x2000``) it runs
+``benchmarks/metrics_old_vs_new.py`` instead: the group x group code (discrimination, the
+``vcc`` panel, the PerturBench ranks) of an old git revision against the working tree, each
+repeat a fresh process, with the median, range and peak RSS of each side (its other options,
+e.g. ``--repeat``, pass through).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -83,6 +90,15 @@ def _rel(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     """Run the benchmark and print the table."""
+    if "--old-vs-new" in sys.argv:
+        k = sys.argv.index("--old-vs-new")
+        rest = sys.argv[1:k] + sys.argv[k + 2:]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import metrics_old_vs_new
+
+        sys.argv = [metrics_old_vs_new.__file__, "--cases", sys.argv[k + 1], *rest]
+        metrics_old_vs_new.main()
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="groups x cells x genes, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs")

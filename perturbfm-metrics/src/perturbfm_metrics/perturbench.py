@@ -9,7 +9,7 @@ true control mean of its context + the predicted delta.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -17,6 +17,7 @@ from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue, NotApplic
 
 from perturbfm_metrics.basic import BasicPanel
 from perturbfm_metrics.distances import pairwise_sq_euclidean
+from perturbfm_metrics.groupwise import blocked_diagonal_rank
 
 if TYPE_CHECKING:
     from perturbfm.evaluation import EvalData
@@ -99,6 +100,35 @@ def diagonal_rank(M: np.ndarray, *, higher_is_better: bool, rng: np.random.Gener
     ties = np.sum((np.abs(diff) <= tol[None, :]) & off, axis=0)
     rank = better + rng.integers(0, ties + 1)
     return rank / (n - 1)
+
+
+def _matrix_blocks(name: str, data: EvalData, idx: np.ndarray, lfc_p: np.ndarray, lfc_t: np.ndarray
+                   ) -> tuple[Callable[[slice], np.ndarray], Callable[[slice], np.ndarray]]:
+    """Column blocks of ``M`` and of ``M.T`` (``M[q, p]`` = metric(pred q, true p)) for one context,
+    computed as :func:`rmse_matrix` / :func:`cosine_matrix` compute the whole matrix (same centring,
+    same normalisation) a block at a time."""
+    if name == "rmse_average":
+        pd = np.asarray(data.pred_delta[idx], dtype=np.float64)
+        td = np.asarray(data.true_delta[idx], dtype=np.float64)
+        mu = np.concatenate([pd, td], axis=0).mean(axis=0, keepdims=True)  # pairwise_sq_euclidean's centring
+        pd, td = pd - mu, td - mu
+        g = pd.shape[1]
+
+        def cols(c: slice) -> np.ndarray:
+            return np.sqrt(pairwise_sq_euclidean(pd, td[c], center=False) / g)
+
+        def rows(c: slice) -> np.ndarray:
+            return np.sqrt(pairwise_sq_euclidean(pd[c], td, center=False) / g).T
+
+        return cols, rows
+    an, bn = _unit_rows(lfc_p[idx]), _unit_rows(lfc_t[idx])
+    return (lambda c: np.clip(an @ bn[c].T, -1.0, 1.0)), (lambda c: np.clip(an[c] @ bn.T, -1.0, 1.0).T)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm; a zero row (norm <= 1e-12) stays zero (as :func:`cosine_matrix`)."""
+    na = np.linalg.norm(a, axis=1)
+    return np.where(na[:, None] > 1e-12, a / np.where(na > 0, na, 1.0)[:, None], 0.0)
 
 
 class PerturBenchPanel(MetricPanel):
@@ -192,13 +222,14 @@ class PerturBenchPanel(MetricPanel):
                                                 "rank it against")
                 skipped[ctx] = "a single group: no variance across groups"
                 continue
-            # within a context the control mean is shared: pred_q - true_p = delta_q - delta_p
-            mats = {"rmse_average": (rmse_matrix(data.pred_delta[idx], data.true_delta[idx]), False),
-                    "cosine_logfc": (cosine_matrix(lfc_p[idx], lfc_t[idx]), True)}
-            for s_i, (name, (M, hib)) in enumerate(mats.items()):
-                for t_i, (suffix, mat) in enumerate((("", M), ("_transpose", M.T))):
+            # within a context the control mean is shared: pred_q - true_p = delta_q - delta_p;
+            # M[q, p] is built a block of columns at a time (memory O(N x block), never N x N)
+            n_ctx = len(idx)
+            for s_i, (name, hib) in enumerate((("rmse_average", False), ("cosine_logfc", True))):
+                cols_fn, rows_fn = _matrix_blocks(name, data, idx, lfc_p, lfc_t)
+                for t_i, (suffix, fn) in enumerate((("", cols_fn), ("_transpose", rows_fn))):
                     rng = np.random.default_rng([data.seed, c_i, s_i, t_i])
-                    r = diagonal_rank(mat, higher_is_better=hib, rng=rng)
+                    r = blocked_diagonal_rank(fn, n_ctx, higher_is_better=hib, rng=rng, tie_rtol=TIE_RTOL)
                     ranks[f"rank_{name}{suffix}"].update({ids[j]: float(v) for j, v in zip(idx, r)})
             vp = np.var(pred_mean[idx], axis=0)
             vt = np.var(true_mean[idx], axis=0)

@@ -32,6 +32,7 @@ from perturbfm_metrics.distances import (
     sinkhorn,
     warn_not_converged,
 )
+from perturbfm_metrics.groupwise import resolve_backend
 
 if TYPE_CHECKING:
     from perturbfm.evaluation import EvalData
@@ -175,6 +176,7 @@ class ScPerturBenchPanel(MetricPanel):
     @staticmethod
     def _loop(data, degs, ids, k, ed, ed_sq, ws, kl, common, few, not_conv, pred_fallback, n_cells,
               ctrl_mom, solver, floored, no_deg) -> None:  # noqa: ANN001 - internal
+        device = resolve_backend()[1]  # the distance GEMMs on torch (a CUDA device) when selected
         for i, gid in enumerate(ids):
             genes = degs.genes(i)
             if genes.size == 0:
@@ -188,7 +190,7 @@ class ScPerturBenchPanel(MetricPanel):
             p, t = pred[:, genes], true[:, genes]
             if pred.shape[0] < 2 or true.shape[0] < 2:
                 few[gid] = f"{pred.shape[0]} predicted / {true.shape[0]} true cell(s)"
-            ed[gid], ed_sq[gid] = _edist_both(p, t)
+            ed[gid], ed_sq[gid] = _edist_both(p, t, device=device)
             res = sinkhorn(p, t, tol=SINKHORN_TOL, max_iter=SINKHORN_MAX_ITER)
             solver[gid] = res.describe()
             if res.converged:
@@ -265,11 +267,12 @@ def _de_scores_moments(a: np.ndarray, mean_c: np.ndarray, var_c: np.ndarray, n_c
     return np.abs(t), None
 
 
-def _edist_both(p: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """(Euclidean, squared) E-distances of :func:`_edist` from one set of distance GEMMs."""
-    cross = pairwise_sq_euclidean(p, t)
-    wp = pairwise_sq_euclidean(p, p)
-    wt = pairwise_sq_euclidean(t, t)
+def _edist_both(p: np.ndarray, t: np.ndarray, device: str | None = None) -> tuple[float, float]:
+    """(Euclidean, squared) E-distances of :func:`_edist` from one set of distance GEMMs (on the
+    torch ``device`` when given, see :func:`perturbfm_metrics.groupwise.resolve_backend`)."""
+    cross = pairwise_sq_euclidean(p, t, device=device)
+    wp = pairwise_sq_euclidean(p, p, device=device)
+    wt = pairwise_sq_euclidean(t, t, device=device)
     out = []
     for f in (np.sqrt, None):
         c, a, b = (cross, wp, wt) if f is None else (f(cross), f(wp), f(wt))

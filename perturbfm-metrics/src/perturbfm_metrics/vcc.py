@@ -39,6 +39,8 @@ from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue, NotApplic
 from scipy.special import ndtr
 from scipy.stats import false_discovery_control
 
+from perturbfm_metrics.groupwise import discrimination_ranks
+
 if TYPE_CHECKING:
     from perturbfm.evaluation import EvalData
 
@@ -70,17 +72,66 @@ class MWReference:
 
     Every group of a context is tested against the same control cells: sorting them
     once makes each group's test a search of the group's distinct values in the
-    sorted controls (no joint ranking per group).
+    sorted controls (no joint ranking per group). The searches of all genes run as
+    one vectorised ``searchsorted``: every control value is coded by its position
+    among the distinct control values (``codes``), and ``gene * stride + code`` is a
+    single sorted key array over all genes; a query value is coded by its
+    ``searchsorted`` positions among the distinct values, so the counts
+    ``#(ref < v)`` and ``#(ref <= v)`` are exact integers (no arithmetic on the values).
+    The controls' runs of equal values (value, count, gene) are kept too: a group of
+    constructed cells (controls + a per-gene shift) is tested from them without
+    materialising or sorting its cells (:func:`mannwhitney_shifted`).
     """
 
     def __init__(self, y: np.ndarray) -> None:
         y = np.asarray(y, dtype=np.float64)
-        srt = np.sort(y, axis=0)
         self.n = y.shape[0]
         self.n_genes = y.shape[1]
-        self.sorted = np.ascontiguousarray(srt.T)  # [G, n2]
+        srt = np.sort(y, axis=0)
         self.tie = _tie_term(srt)  # sum(t^3 - t) over the controls' own tie groups
         self.mean = y.mean(axis=0) if self.n else np.full(self.n_genes, np.nan)
+        flat = np.ascontiguousarray(srt.T).ravel()  # gene-major, sorted within each gene
+        del srt
+        self.uvals = np.unique(flat)
+        self._stride = np.int64(self.uvals.size + 1)
+        keys = np.searchsorted(self.uvals, flat).reshape(self.n_genes, self.n)
+        keys += (np.arange(self.n_genes, dtype=np.int64) * self._stride)[:, None]
+        self.keys = keys.ravel()
+        del keys
+        if flat.size:
+            start = np.empty(flat.size, dtype=bool)
+            start[0] = True
+            np.not_equal(flat[1:], flat[:-1], out=start[1:])
+            start[:: max(self.n, 1)] = True  # every gene starts a new run
+            pos = np.flatnonzero(start)
+            del start
+        else:
+            pos = np.zeros(0, dtype=np.int64)
+        self.run_vals = flat[pos]
+        del flat
+        # counts and genes of the runs in 4 bytes each (the runs may number n x genes)
+        self.run_counts = np.diff(np.append(pos, self.n * self.n_genes)).astype(np.int32)
+        self.run_gene = (pos // max(self.n, 1)).astype(np.int32)
+
+    def counts(self, vals: np.ndarray, gene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(#(ref_g < v), #(ref_g <= v))`` for every query value ``v`` of gene ``g``, as float64."""
+        base = gene * self._stride
+        off = gene * np.int64(self.n)
+        lo = np.searchsorted(self.keys, base + np.searchsorted(self.uvals, vals, side="left")) - off
+        hi = np.searchsorted(self.keys, base + np.searchsorted(self.uvals, vals, side="right")) - off
+        return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def _mw_pvalues(u1: np.ndarray, tie: np.ndarray, n1: np.ndarray, n2: int) -> np.ndarray:
+    """Two-sided asymptotic p-values from ``U1`` and the joint tie term (``[B, G]``; ``n1`` ``[B, 1]``)."""
+    n = n1 + n2
+    mu = n1 * n2 / 2.0
+    u = np.maximum(u1, n1 * n2 - u1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s2 = n1 * n2 / 12.0 * ((n + 1.0) - tie / (n * (n - 1.0)))
+        zst = (u - mu - 0.5) / np.sqrt(s2)
+        p = np.clip(2.0 * ndtr(-zst), 0.0, 1.0)
+    return np.where((s2 > 0) & (n1 > 0), p, 1.0)
 
 
 def mannwhitney_batch(blocks: list[np.ndarray], ref: MWReference) -> np.ndarray:
@@ -121,31 +172,60 @@ def mannwhitney_batch(blocks: list[np.ndarray], ref: MWReference) -> np.ndarray:
     del start
     vals = flat[pos]
     cx = np.diff(np.append(pos, flat.size)).astype(np.float64)
+    del XT, flat
     gene = pos // N
     block_of_cell = np.repeat(np.arange(B), sizes)
     owner = gene * B + block_of_cell[pos % N]
     del pos
-    lo = np.empty(vals.size, dtype=np.float64)
-    hi = np.empty(vals.size, dtype=np.float64)
-    bounds = np.searchsorted(gene, np.arange(G + 1))
-    for g in range(G):
-        a, e = bounds[g], bounds[g + 1]
-        cs = ref.sorted[g]
-        lo[a:e] = np.searchsorted(cs, vals[a:e], side="left")
-        hi[a:e] = np.searchsorted(cs, vals[a:e], side="right")
+    lo, hi = ref.counts(vals, gene)
     cy = hi - lo
     u1 = np.bincount(owner, weights=cx * (lo + 0.5 * cy), minlength=G * B).reshape(G, B).T
     t = cx + cy
     tie = np.bincount(owner, weights=(t**3 - t) - (cy**3 - cy), minlength=G * B).reshape(G, B).T + ref.tie[None, :]
-    n1 = sizes[:, None].astype(np.float64)
-    n = n1 + n2
-    mu = n1 * n2 / 2.0
-    u = np.maximum(u1, n1 * n2 - u1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s2 = n1 * n2 / 12.0 * ((n + 1.0) - tie / (n * (n - 1.0)))
-        zst = (u - mu - 0.5) / np.sqrt(s2)
-        p = np.clip(2.0 * ndtr(-zst), 0.0, 1.0)
-    out = np.where((s2 > 0) & (n1 > 0), p, 1.0)
+    return _mw_pvalues(u1, tie, sizes[:, None].astype(np.float64), n2)
+
+
+def mannwhitney_shifted(ref: MWReference, deltas: np.ndarray) -> np.ndarray:
+    """:func:`mannwhitney_batch` of the blocks ``ref cells + deltas[b]`` (constructed cells: the
+    reference cells shifted per gene), without forming or sorting them.
+
+    Adding a per-gene constant keeps every gene's sorted order, so the block's runs of equal
+    values are the reference's runs shifted (two runs that the shift's rounding makes equal are
+    merged). Each value is the same float as in ``ref cells + delta``, and the per-gene sums
+    run over the same values in the same order, so the p-values are those of
+    :func:`mannwhitney_batch` on the formed cells, bit for bit.
+
+    Args:
+        ref: the reference (also the cells shifted).
+        deltas: ``[B, G]`` per-gene shifts.
+
+    Returns:
+        ``[B, G]`` p-values.
+    """
+    deltas = np.atleast_2d(np.asarray(deltas, dtype=np.float64))
+    G, n2 = ref.n_genes, ref.n
+    B = deltas.shape[0]
+    out = np.ones((B, G))
+    if B == 0 or n2 == 0 or G == 0:
+        return out
+    rg = ref.run_gene.astype(np.int64)
+    counts = ref.run_counts.astype(np.float64)
+    new_gene = np.ones(rg.size, dtype=bool)
+    new_gene[1:] = rg[1:] != rg[:-1]
+    n1 = np.full((1, 1), float(n2))
+    for b in range(B):
+        sv = ref.run_vals + deltas[b, rg]
+        start = new_gene.copy()
+        start[1:] |= sv[1:] != sv[:-1]
+        pos = np.flatnonzero(start)
+        vals, gene = sv[pos], rg[pos]
+        cx = np.add.reduceat(counts, pos) if pos.size < sv.size else counts
+        lo, hi = ref.counts(vals, gene)
+        cy = hi - lo
+        u1 = np.bincount(gene, weights=cx * (lo + 0.5 * cy), minlength=G)
+        t = cx + cy
+        tie = np.bincount(gene, weights=(t**3 - t) - (cy**3 - cy), minlength=G) + ref.tie
+        out[b] = _mw_pvalues(u1[None, :], tie[None, :], n1, n2)[0]
     return out
 
 
@@ -205,6 +285,31 @@ def de_genes_batch(blocks: list[np.ndarray], ref: MWReference,
     return out
 
 
+def _shifted_mean(ctrl: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``(ctrl + delta).mean(axis=0)`` without forming the whole shifted matrix (column chunks;
+    a column's mean does not depend on the other columns)."""
+    out = np.empty(ctrl.shape[1])
+    step = max(1, BATCH_VALUES // max(ctrl.shape[0], 1))
+    for s in range(0, ctrl.shape[1], step):
+        out[s:s + step] = (ctrl[:, s:s + step] + delta[s:s + step]).mean(axis=0)
+    return out
+
+
+def de_genes_shifted(ref: MWReference, ctrl: np.ndarray, deltas: np.ndarray,
+                     fdr_threshold: float = FDR_THRESHOLD) -> list[np.ndarray]:
+    """:func:`de_genes_batch` of the constructed blocks ``ctrl + deltas[b]`` against ``ref`` (built from
+    ``ctrl``), without forming or sorting the blocks (:func:`mannwhitney_shifted`); same result."""
+    deltas = np.atleast_2d(np.asarray(deltas, dtype=np.float64))
+    fdr = bh_fdr(mannwhitney_shifted(ref, deltas))
+    out = []
+    for k in range(deltas.shape[0]):
+        mean_b = _shifted_mean(ctrl, deltas[k]) if ctrl.shape[0] else np.full(ref.n_genes, np.nan)
+        lfc = np.abs(log2_fold_change(mean_b, ref.mean))
+        sig = np.flatnonzero(fdr[k] < fdr_threshold)
+        out.append(sig[np.argsort(-lfc[sig], kind="stable")])
+    return out
+
+
 def overlap_at_n(true_de: np.ndarray, pred_de: np.ndarray) -> float | None:
     """``|top-k'(true) ∩ top-k'(pred)| / k'`` with ``k' = len(true_de)``; None when k' = 0."""
     k = len(true_de)
@@ -215,26 +320,25 @@ def overlap_at_n(true_de: np.ndarray, pred_de: np.ndarray) -> float | None:
 
 # ----------------------------------------------------------------------------- discrimination
 def discrimination_l1(pred_delta: np.ndarray, true_delta: np.ndarray,
-                      drop: list[np.ndarray]) -> np.ndarray:
+                      drop: list[np.ndarray], *, backend: str | None = None,
+                      device: str | None = None) -> np.ndarray:
     """Discrimination score (L1) of every group of one context.
 
     Args:
         pred_delta, true_delta: ``[N, G]`` deltas of the context's groups.
         drop: per group, gene indices left out of its distances (its perturbed genes).
+        backend, device: ``numpy`` or ``torch`` (see :func:`perturbfm_metrics.groupwise.resolve_backend`;
+            default from ``PFM_METRICS_BACKEND``, torch only on a CUDA machine).
 
     Returns:
         ``[N]`` scores ``1 - rank / N``; rank = number of other groups whose true delta
-        is at L1 distance ``<=`` that of the group's own true delta.
+        is at L1 distance ``<=`` that of the group's own true delta. Computed a block of
+        groups at a time (memory O(block x N)); the ranks are exactly those of the per-row
+        formula (near-ties re-decided with it, see :mod:`perturbfm_metrics.groupwise`).
     """
-    n, g = true_delta.shape
-    out = np.empty(n)
-    for i in range(n):
-        keep = np.ones(g, dtype=bool)
-        keep[drop[i]] = False
-        d = np.abs(true_delta[:, keep] - pred_delta[i, keep]).sum(axis=1)
-        rank = int(np.sum(d <= d[i])) - 1
-        out[i] = 1.0 - rank / n
-    return out
+    n = true_delta.shape[0]
+    rank = discrimination_ranks(pred_delta, true_delta, drop, backend=backend, device=device)
+    return 1.0 - rank / n
 
 
 # ----------------------------------------------------------------------------- panel
@@ -334,29 +438,34 @@ class VccPanel(MetricPanel):
         no_true: list[str] = []
         n_true_de: dict[str, int] = {}
         n_pred_de: dict[str, int] = {}
+        G = len(data.genes)
         for ctx, idx in data.context_indices().items():
             ctrl = data.control_cells(ctx)
             ref = MWReference(ctrl)
-            # groups in batches of about BATCH_VALUES values (bounded memory, few numpy calls)
+            # groups in batches of about BATCH_VALUES cell values per side (bounded memory, few numpy
+            # calls); constructed predictions (controls + delta) are tested from the sorted controls
+            # and never formed
             batch: list[int] = []
             size = 0
             for pos, i in enumerate(idx):
                 batch.append(int(i))
-                size += data.groups[i].n_cells
-                if size * len(data.genes) < BATCH_VALUES and pos + 1 < len(idx):
+                g = data.groups[i]
+                n_pred = (np.shape(data.pred_cells_given[g.group_id])[0] if data.pred_cells_given is not None
+                          else 0)
+                size += max(g.n_cells, n_pred)
+                if size * G < BATCH_VALUES and pos + 1 < len(idx):
                     continue
                 trues = [data.all_true_cells(i) for i in batch] if hasattr(data, "all_true_cells") else [
                     _true_cells(data, i) for i in batch]
-                preds = []
-                for i in batch:
-                    g = data.groups[i]
-                    if data.pred_cells_given is not None:
-                        preds.append(np.asarray(data.pred_cells_given[g.group_id], dtype=np.float64))
-                    else:
-                        preds.append(ctrl + data.pred_delta[i])
                 t_de = de_genes_batch(trues, ref)
-                p_de = de_genes_batch(preds, ref)
-                del trues, preds
+                del trues
+                if data.pred_cells_given is not None:
+                    preds = [np.asarray(data.pred_cells_given[data.groups[i].group_id], dtype=np.float64)
+                             for i in batch]
+                    p_de = de_genes_batch(preds, ref)
+                    del preds
+                else:
+                    p_de = de_genes_shifted(ref, ctrl, np.asarray(data.pred_delta, dtype=np.float64)[batch])
                 for i, t, p in zip(batch, t_de, p_de):
                     gid = data.groups[i].group_id
                     n_true_de[gid], n_pred_de[gid] = int(t.size), int(p.size)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from perturbfm.interfaces import MetricPanel, MetricSpec, MetricValue, NotApplicable
 
+from perturbfm_metrics.groupwise import row_blocks
 from perturbfm_metrics.vcc import MWReference, bh_fdr, mannwhitney_batch
 
 if TYPE_CHECKING:
@@ -302,21 +303,27 @@ def de_metrics(padj_r: np.ndarray, lfc_r: np.ndarray, padj_p: np.ndarray, p_p: n
 # ----------------------------------------------------------------------------- pseudobulk metrics
 def midrank_pds(pred_eff: np.ndarray, real_eff: np.ndarray) -> np.ndarray:
     """``1 - midrank / (n - 1)`` of each row's own real effect among all real effects by cosine
-    distance (zero-norm operand -> distance 1; clipped to [0, 2]); ``n = 1`` gives 1.0."""
+    distance (zero-norm operand -> distance 1; clipped to [0, 2]); ``n = 1`` gives 1.0.
+
+    The ``[n, n]`` distances are formed a block of rows at a time (memory O(block x n))."""
     n = real_eff.shape[0]
-    sim = pred_eff @ real_eff.T
-    pn = np.einsum("ig,ig->i", pred_eff, pred_eff)
-    rn = np.einsum("jg,jg->j", real_eff, real_eff)
-    denom = np.sqrt(pn)[:, None] * np.sqrt(rn)[None, :]
-    cos = np.zeros_like(sim)
-    nz = denom != 0
-    cos[nz] = sim[nz] / denom[nz]
-    dist = np.clip(1.0 - cos, 0.0, 2.0)
-    own = np.diagonal(dist)[:, None]
-    less = (dist < own).sum(axis=1)
-    equal = (dist == own).sum(axis=1)
-    rank = less + (equal - 1) / 2.0
-    return np.ones(n) if n - 1 <= 0 else 1.0 - rank / (n - 1)
+    if n - 1 <= 0:
+        return np.ones(n)
+    pn = np.sqrt(np.einsum("ig,ig->i", pred_eff, pred_eff))
+    rn = np.sqrt(np.einsum("jg,jg->j", real_eff, real_eff))
+    rank = np.empty(n)
+    for rows in row_blocks(n, n):
+        sim = pred_eff[rows] @ real_eff.T
+        denom = pn[rows][:, None] * rn[None, :]
+        cos = np.zeros_like(sim)
+        nz = denom != 0
+        cos[nz] = sim[nz] / denom[nz]
+        dist = np.clip(1.0 - cos, 0.0, 2.0)
+        own = dist[np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop)][:, None]
+        less = (dist < own).sum(axis=1)
+        equal = (dist == own).sum(axis=1)
+        rank[rows] = less + (equal - 1) / 2.0
+    return 1.0 - rank / (n - 1)
 
 
 def across_budget(mu_pred: np.ndarray, excl: list[np.ndarray], w: np.ndarray) -> float:
