@@ -17,7 +17,7 @@ from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable, Predic
 from perturbfm.plain import plain_json
 
 __all__ = ["CONVENTIONS", "DEFAULT_MAX_CELLS", "EvalData", "aggregate", "build_eval_data", "check_metric_value",
-           "evaluate_panels", "select_panels", "validate_prediction"]
+           "compute_panel_values", "evaluate_panels", "merge_panel_values", "select_panels", "validate_prediction"]
 
 CONVENTIONS = {
     "expression_space": "X of the dataset artifact (log1p-normalised)",
@@ -83,8 +83,13 @@ def build_eval_data(
     genes = [str(g) for g in adata.var_names]
     validate_prediction(prediction, groups, genes)
     ids = [g.group_id for g in groups]
-    labels = ensure_group_column(adata).astype(str).to_numpy()
-    true_mean, true_var, counts = grouped_moments(adata, labels, ids)
+    contexts = sorted({g.context for g in groups})
+    stored = control.group_moments(ids)  # one scan of the dataset at load (see control_stats(with_groups=True))
+    if stored is not None:
+        true_mean, true_var, counts = stored
+    else:
+        labels = ensure_group_column(adata).astype(str).to_numpy()
+        true_mean, true_var, counts = grouped_moments(adata, labels, ids)
     empty = [gid for gid, n in zip(ids, counts) if n == 0]
     if empty:
         raise PredictionError(
@@ -98,11 +103,15 @@ def build_eval_data(
             field="pfm_is_control", fix="every evaluated context needs control cells",
         )
     ctrl_mean = np.stack([control.mean(g.context) for g in groups])
-    obs = adata.obs
-    is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
-    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
-    contexts = sorted({g.context for g in groups})
-    _, cvar, cn = grouped_moments(adata, np.where(is_ctrl, ctx, "\x00"), contexts)
+    stored_vars = [control.var(c) for c in contexts]
+    if all(v is not None for v in stored_vars):
+        cvar = np.stack([v for v in stored_vars if v is not None]) if contexts else np.zeros((0, len(genes)))
+        cn = np.array([control.counts[control.contexts.index(c)] for c in contexts], dtype=np.int64)
+    else:
+        obs = adata.obs
+        is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+        ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+        _, cvar, cn = grouped_moments(adata, np.where(is_ctrl, ctx, "\x00"), contexts)
     groups = [g if g.n_cells == int(n) else _with_n(g, int(n)) for g, n in zip(groups, counts)]
     return EvalData(
         genes=genes,
@@ -214,22 +223,91 @@ def check_metric_value(v: Any, wanted: set[str]) -> str:
     return ""
 
 
+def compute_panel_values(panels: Sequence[MetricPanel], data: EvalData) -> dict[str, Any]:
+    """Each panel's raw values for ``data`` (panel name -> ``{key: MetricValue | NotApplicable}``,
+    or the exception the panel raised). Run it on :meth:`EvalData.subset` shards holding whole
+    contexts, merge the shards with :func:`merge_panel_values` and pass the result to
+    :func:`evaluate_panels` (``values=``): the ``panels`` section equals the single-process one."""
+    out: dict[str, Any] = {}
+    for panel in panels:
+        try:
+            out[panel.name] = panel.compute(data)
+        except (Exception, SystemExit) as exc:  # recorded as a problem of this panel, never swallowed
+            out[panel.name] = exc
+    return out
+
+
+def _merge_extra(extras: Sequence[Any]) -> Any:
+    """Equal values stay; mappings are united key by key (per-group and per-context details
+    of disjoint shards); anything else is listed per shard."""
+    if all(_same(e, extras[0]) for e in extras):
+        return extras[0]
+    if all(isinstance(e, Mapping) for e in extras):
+        keys = list(dict.fromkeys(k for e in extras for k in e))
+        return {k: _merge_extra([e[k] for e in extras if k in e]) for k in keys}
+    return {"shards": list(extras)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, np.ndarray) else np.array_equal(a, b)
+    except (ValueError, TypeError):
+        return False
+
+
+def merge_panel_values(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge :func:`compute_panel_values` results of disjoint shards (whole contexts each):
+    per-group, per-context and not-applicable-group entries are united; ``extra`` too (equal
+    values kept, mappings united key by key, anything else listed per shard as ``{"shards": [...]}``). A panel
+    that raised in any shard, or is not applicable in one shard only, merges to that shard's value."""
+    merged: dict[str, Any] = {}
+    names = list(dict.fromkeys(n for part in parts for n in part))
+    for name in names:
+        vals = [part[name] for part in parts if name in part]
+        bad = next((v for v in vals if not isinstance(v, dict)), None)
+        if bad is not None:
+            merged[name] = bad
+            continue
+        keys = list(dict.fromkeys(k for v in vals for k in v))
+        section: dict[str, Any] = {}
+        for key in keys:
+            items = [v[key] for v in vals if key in v]
+            if len(items) != len(vals) or not all(isinstance(x, MetricValue) for x in items):
+                section[key] = next((x for x in items if not isinstance(x, MetricValue)), None)
+                continue
+            per_group = None if all(x.per_group is None for x in items) else {
+                k: val for x in items for k, val in (x.per_group or {}).items()}
+            per_context = None if all(x.per_context is None for x in items) else {
+                k: val for x in items for k, val in (x.per_context or {}).items()}
+            nag = {k: r for x in items for k, r in (x.not_applicable_groups or {}).items()}
+            extra = _merge_extra([x.extra for x in items])
+            section[key] = MetricValue(per_group=per_group, per_context=per_context, extra=extra,
+                                       not_applicable_groups=nag)
+        merged[name] = section
+    return merged
+
+
 def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
-                    raw_out: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                    raw_out: dict[str, dict[str, Any]] | None = None,
+                    values_by_panel: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run every panel and check completeness.
 
     Returns the ``panels`` section of ``metrics.json``. Raises
     :class:`PanelIncompleteError` (listing every problem) when any declared key
-    is missing, not finite, or a panel raised.
+    is missing, not finite, or a panel raised. ``values_by_panel``: values already
+    computed (e.g. merged shards, see :func:`compute_panel_values`) instead of running the panels.
     """
     problems: list[tuple[str, str, str]] = []
     out: dict[str, Any] = {}
     wanted = {g.group_id for g in data.groups}
+    computed = dict(values_by_panel) if values_by_panel is not None else {}
     for panel in panels:
-        try:
-            values = panel.compute(data)
-        except (Exception, SystemExit) as exc:  # recorded as a problem of this panel, never swallowed
-            problems.append((panel.name, "*", f"panel raised {type(exc).__name__}: {exc}"))
+        if panel.name in computed:
+            values = computed[panel.name]
+        else:
+            values = compute_panel_values([panel], data)[panel.name]
+        if isinstance(values, BaseException):
+            problems.append((panel.name, "*", f"panel raised {type(values).__name__}: {values}"))
             continue
         if not isinstance(values, dict):
             problems.append((panel.name, "*", f"compute returned {type(values).__name__}, expected a dict of "
