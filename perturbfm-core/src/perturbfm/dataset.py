@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from perturbfm.backed import read_rows
+
 CONTROL = "control"
 COMBO_DELIMITER = "+"
 PERT_COL = "pfm_perturbation"
@@ -176,24 +178,18 @@ def _labelled_chunks(adata: ad.AnnData, codes: np.ndarray, chunk: int) -> Iterab
         yield sl, c, keep, X
 
 
-def grouped_moments(
-    adata: ad.AnnData,
-    labels: Sequence[str] | np.ndarray,
-    order: Sequence[str],
-    *,
-    chunk_size: int = 20_000,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-label mean and (unbiased) variance of every gene, and counts.
+def moments_by_codes(adata: ad.AnnData, codes: np.ndarray, n_lab: int, *,
+                     chunk_size: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label mean and (unbiased) variance of every gene, and counts, for integer
+    labels ``codes`` (``-1``: skipped) in ``0 .. n_lab-1``.
 
-    Cells whose label is not in ``order`` are skipped. Rows are read in chunks,
-    so this works on backed AnnData in bounded memory.
-
-    Returns:
-        ``(means [L, G], variances [L, G], counts [L])`` in the order of ``order``.
+    Streaming: rows are read ``chunk_size`` at a time (backed AnnData stays in its file),
+    so memory is ``O(n_lab x n_genes)`` plus one chunk of cells. Two passes over the rows:
+    sums, then squared deviations from the mean (exact for constant genes, no
+    cancellation). A label's figures depend only on its own cells, in file order, so they
+    are the same (to the bit) whatever other labels share the pass.
     """
-    pos = {lab: i for i, lab in enumerate(order)}
-    codes = np.array([pos.get(str(x), -1) for x in labels], dtype=np.int64)
-    n_lab, n_genes = len(order), adata.n_vars
+    n_genes = adata.n_vars
     counts = np.bincount(codes[codes >= 0], minlength=n_lab).astype(np.int64)
     sums = np.zeros((n_lab, n_genes))
     for _sl, c, keep, X in _labelled_chunks(adata, codes, chunk_size):
@@ -201,7 +197,7 @@ def grouped_moments(
         sums += np.asarray((ind @ X).todense()) if sp.issparse(X) else ind @ X
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts[:, None]
-    # second pass on deviations from the mean: exact for constant genes, no cancellation
+    del sums
     sq = np.zeros((n_lab, n_genes))
     dense_rows_per_chunk = max(1, min(chunk_size, 20_000_000 // max(n_genes, 1)))
     for _sl, c, keep, X in _labelled_chunks(adata, codes, dense_rows_per_chunk):
@@ -214,10 +210,85 @@ def grouped_moments(
     return means, var, counts
 
 
+def grouped_moments(
+    adata: ad.AnnData,
+    labels: Sequence[str] | np.ndarray,
+    order: Sequence[str],
+    *,
+    chunk_size: int = 20_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label mean and (unbiased) variance of every gene, and counts.
+
+    Cells whose label is not in ``order`` are skipped. Rows are read in chunks,
+    so this works on backed AnnData in bounded memory (see :func:`moments_by_codes`).
+
+    Returns:
+        ``(means [L, G], variances [L, G], counts [L])`` in the order of ``order``.
+    """
+    pos = {lab: i for i, lab in enumerate(order)}
+    codes = np.array([pos.get(str(x), -1) for x in labels], dtype=np.int64)
+    return moments_by_codes(adata, codes, len(order), chunk_size=chunk_size)
+
+
+@dataclass
+class Moments:
+    """Pseudobulk figures of labelled cell sets (groups, or a context's control cells):
+    mean and unbiased variance per gene and the number of cells, ``[n_labels, n_genes]``."""
+
+    labels: list[str]
+    means: np.ndarray
+    vars: np.ndarray
+    counts: np.ndarray
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {lab: i for i, lab in enumerate(self.labels)}
+
+    def has(self, labels: Iterable[str]) -> bool:
+        return all(lab in self._index for lab in labels)
+
+    def take(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(means, vars, counts)`` of ``labels``, in that order (KeyError if one is missing)."""
+        idx = np.array([self._index[lab] for lab in labels], dtype=np.int64)
+        n = self.means.shape[1]
+        if idx.size == 0:
+            return np.zeros((0, n)), np.zeros((0, n)), np.zeros(0, dtype=np.int64)
+        return self.means[idx], self.vars[idx], self.counts[idx]
+
+
+#: label prefix of a context's control cells in a :class:`Moments` table (no group id starts with it)
+CONTROL_LABEL = "\x00control@"
+
+
+def dataset_moments(adata: ad.AnnData, group_ids: Sequence[str] | None = None, *,
+                    chunk_size: int = 20_000) -> Moments:
+    """The pseudobulks of ``group_ids`` (default: every perturbed group) and of every
+    context's control cells (label ``CONTROL_LABEL + context``), in ONE streaming scan of
+    the rows (two passes, see :func:`moments_by_codes`). Memory: ``(groups + contexts) x
+    genes`` float64, plus one chunk of cells."""
+    gcol = ensure_group_column(adata)
+    obs = adata.obs
+    is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+    codes_g, uniq_g = pd.factorize(gcol.astype(str).to_numpy())
+    if group_ids is None:
+        group_ids = sorted({str(u) for u in np.unique(uniq_g[codes_g[~is_ctrl]])})
+    contexts = sorted(set(ctx[is_ctrl]))
+    labels = list(group_ids) + [CONTROL_LABEL + c for c in contexts]
+    pos = {lab: i for i, lab in enumerate(group_ids)}
+    map_g = np.array([pos.get(str(u), -1) for u in uniq_g], dtype=np.int64)
+    codes = map_g[codes_g] if codes_g.size else np.zeros(0, dtype=np.int64)
+    cpos = {c: len(group_ids) + k for k, c in enumerate(contexts)}
+    codes_c, uniq_c = pd.factorize(ctx)
+    map_c = np.array([cpos.get(str(u), -1) for u in uniq_c], dtype=np.int64)
+    codes = np.where(is_ctrl, map_c[codes_c] if codes_c.size else -1, codes)
+    means, var, counts = moments_by_codes(adata, codes, len(labels), chunk_size=chunk_size)
+    return Moments(labels=labels, means=means, vars=var, counts=counts)
+
+
 def dense_rows(adata: ad.AnnData, mask: np.ndarray) -> np.ndarray:
     """The expression rows selected by boolean ``mask`` as a dense float64 array."""
-    idx = np.flatnonzero(mask)
-    X = adata.X[idx] if idx.size else adata.X[:0]
+    X = read_rows(adata, np.flatnonzero(mask))
     if sp.issparse(X):
         X = X.toarray()
     return np.asarray(X, dtype=np.float64)
@@ -225,12 +296,16 @@ def dense_rows(adata: ad.AnnData, mask: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ControlStats:
-    """Control mean per context, computed once per dataset."""
+    """Control mean per context, computed once per dataset; with ``moments`` (see
+    :func:`control_stats`) also every group's and every context's pseudobulk, so that
+    training data and evaluation take them without reading cells again."""
 
     contexts: list[str]
     means: np.ndarray
     counts: np.ndarray
     _index: dict[str, int] = field(default_factory=dict, repr=False)
+    #: the pseudobulks of one scan of the dataset (groups and controls), or None
+    moments: Moments | None = None
 
     def __post_init__(self) -> None:
         self._index = {c: i for i, c in enumerate(self.contexts)}
@@ -242,9 +317,28 @@ class ControlStats:
     def has(self, context: str) -> bool:
         return context in self._index and self.counts[self._index[context]] > 0
 
+    def var(self, context: str) -> np.ndarray | None:
+        """Unbiased per-gene variance of the control cells of ``context`` (None when not computed)."""
+        if self.moments is None or not self.moments.has([CONTROL_LABEL + context]):
+            return None
+        return self.moments.take([CONTROL_LABEL + context])[1][0]
 
-def control_stats(adata: ad.AnnData) -> ControlStats:
-    """Mean control expression per context."""
+    def group_moments(self, group_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(means, vars, counts)`` of ``group_ids`` from the stored scan (None when not all are there)."""
+        if self.moments is None or not self.moments.has(group_ids):
+            return None
+        return self.moments.take(group_ids)
+
+
+def control_stats(adata: ad.AnnData, *, with_groups: bool = False) -> ControlStats:
+    """Mean control expression per context; ``with_groups``: the pseudobulk of every
+    group and context as well, in the same single streaming scan (:func:`dataset_moments`)."""
+    if with_groups:
+        m = dataset_moments(adata)
+        ctx_labels = [lab for lab in m.labels if lab.startswith(CONTROL_LABEL)]
+        means, _, counts = m.take(ctx_labels)
+        return ControlStats(contexts=[lab[len(CONTROL_LABEL):] for lab in ctx_labels], means=means, counts=counts,
+                            moments=m)
     obs = adata.obs
     is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
     ctx = obs[CONTEXT_COL].astype(str).to_numpy()

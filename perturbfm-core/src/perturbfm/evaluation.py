@@ -14,10 +14,11 @@ from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ControlStats, GroupInfo,
 from perturbfm.errors import PanelIncompleteError, PluginError, PredictionError
 from perturbfm.evaldata import DEFAULT_MAX_CELLS, EvalData, check_sampling
 from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable, Prediction
+from perturbfm.panel_values import compute_panel_values, merge_panel_values
 from perturbfm.plain import plain_json
 
 __all__ = ["CONVENTIONS", "DEFAULT_MAX_CELLS", "EvalData", "aggregate", "build_eval_data", "check_metric_value",
-           "evaluate_panels", "select_panels", "validate_prediction"]
+           "compute_panel_values", "evaluate_panels", "merge_panel_values", "select_panels", "validate_prediction"]
 
 CONVENTIONS = {
     "expression_space": "X of the dataset artifact (log1p-normalised)",
@@ -83,8 +84,13 @@ def build_eval_data(
     genes = [str(g) for g in adata.var_names]
     validate_prediction(prediction, groups, genes)
     ids = [g.group_id for g in groups]
-    labels = ensure_group_column(adata).astype(str).to_numpy()
-    true_mean, true_var, counts = grouped_moments(adata, labels, ids)
+    contexts = sorted({g.context for g in groups})
+    stored = control.group_moments(ids)  # one scan of the dataset at load (see control_stats(with_groups=True))
+    if stored is not None:
+        true_mean, true_var, counts = stored
+    else:
+        labels = ensure_group_column(adata).astype(str).to_numpy()
+        true_mean, true_var, counts = grouped_moments(adata, labels, ids)
     empty = [gid for gid, n in zip(ids, counts) if n == 0]
     if empty:
         raise PredictionError(
@@ -98,11 +104,15 @@ def build_eval_data(
             field="pfm_is_control", fix="every evaluated context needs control cells",
         )
     ctrl_mean = np.stack([control.mean(g.context) for g in groups])
-    obs = adata.obs
-    is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
-    ctx = obs[CONTEXT_COL].astype(str).to_numpy()
-    contexts = sorted({g.context for g in groups})
-    _, cvar, cn = grouped_moments(adata, np.where(is_ctrl, ctx, "\x00"), contexts)
+    stored_vars = [control.var(c) for c in contexts]
+    if all(v is not None for v in stored_vars):
+        cvar = np.stack([v for v in stored_vars if v is not None]) if contexts else np.zeros((0, len(genes)))
+        cn = np.array([control.counts[control.contexts.index(c)] for c in contexts], dtype=np.int64)
+    else:
+        obs = adata.obs
+        is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+        ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+        _, cvar, cn = grouped_moments(adata, np.where(is_ctrl, ctx, "\x00"), contexts)
     groups = [g if g.n_cells == int(n) else _with_n(g, int(n)) for g, n in zip(groups, counts)]
     return EvalData(
         genes=genes,
@@ -215,21 +225,26 @@ def check_metric_value(v: Any, wanted: set[str]) -> str:
 
 
 def evaluate_panels(panels: Sequence[MetricPanel], data: EvalData,
-                    raw_out: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                    raw_out: dict[str, dict[str, Any]] | None = None,
+                    values_by_panel: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run every panel and check completeness.
 
     Returns the ``panels`` section of ``metrics.json``. Raises
     :class:`PanelIncompleteError` (listing every problem) when any declared key
-    is missing, not finite, or a panel raised.
+    is missing, not finite, or a panel raised. ``values_by_panel``: values already
+    computed (e.g. merged shards, see :func:`compute_panel_values`) instead of running the panels.
     """
     problems: list[tuple[str, str, str]] = []
     out: dict[str, Any] = {}
     wanted = {g.group_id for g in data.groups}
+    computed = dict(values_by_panel) if values_by_panel is not None else {}
     for panel in panels:
-        try:
-            values = panel.compute(data)
-        except (Exception, SystemExit) as exc:  # recorded as a problem of this panel, never swallowed
-            problems.append((panel.name, "*", f"panel raised {type(exc).__name__}: {exc}"))
+        if panel.name in computed:
+            values = computed[panel.name]
+        else:
+            values = compute_panel_values([panel], data)[panel.name]
+        if isinstance(values, BaseException):
+            problems.append((panel.name, "*", f"panel raised {type(values).__name__}: {values}"))
             continue
         if not isinstance(values, dict):
             problems.append((panel.name, "*", f"compute returned {type(values).__name__}, expected a dict of "

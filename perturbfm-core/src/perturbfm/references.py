@@ -91,7 +91,7 @@ DEFINITIONS = {
 # --------------------------------------------------------------------------- reference inputs
 def _share_caches(new: EvalData, old: EvalData) -> EvalData:
     """Reuse the parent's cached control cells and group rows (same cells)."""
-    for name in ("_control_cells", "_group_rows"):
+    for name in ("_control_cells", "_control_pool", "_group_cells", "_group_rows"):
         if name in old.__dict__:
             new.__dict__[name] = old.__dict__[name]
     return new

@@ -252,12 +252,68 @@ def prepare_expression(
         cell_names: names of the rows, for error messages.
 
     Returns:
-        ``(X as new float64 CSR, expression_space, processing lines)``.
+        ``(X as new CSR, expression_space, processing lines)``: float64, or float32
+        when the input is float32 used as provided (see :func:`output_dtype`).
+        Converted :data:`CHUNK_ROWS` rows at a time into a preallocated result, so
+        memory is the input, the result and one block.
     """
-    X = to_csr_float64(X_in, file=file, source_label=source_label)
-    mode, processing = _decide(scan(X), mode, file, source_label)
+    check_matrix_type(X_in, file=file, source_label=source_label)
+    if not sp.issparse(X_in):
+        arr = np.asarray(X_in)
+        if arr.ndim != 2:
+            raise _matrix_error(f"{source_label} is not a 2-d matrix (shape {arr.shape})", file, source_label,
+                                "store a cells x genes matrix")
+    return _convert(X_in, None, mode, file=file, source_label=source_label, chunk_rows=CHUNK_ROWS,
+                    cell_names=cell_names)
+
+
+def output_dtype(src_dtype: Any, mode: str) -> np.dtype:
+    """The stored dtype of X: float32 when the input holds float32 (or float16) values that are
+    used as provided (log1p): exact, and the dataset id (which hashes X as float64) is the
+    same. Float64 otherwise: values normalised from counts (10,000 x count / total, then
+    log1p) are not float32 numbers, and float64 input would lose digits."""
+    try:
+        kind = np.dtype(src_dtype)
+    except TypeError:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32) if mode != "counts" and kind in (np.float32, np.float16) else np.dtype(np.float64)
+
+
+def _convert(X_src: Any, rows: np.ndarray | None, mode: str, *, file: str | None, source_label: str,
+             chunk_rows: int, cell_names: Sequence[str] | None,
+             note: str | None = None) -> tuple[sp.csr_matrix, str, list[str]]:
+    """One pass to check and detect the expression space, one to convert each block into a
+    preallocated CSR (data in :func:`output_dtype`, int32 indices where they fit)."""
+    stats = scan_matrix(X_src, rows, file=file, source_label=source_label, chunk_rows=chunk_rows)
+    mode, processing = _decide(stats, mode, file, source_label)
+    dtype = output_dtype(getattr(X_src, "dtype", np.float64), mode)
+    n_rows = X_src.shape[0] if rows is None else int(rows.size)
+    n_cols = int(X_src.shape[1])
+    nnz = int(stats["nnz"])
+    index_dtype = np.int32 if max(nnz, n_cols) < np.iinfo(np.int32).max else np.int64
+    data = np.empty(nnz, dtype=dtype)
+    indices = np.empty(nnz, dtype=index_dtype)
+    indptr = np.zeros(n_rows + 1, dtype=index_dtype)
+    pos, n_empty = 0, 0
+    for start, block in iter_row_blocks(X_src, rows, file=file, source_label=source_label, chunk_rows=chunk_rows):
+        if mode == "counts":
+            block, k = normalise_counts(block, file=file, source_label=source_label, cell_names=cell_names,
+                                        row_offset=start)
+            n_empty += k
+        k = block.nnz
+        if pos + k > nnz:  # the file changed between the passes
+            raise _matrix_error(f"{source_label} changed while it was read", file, source_label,
+                                "import it again when nothing writes the file")
+        data[pos:pos + k] = block.data
+        indices[pos:pos + k] = block.indices
+        indptr[start + 1:start + 1 + block.shape[0]] = block.indptr[1:] + pos
+        pos += k
+    X = sp.csr_matrix((data[:pos], indices[:pos], indptr), shape=(n_rows, n_cols))
+    if note:
+        processing.append(note)
+    if dtype == np.float32:
+        processing.append("X kept as float32 (the input's own values: exact)")
     if mode == "counts":
-        X, n_empty = normalise_counts(X, file=file, source_label=source_label, cell_names=cell_names)
         return X, COUNTS_SPACE, processing + _counts_lines(n_empty)
     processing.append("expression used as provided (log1p-normalised)")
     return X, LOG1P_SPACE, processing
@@ -287,20 +343,5 @@ def prepare_expression_chunked(
     if chunk_rows < 1:
         raise DatasetValidationError(f"chunk_size must be >= 1, got {chunk_rows}", file=file,
                                      field="chunk_size", fix="pass e.g. chunk_size=10000")
-    stats = scan_matrix(X_src, rows, file=file, source_label=source_label, chunk_rows=chunk_rows)
-    mode, processing = _decide(stats, mode, file, source_label)
-    out, n_empty = [], 0
-    for start, block in iter_row_blocks(X_src, rows, file=file, source_label=source_label, chunk_rows=chunk_rows):
-        if mode == "counts":
-            block, k = normalise_counts(block, file=file, source_label=source_label, cell_names=cell_names,
-                                        row_offset=start)
-            n_empty += k
-        out.append(block)
-    n_cols = X_src.shape[1]
-    X = sp.vstack(out, format="csr") if out else sp.csr_matrix((0, n_cols), dtype=np.float64)
-    X = sp.csr_matrix(X, dtype=np.float64)
-    processing.append(f"X read and converted in chunks of {chunk_rows} rows (backed mode)")
-    if mode == "counts":
-        return X, COUNTS_SPACE, processing + _counts_lines(n_empty)
-    processing.append("expression used as provided (log1p-normalised)")
-    return X, LOG1P_SPACE, processing
+    return _convert(X_src, rows, mode, file=file, source_label=source_label, chunk_rows=chunk_rows,
+                    cell_names=cell_names, note=f"X read and converted in chunks of {chunk_rows} rows (backed mode)")

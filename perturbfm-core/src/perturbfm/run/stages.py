@@ -111,13 +111,35 @@ def _provenance(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+#: A stored dataset whose data.h5ad is larger than this is read backed (cells stay in the
+#: file and are read by row chunks or per group); smaller ones are read into memory. The
+#: results are the same either way. Override with the environment variable PFM_BACKED_BYTES.
+BACKED_BYTES = 1 << 30
+
+
+def _backed(path: Path) -> bool:
+    import os
+
+    limit = os.environ.get("PFM_BACKED_BYTES", "").strip()
+    try:
+        threshold = int(limit) if limit else BACKED_BYTES
+    except ValueError:
+        from perturbfm.errors import ConfigError
+
+        raise ConfigError(f"PFM_BACKED_BYTES must be an integer number of bytes, got {limit!r}",
+                          field="PFM_BACKED_BYTES", fix="unset it, or set e.g. PFM_BACKED_BYTES=1000000000") from None
+    return path.stat().st_size > threshold
+
+
 def load(ctx: RunContext) -> None:
-    """The dataset, its groups and control statistics, and the split's roles."""
-    ctx.say("loading dataset")
-    adata = ctx.adata = ctx.dataset.load()
+    """The dataset, its groups and control statistics (with every group's pseudobulk, in one
+    streaming scan), and the split's roles. Large files stay backed (see :data:`BACKED_BYTES`)."""
+    backed = _backed(ctx.dataset.h5ad)
+    ctx.say("loading dataset" + (" (backed: cells are read from the file by chunk / group)" if backed else ""))
+    adata = ctx.adata = ctx.dataset.load(backed=backed)
     groups = ctx.groups = group_table(adata)
     check_split_groups(list(ctx.split.assignments), groups, ctx.split.id)
-    ctrl = ctx.ctrl = control_stats(adata)
+    ctrl = ctx.ctrl = control_stats(adata, with_groups=True)
     ctx.train = TrainingData(adata, [groups[g] for g in ctx.split.groups("train")], ctrl, synthetic=ctx.synthetic)
     val_ids = ctx.split.groups("val")
     ctx.val = (TrainingData(adata, [groups[g] for g in val_ids], ctrl, synthetic=ctx.synthetic, role="val")
@@ -126,7 +148,7 @@ def load(ctx: RunContext) -> None:
     conformal = bool(ctx.run_cfg["conformal"] or ctx.run_cfg["conformal_mondrian"])
     ctx.cal_groups = [groups[g] for g in ctx.split.groups("calibration")] if conformal else []
     ctx.writer.stage("load", "done", n_train=len(ctx.train.groups), n_test=len(ctx.test_groups),
-                     n_calibration=len(ctx.cal_groups))
+                     n_calibration=len(ctx.cal_groups), backed=backed)
 
 
 def fit(ctx: RunContext, deadline: Deadline) -> None:
@@ -195,8 +217,12 @@ def evaluate(ctx: RunContext) -> None:
     if ctx.cal_groups:
         validate_prediction(ctx.pred_all, [*ctx.test_groups, *ctx.cal_groups], data.genes)
         cal_pred = slice_prediction(ctx.pred_all, [g.group_id for g in ctx.cal_groups])
-        labels = ensure_group_column(adata).astype(str).to_numpy()
-        cal_mean, _, _ = grouped_moments(adata, labels, [g.group_id for g in ctx.cal_groups])
+        cal_ids = [g.group_id for g in ctx.cal_groups]
+        stored = ctrl.group_moments(cal_ids)
+        if stored is not None:
+            cal_mean = stored[0]
+        else:
+            cal_mean, _, _ = grouped_moments(adata, ensure_group_column(adata).astype(str).to_numpy(), cal_ids)
         cal_delta = cal_mean - np.stack([ctrl.mean(g.context) for g in ctx.cal_groups])
         levels = sorted(set(LEVELS) | {round(100 * lv) for lv in RELIABILITY_LEVELS})
         ctx.conformal = conformalize(cal_delta, cal_pred, [g.context for g in ctx.cal_groups], ctx.pred,
