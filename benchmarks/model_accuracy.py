@@ -110,6 +110,16 @@ def pfm(store: Path, *args: str) -> str:
     return out.stdout.strip().splitlines()[-1].strip()
 
 
+def make_split(store: Path, dataset: str, generator: str, **params: Any) -> str:
+    """Create a stored split in-process (what ``pfm-bench splits create`` does; saves a process
+    start per split) and return its id."""
+    from perturbfm.datasets import create_split
+    from perturbfm.store import ArtifactStore
+
+    sid, _created, _split = create_split(ArtifactStore(store), dataset, generator, params, 0)
+    return sid
+
+
 def import_flags() -> set[str]:
     """The ``--flags`` that ``pfm-bench data import`` accepts in this checkout."""
     out = subprocess.run([PFM, "data", "import", "--help"], capture_output=True, text=True)
@@ -138,13 +148,11 @@ def build_tasks(store: Path, selected: list[str], notes: list[str]) -> list[Spli
         if "devel-doubles" in selected:
             for family, _task, test in devel_tasks(group_table(a)):
                 if family == "devel-doubles":
-                    sid = pfm(store, "splits", "create", "--dataset", h, "--generator", "explicit",
-                              "--test", ",".join(test))
+                    sid = make_split(store, h, "explicit", test=",".join(test))
                     out.append(SplitRef("devel-doubles", sid, a.n_vars))
         if "devel-glioma" in selected:
             for line in ("A172", "T98G", "U87MG"):
-                sid = pfm(store, "splits", "create", "--dataset", h, "--generator", "context-ood", "--context", line,
-                          "--val-fraction", "0")
+                sid = make_split(store, h, "context-ood", context=line, val_fraction=0.0)
                 out.append(SplitRef("devel-glioma", sid, a.n_vars))
     if "papalexi" in selected:
         pap = shared() / "papalexi2021_thp1/papalexi2021_thp1_lowmoi.h5ad"
@@ -152,7 +160,7 @@ def build_tasks(store: Path, selected: list[str], notes: list[str]) -> list[Spli
                 "--expression", "counts", "--opt", "obs_filter=confident_assignment=True")
         a = load_papalexi()
         for _family, _task, test in papalexi_tasks(group_table(a)):
-            sid = pfm(store, "splits", "create", "--dataset", h, "--generator", "explicit", "--test", ",".join(test))
+            sid = make_split(store, h, "explicit", test=",".join(test))
             out.append(SplitRef("papalexi", sid, a.n_vars))
     if "glioblastoma" in selected:
         gbm = shared() / "lemur_glioblastoma/zhao2021_glioblastoma_panobinostat.h5ad"
@@ -166,22 +174,20 @@ def build_tasks(store: Path, selected: list[str], notes: list[str]) -> list[Spli
         h = pfm(store, "data", "import", str(gbm), "--perturbation-key", "condition", "--control", "ctrl",
                 "--context-key", "patient_id", "--expression", "counts", *extra)
         for patient in ("PW030", "PW032", "PW034", "PW036", "PW040"):
-            sid = pfm(store, "splits", "create", "--dataset", h, "--generator", "context-ood", "--context", patient,
-                      "--val-fraction", "0")
+            sid = make_split(store, h, "context-ood", context=patient, val_fraction=0.0)
             out.append(SplitRef("glioblastoma", sid, 300))
     if "synthetic" in selected:
         syn = SyntheticAdapter().load(None, **SYN_OPTS)
         h = pfm(store, "data", "import", "--adapter", "synthetic",
                 *[x for k, v in SYN_OPTS.items() for x in ("--opt", f"{k}={v}")])
         test = [f"{p}@ctx0" for p in syn.extra["non_additive_doubles"]]
-        sid = pfm(store, "splits", "create", "--dataset", h, "--generator", "explicit", "--test", ",".join(test))
+        sid = make_split(store, h, "explicit", test=",".join(test))
         out.append(SplitRef("synthetic", sid, syn.adata.n_vars))
     if "synthetic-context" in selected:
         h = pfm(store, "data", "import", "--adapter", "synthetic",
                 *[x for k, v in SYN_CTX_OPTS.items() for x in ("--opt", f"{k}={v}")])
         for i in range(int(SYN_CTX_OPTS["n_contexts"])):
-            sid = pfm(store, "splits", "create", "--dataset", h, "--generator", "context-ood", "--context", f"ctx{i}",
-                      "--val-fraction", "0")
+            sid = make_split(store, h, "context-ood", context=f"ctx{i}", val_fraction=0.0)
             out.append(SplitRef("synthetic-context", sid, int(SYN_CTX_OPTS["n_genes"])))
     return out
 
