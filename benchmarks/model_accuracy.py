@@ -340,7 +340,10 @@ def main() -> None:
                                                        "message": f"no installed plugin registers model {m!r}"}
                 continue
             jobs += [(s, m) for s in splits]
-        jobs.sort(key=lambda j: j[1] not in ("cgio", *extra))  # the slow fits first
+        # task by task (a stopped run leaves whole tasks in --json), the slow fits first within a task
+        jobs.sort(key=lambda j: (selected.index(j[0].task), j[1] not in ("cgio", *extra)))
+        n_jobs = {t: sum(1 for j in jobs if j[0].task == t) for t in selected}
+        done: dict[str, int] = {}
 
         def one(job: tuple[SplitRef, str]) -> None:
             ref, m = job
@@ -348,27 +351,40 @@ def main() -> None:
             o = run_one(store, m, ref, args.set, args.panels)
             with lock:
                 merge(results, ref.task, m, o)
+                done[ref.task] = done.get(ref.task, 0) + 1
                 print(f"  {ref.task} {ref.sid[:7]} {m}: {o['status']} ({time.perf_counter() - t1:.0f} s)",
                       file=sys.stderr, flush=True)
+                finished = [t for t in selected if done.get(t, 0) == n_jobs[t]]
+                if args.json and done[ref.task] == n_jobs[ref.task]:  # a task is complete: save what is
+                    write_json(args, models, extra, finished, results, notes, time.perf_counter() - t0,
+                               complete=False)
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(one, jobs))
-    ordered = {t: {m: results[t][m] for m in models + extra if m in results.get(t, {})} for t in selected}
-    summary = summarise(ordered, extra)
+    total = time.perf_counter() - t0
+    summary, ordered = write_json(args, models, extra, selected, results, notes, total, complete=True)
     print(markdown(summary, LABELS))
     for n in notes:
         print(f"note: {n}")
-    total = time.perf_counter() - t0
     print(f"total {total:.0f} s, {args.jobs} runs in parallel; commit {commit()}; "
           f"L2 = sqrt(G * basic.mse) per group; * = 95 % interval excludes 0")
-    if args.json:
-        doc = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
-               "total_s": round(total, 1), "jobs": args.jobs, "panels": args.panels, "notes": notes,
-               "synthetic_options": {"synthetic": SYN_OPTS, "synthetic-context": SYN_CTX_OPTS},
-               "tasks": summary, "per_group": ordered}
-        Path(args.json).write_text(json.dumps(doc, indent=1, default=float))
     if any(r["status"] == "failed" for t in ordered.values() for m, r in t.items() if m in models):
         sys.exit(1)
+
+
+def write_json(args: argparse.Namespace, models: list[str], extra: list[str], tasks_done: list[str],
+               results: dict[str, dict[str, dict[str, Any]]], notes: list[str], total: float, *,
+               complete: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Summarise the finished tasks; write the ``--json`` document (``complete``: every selected task)."""
+    ordered = {t: {m: results[t][m] for m in models + extra if m in results.get(t, {})} for t in tasks_done}
+    summary = summarise(ordered, extra)
+    if args.json:
+        doc = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+               "complete": complete, "total_s": round(total, 1), "jobs": args.jobs, "panels": args.panels,
+               "notes": notes, "synthetic_options": {"synthetic": SYN_OPTS, "synthetic-context": SYN_CTX_OPTS},
+               "tasks": summary, "per_group": ordered}
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=float))
+    return summary, ordered
 
 
 if __name__ == "__main__":
