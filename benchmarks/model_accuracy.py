@@ -305,6 +305,8 @@ def main() -> None:
                     help="model config: key=value (cgio) or MODEL:key=value (e.g. gears:epochs=5)")
     ap.add_argument("--panels", default="basic", help="run.panels of every run (default basic: the figures used)")
     ap.add_argument("--jobs", type=int, default=2, help="pfm-bench runs in parallel (thread pool)")
+    ap.add_argument("--max-splits", type=int, default=0,
+                    help="run only the first N splits of each task (a quick look; 0 = all, the benchmark)")
     ap.add_argument("--json", default="", help="write the summary and per-group results here")
     ap.add_argument("--from-json", nargs="+", default=[], metavar="FILE",
                     help="run nothing: print the table of earlier --json files (tasks merged in order)")
@@ -330,6 +332,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pfm-acc-") as tmp:
         store = Path(tmp) / "store"
         splits = build_tasks(store, selected, notes)
+        if args.max_splits > 0:
+            kept = [s for s in splits if sum(1 for o in splits[: splits.index(s)] if o.task == s.task) < args.max_splits]
+            for t in selected:
+                n_all, n_kept = sum(s.task == t for s in splits), sum(s.task == t for s in kept)
+                if n_kept < n_all:
+                    notes.append(f"{t}: only the first {n_kept} of its {n_all} splits were run (--max-splits)")
+            splits = kept
         print(f"{len(splits)} splits of {len(selected)} tasks imported in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
         jobs: list[tuple[SplitRef, str]] = []
