@@ -205,7 +205,8 @@ def test_options_from_strings_and_errors():
         _small(n_doubles=100)
     with pytest.raises(DatasetValidationError, match="path"):
         SyntheticAdapter().load("/some/file.h5ad")
-    assert set(SyntheticAdapter.options) == set(res.source["params"])
+    baseline_only = {"context_model", "baseline_rank", "baseline_spread"}  # in params only when set
+    assert set(SyntheticAdapter.options) - baseline_only == set(res.source["params"])
 
 
 def test_registered_as_synthetic():

@@ -50,6 +50,31 @@ sub-generators spawned from it, so a seed fixes the dataset exactly):
    ``phi ~ U(0.02, 0.2)`` (variance ``mu + phi mu^2``). Raw counts are kept in
    ``layers["counts"]``; ``X`` is ``log1p(counts / total * 1e4)``, float64 CSR.
 
+6. **Baseline-dependent contexts** (``context_model=baseline``; off by default, and
+   then items 1-5 are exactly as above, byte for byte). A context is a point
+   ``z_c ~ N(0, I)`` of a ``baseline_rank``-dimensional baseline space: its log
+   baseline is ``b_c = b + baseline_spread * V z_c + N(0, 0.1)`` (``b`` the global
+   log baseline, ``V`` a fixed ``n_genes x baseline_rank`` Gaussian basis scaled by
+   ``1/sqrt(baseline_rank)``), so its control cells show where it lies. The network
+   response ``r`` of a perturbation is expressed in context ``c`` as
+   ``r_c = m_c * exp(gamma * (b_c - b)) * g_c`` with
+
+   * ``m_c = r + U (sum_k z_c[k] W_k) U^T r``: modulation by the same context factors
+     (``U`` an orthonormal ``n_genes x rank`` basis, ``W_k`` Gaussian ``rank x rank``
+     scaled like item 3), instead of item 3's free per-context ``W_c``;
+   * ``exp(gamma_g (b_c - b)_g)``, ``gamma_g ~ U(0, 1)``: a per-gene response scale that
+     grows with the gene's baseline level in that context;
+   * ``g_c = mu / (mu + 2)`` on negative entries only (``mu`` = expected control counts
+     per cell at 10,000 counts): a gene that is not expressed cannot go down.
+
+   Everything ``r_c`` depends on besides the perturbation is a function of ``z_c``,
+   i.e. of the context's baseline: a response in an unseen context is learnable from
+   its control cells and the other contexts' responses. These draws come from a sixth
+   generator spawned from the seed; dose, time and counts follow items 4-5. ``extra``
+   records ``context_model``, ``global_log_baseline``, ``context_factors``,
+   ``baseline_basis``, ``response_gain_gamma``, ``modulation_basis``,
+   ``modulation_weights`` and ``down_half_counts``.
+
 Every single and double is measured in every context; each context has
 ``n_control`` control cells and ``cells_per_group`` cells per perturbed group.
 
@@ -109,6 +134,15 @@ _INT_OPTIONS = {
     "rank": 4,
 }
 _FLOAT_OPTIONS = {"interaction_fraction": 0.3}
+CONTEXT_MODELS = ("operator", "baseline")
+#: options of the baseline-dependent context model (item 6): they enter the dataset's parameters
+#: (and so its hash) only when ``context_model=baseline``, so the default output is unchanged
+_BASELINE_INT_OPTIONS = {"baseline_rank": 2}
+_BASELINE_FLOAT_OPTIONS = {"baseline_spread": 0.6}
+BASELINE_NOISE = 0.1
+GAIN_RANGE = (0.0, 1.0)
+DOWN_HALF_COUNTS = 2.0
+_EXAMPLE: dict[str, Any] = {**_INT_OPTIONS, **_FLOAT_OPTIONS, **_BASELINE_INT_OPTIONS, **_BASELINE_FLOAT_OPTIONS}
 
 
 def hill(dose: float | np.ndarray) -> float | np.ndarray:
@@ -137,7 +171,7 @@ def _parse_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise DatasetValidationError(
             f"synthetic option {name!r} must be an integer, got {value!r}", field=name,
-            fix=f"pass e.g. --opt {name}={_INT_OPTIONS[name]}",
+            fix=f"pass e.g. --opt {name}={_EXAMPLE[name]}",
         )
     if isinstance(value, (int, np.integer)):
         return int(value)
@@ -148,7 +182,7 @@ def _parse_int(name: str, value: Any) -> int:
     if not math.isfinite(f) or f != int(f):
         raise DatasetValidationError(
             f"synthetic option {name!r} must be an integer, got {value!r}", field=name,
-            fix=f"pass e.g. --opt {name}={_INT_OPTIONS[name]}",
+            fix=f"pass e.g. --opt {name}={_EXAMPLE[name]}",
         )
     return int(f)
 
@@ -161,7 +195,7 @@ def _parse_float(name: str, value: Any) -> float:
     if not math.isfinite(f):
         raise DatasetValidationError(
             f"synthetic option {name!r} must be a finite number, got {value!r}", field=name,
-            fix=f"pass e.g. --opt {name}={_FLOAT_OPTIONS[name]}",
+            fix=f"pass e.g. --opt {name}={_EXAMPLE[name]}",
         )
     return f
 
@@ -177,7 +211,8 @@ MAX_VALUES = 500_000_000
 
 def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and type the adapter's options (strings from the CLI allowed)."""
-    known = set(_INT_OPTIONS) | set(_FLOAT_OPTIONS)
+    known = (set(_INT_OPTIONS) | set(_FLOAT_OPTIONS) | {"context_model"} | set(_BASELINE_INT_OPTIONS)
+             | set(_BASELINE_FLOAT_OPTIONS))
     unknown = sorted(set(options) - known)
     if unknown:
         raise DatasetValidationError(
@@ -205,6 +240,22 @@ def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     _check(0 <= p["rank"] <= p["n_genes"], "rank", f"must be between 0 and n_genes, got {p['rank']}", "use e.g. 4")
     _check(0.0 <= p["interaction_fraction"] <= 1.0, "interaction_fraction",
            f"must be in [0, 1], got {p['interaction_fraction']}", "use e.g. 0.3")
+    model = str(options.get("context_model") or "operator").strip().lower()
+    _check(model in CONTEXT_MODELS, "context_model", f"must be one of {', '.join(CONTEXT_MODELS)}, got "
+           f"{options.get('context_model')!r}", "use --opt context_model=baseline (or omit it: operator)")
+    given = sorted(k for k in (*_BASELINE_INT_OPTIONS, *_BASELINE_FLOAT_OPTIONS) if options.get(k) is not None)
+    _check(model == "baseline" or not given, given[0] if given else "context_model",
+           "applies only with context_model=baseline", "add --opt context_model=baseline or drop the option")
+    if model == "baseline":
+        p["context_model"] = model
+        for k, default in _BASELINE_INT_OPTIONS.items():
+            p[k] = _parse_int(k, options[k]) if options.get(k) is not None else default
+        for k, fdefault in _BASELINE_FLOAT_OPTIONS.items():
+            p[k] = _parse_float(k, options[k]) if options.get(k) is not None else fdefault
+        _check(1 <= p["baseline_rank"] <= p["n_genes"], "baseline_rank",
+               f"must be between 1 and n_genes, got {p['baseline_rank']}", "use e.g. 2")
+        _check(0.0 <= p["baseline_spread"] <= 3.0, "baseline_spread",
+               f"must be in [0, 3], got {p['baseline_spread']}", "use e.g. 0.6")
     # the simulator holds a dense gene x gene operator and dense per-group cell blocks: refuse sizes
     # that cannot fit in memory instead of letting the machine run out of it
     _check(p["n_genes"] <= MAX_GENES, "n_genes", f"must be <= {MAX_GENES}, got {p['n_genes']}",
@@ -272,6 +323,9 @@ def simulate(p: Mapping[str, Any]) -> tuple[ad.AnnData, dict[str, Any]]:
     else:
         ctx_op = {c: np.zeros((n_genes, n_genes)) for c in contexts}
     dispersion = r_ctx.uniform(*DISPERSION, n_genes)
+    baseline = _baseline_contexts(root, p, log_base, contexts) if p.get("context_model") == "baseline" else None
+    if baseline is not None:
+        ctx_log_base = baseline["log_base"]
 
     # 2. perturbations
     expressed = np.argsort(log_base)[int(round(0.3 * n_genes)):]
@@ -329,7 +383,8 @@ def simulate(p: Mapping[str, Any]) -> tuple[ad.AnnData, dict[str, Any]]:
         for label, r in perts:
             dose, time = float(doses[gi]), float(times[gi])
             gi += 1
-            conds.append((label, effect_scale(dose, time) * (op @ r), dose, time, p["cells_per_group"]))
+            resp = op @ r if baseline is None else _baseline_response(baseline, c, r)
+            conds.append((label, effect_scale(dose, time) * resp, dose, time, p["cells_per_group"]))
         for label, resp, dose, time, n in conds:
             lib = r_cells.lognormal(math.log(LIBRARY_MEAN * lib_factor[c]), 0.35, size=n)
             mu = lib[:, None] * (props * np.exp(np.clip(resp, -6.0, 3.0)))[None, :]
@@ -396,7 +451,69 @@ def simulate(p: Mapping[str, Any]) -> tuple[ad.AnnData, dict[str, Any]]:
         "group_attributes_note": "dose and time are per (perturbation, context) group, not covariates; "
         "pfm_covariates is empty, controls have dose 0 and time 0",
     }
+    if baseline is not None:
+        extra.update(_baseline_extra(baseline, genes))
     return adata, extra
+
+
+def _baseline_contexts(root: np.random.Generator, p: Mapping[str, Any], log_base: np.ndarray,
+                       contexts: list[str]) -> dict[str, Any]:
+    """Draws of the baseline-dependent context model (item 6 of the module docstring).
+
+    Uses its own generator (the 6th child of the seed), so the draws of items 1-5 are those
+    of the default model."""
+    (r_base,) = root.spawn(1)
+    n_genes, k, rank = p["n_genes"], p["baseline_rank"], p["rank"]
+    V = r_base.standard_normal((n_genes, k)) / math.sqrt(k)
+    z = {c: r_base.standard_normal(k) for c in contexts}
+    log_b = {c: log_base + p["baseline_spread"] * (V @ z[c]) + r_base.normal(0.0, BASELINE_NOISE, n_genes)
+             for c in contexts}
+    gamma = r_base.uniform(*GAIN_RANGE, n_genes)
+    if rank > 0:
+        U, _ = np.linalg.qr(r_base.standard_normal((n_genes, rank)))
+        sigma = CONTEXT_STRENGTH * math.sqrt(n_genes) / (rank * math.sqrt(k))
+        W = sigma * r_base.standard_normal((k, rank, rank))
+    else:
+        U, W = np.zeros((n_genes, 0)), np.zeros((k, 0, 0))
+    lib = {c: float(LIBRARY_MEAN) for c in contexts}
+    return {"log_base": log_b, "V": V, "z": z, "gamma": gamma, "U": U, "W": W, "global_log_base": log_base,
+            "lib": lib}
+
+
+def _baseline_response(b: Mapping[str, Any], c: str, r: np.ndarray) -> np.ndarray:
+    """Response of network response ``r`` in context ``c`` under the baseline model (log-mean scale)."""
+    U, W, z = b["U"], b["W"], b["z"][c]
+    mod = r + U @ (np.tensordot(z, W, axes=1) @ (U.T @ r)) if U.shape[1] else r.copy()
+    gain = np.exp(b["gamma"] * (b["log_base"][c] - b["global_log_base"]))
+    props = np.exp(b["log_base"][c])
+    mu = b["lib"][c] * props / props.sum()  # expected control counts per cell at the mean library size
+    down = mu / (mu + DOWN_HALF_COUNTS)
+    out: np.ndarray = mod * gain * np.where(mod < 0.0, down, 1.0)
+    return out
+
+
+def _baseline_extra(b: Mapping[str, Any], genes: list[str]) -> dict[str, Any]:
+    def rnd(x: np.ndarray) -> list[Any]:
+        return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
+
+    return {
+        "context_model": "baseline",
+        "context_model_note": (
+            "SYNTHETIC DATA, baseline-dependent contexts: log baseline of context c = global log baseline "
+            "+ baseline_spread * V z_c + N(0, 0.1) noise (V: genes x baseline_rank, z_c ~ N(0, I)); response of "
+            "network response r in c = effect_scale * [r + U (sum_k z_c[k] W_k) U^T r] * exp(gamma_g * "
+            "(log baseline_c - global log baseline)) * (mu_gc / (mu_gc + 2) where the response is negative), "
+            "mu_gc = expected control counts per cell at 10,000 counts. Everything a response depends on "
+            "besides the perturbation is a function of the context's baseline, which its control cells show."
+        ),
+        "global_log_baseline": rnd(b["global_log_base"]),
+        "context_factors": {c: rnd(v) for c, v in b["z"].items()},
+        "baseline_basis": rnd(b["V"]),
+        "response_gain_gamma": dict(zip(genes, rnd(b["gamma"]))),
+        "modulation_basis": rnd(b["U"]),
+        "modulation_weights": rnd(b["W"]),
+        "down_half_counts": DOWN_HALF_COUNTS,
+    }
 
 
 class SyntheticAdapter(DatasetAdapter):
@@ -417,6 +534,11 @@ class SyntheticAdapter(DatasetAdapter):
         "n_control": "control cells per context (default 200)",
         "rank": "rank of the per-context response operator U W_c U^T (default 4; 0 = contexts share responses)",
         "interaction_fraction": "fraction of doubles with a non-additive (epistatic) response (0..1, default 0.3)",
+        "context_model": "operator (default: a random low-rank response operator per context) or baseline "
+                         "(contexts drawn from a low-rank baseline space; the response is a function of the "
+                         "context's baseline, so transfer to an unseen context is learnable from its control cells)",
+        "baseline_rank": "context_model=baseline only: rank of the baseline space (default 2)",
+        "baseline_spread": "context_model=baseline only: sd of a context's log-baseline shift per gene (default 0.6)",
     }
 
     def load(self, path: str | None = None, **options: Any) -> AdapterResult:
@@ -436,6 +558,8 @@ class SyntheticAdapter(DatasetAdapter):
                 f"simulated by {SIMULATOR} v{SIMULATOR_VERSION} (negative-binomial counts from a gene-graph "
                 "response model with contexts, doubles, dose and time; SYNTHETIC DATA)",
                 "normalised to 10,000 counts per cell, then log1p",
+                *(["contexts drawn from a low-rank baseline space; responses depend on the context's baseline "
+                   "(context_model=baseline; SYNTHETIC DATA)"] if p.get("context_model") == "baseline" else []),
             ],
             licence="CC0-1.0 (simulated by PerturbFM)",
             citation="synthetic; no publication",
