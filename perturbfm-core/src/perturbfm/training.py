@@ -15,7 +15,9 @@ from perturbfm.dataset import (
     GroupInfo,
     dense_rows,
     ensure_group_column,
+    gene_symbols,
     grouped_moments,
+    kind_note,
     pert_mask,
     unmapped_genes,
 )
@@ -25,7 +27,11 @@ class TrainingData:
     """The groups of one role of a split, with access to their cells.
 
     Attributes:
-        genes: measured genes (the dataset's var names), in order.
+        genes: measured genes (the dataset's var names, its gene ids), in order.
+        gene_symbols: the symbol of each of ``genes`` (``var['pfm_gene_symbol']`` recorded
+            at import with ``--gene-symbol-key``; the var name where none was recorded).
+            Gene graphs and the GO table are keyed by symbol.
+        kind_note: a note when the dataset records no perturbation kinds (read as genetic).
         groups: the perturbed groups of this role, sorted by id.
         control: control mean expression per context (all contexts).
         synthetic: True when the dataset is simulated.
@@ -42,6 +48,8 @@ class TrainingData:
     ) -> None:
         self._adata = adata
         self.genes: list[str] = [str(g) for g in adata.var_names]
+        self.gene_symbols: list[str] = gene_symbols(adata)
+        self.kind_note: str | None = kind_note(adata)
         self.groups: list[GroupInfo] = sorted(groups, key=lambda g: g.group_id)
         self.control = control
         self.synthetic = synthetic
@@ -106,14 +114,31 @@ class TrainingData:
         mask = obs["pfm_is_control"].to_numpy(dtype=bool) & (obs["pfm_context"].astype(str).to_numpy() == context)
         return dense_rows(self._adata, mask)
 
+    def perturbation_kind(self, group: GroupInfo | str) -> str:
+        """The kind of a group's perturbation (``genetic``, ``chemical`` or ``other``), by
+        :class:`GroupInfo` or id (KeyError for a group outside this role)."""
+        if isinstance(group, GroupInfo):
+            return group.kind
+        for g in self.groups:
+            if g.group_id == group:
+                return g.kind
+        raise KeyError(f"group {group!r} is not in the {self.role} set")
+
     def pert_mask(self, gene_index: Sequence[str] | None = None) -> np.ndarray:
-        """``[n_groups, N]`` mask of the perturbed genes over ``gene_index``
-        (default: the measured genes)."""
-        return pert_mask([g.genes for g in self.groups], gene_index or self.genes)
+        """``[n_groups, N]`` mask of the perturbed genes over ``gene_index`` (default: the
+        measured genes, matched by var name or recorded symbol). Only genetic perturbations
+        set bits: a drug or stimulus row is all zero."""
+        targets = [g.target_genes for g in self.groups]
+        if gene_index is not None:
+            return pert_mask(targets, gene_index)
+        return np.maximum(pert_mask(targets, self.genes), pert_mask(targets, self.gene_symbols))
 
     def unmapped_genes(self, gene_index: Sequence[str] | None = None) -> list[str]:
-        """Perturbed genes of these groups that are not in ``gene_index``."""
-        return unmapped_genes([g.genes for g in self.groups], gene_index or self.genes)
+        """Perturbed genes of these groups' genetic perturbations that are not in ``gene_index``
+        (default: the measured genes by var name or symbol). A drug is never an unmapped gene."""
+        targets = [g.target_genes for g in self.groups]
+        return unmapped_genes(targets, list(gene_index) if gene_index is not None
+                              else [*self.genes, *self.gene_symbols])
 
     def training_mean(self, queries: Sequence[GroupInfo]) -> tuple[np.ndarray, dict[str, str]]:
         """The *training mean* reference: for each query, the mean delta of this role's
