@@ -124,6 +124,42 @@ class TrainingData:
                 return g.kind
         raise KeyError(f"group {group!r} is not in the {self.role} set")
 
+    def sample_cells(self, max_cells: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+        """A seeded uniform sample of at most ``max_cells`` of the cells a model may read (the
+        control cells of every context and the cells of this role's groups), each centred by
+        its context's control mean; every cell when ``max_cells`` is None or not exceeded.
+
+        Only the chosen rows are read (in order, a chunk at a time), so the memory is
+        ``max_cells x n_genes`` whatever the dataset's size. Float64 while that is under
+        2**26 values (512 MiB), float32 beyond.
+
+        Returns ``(rows [n, n_genes], context of each row, number of cells sampled from)``.
+        """
+        obs = self._adata.obs
+        is_ctrl = obs["pfm_is_control"].to_numpy(dtype=bool)
+        gcol = ensure_group_column(self._adata).astype(str).to_numpy()
+        ctx = obs["pfm_context"].astype(str).to_numpy()
+        known = set(self.control.contexts)
+        eligible = np.flatnonzero((is_ctrl & np.isin(ctx, list(known))) | np.isin(gcol, list(self._allowed)))
+        total = int(eligible.size)
+        if max_cells is not None and total > max_cells:
+            rng = np.random.default_rng(seed)
+            eligible = np.sort(rng.choice(eligible, size=int(max_cells), replace=False))
+        n_genes = len(self.genes)
+        dtype = np.float64 if eligible.size * n_genes <= 1 << 26 else np.float32
+        out = np.empty((eligible.size, n_genes), dtype=dtype)
+        step = max(1, min(10_000, 20_000_000 // max(n_genes, 1)))
+        for start in range(0, eligible.size, step):
+            idx = eligible[start:start + step]
+            block = self._adata.X[idx]
+            block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+            out[start:start + idx.size] = block
+        row_ctx = ctx[eligible]
+        for c in sorted(set(row_ctx)):
+            sel = row_ctx == c
+            out[sel] -= self.control.mean(c).astype(dtype)
+        return out, row_ctx, total
+
     def pert_mask(self, gene_index: Sequence[str] | None = None) -> np.ndarray:
         """``[n_groups, N]`` mask of the perturbed genes over ``gene_index`` (default: the
         measured genes, matched by var name or recorded symbol). Only genetic perturbations
