@@ -85,3 +85,11 @@ def test_coexpr_graph_blocks_when_genes_exceed_the_dense_limit() -> None:
     g = G.coexpr_graph(train, k=3, min_abs_r=0.0, source="cells", max_cells=40)
     assert g.provenance["block_genes"] == 512 and g.provenance["cell_budget"]["cells_used"] == 40
     assert g.src.size <= 3 * (G.DENSE_MAX_GENES + 52)
+
+
+def test_the_work_cap_bounds_cells_times_genes_squared(monkeypatch) -> None:
+    train = _train(n_genes=30)
+    monkeypatch.setattr(G, "COEXPR_MAX_WORK", 30 * 30 * 120)  # 120 cells at 30 genes
+    monkeypatch.setattr(G, "COEXPR_MIN_CELLS", 10)
+    g = G.coexpr_graph(train, k=5, min_abs_r=0.1, source="cells", max_cells=1000)
+    assert g.provenance["cell_budget"]["cells_used"] == 120 and g.provenance["cell_budget"]["work_cap_cells"] == 120

@@ -44,6 +44,11 @@ _GO_CACHE: dict[tuple[str, float], GoTable] = {}
 DENSE_MAX_GENES = 2048
 #: Default cell budget of the co-expression graph from cells.
 COEXPR_MAX_CELLS = 20_000
+#: The cell sample is also capped at ``COEXPR_MAX_WORK / genes**2`` cells (at least
+#: :data:`COEXPR_MIN_CELLS`): the correlations cost cells x genes**2 multiply-adds, so 8,000
+#: genes use 3,125 cells (|r| then has a standard error of about 0.02), 500 genes the full budget.
+COEXPR_MAX_WORK = 2e11
+COEXPR_MIN_CELLS = 1_000
 #: A mapping gene id -> gene symbol (only where they differ).
 Symbols = dict[str, str]
 
@@ -272,7 +277,9 @@ def coexpr_graph(train: TrainingData, *, k: int, min_abs_r: float, source: str,
     ``source="groups"``: correlation across the training group pseudobulk deltas.
     ``source="cells"``: across the control cells of every context and the cells of
     the training groups, each centred by its context's control mean; a seeded uniform
-    sample of at most ``max_cells`` of them (None: all; recorded in the provenance).
+    sample of at most ``max_cells`` of them (None: no cell budget), and of at most
+    ``COEXPR_MAX_WORK / genes**2`` cells (:data:`COEXPR_MAX_WORK`; it binds only beyond
+    about 3,000 genes); both are recorded in the provenance.
     Held-out groups are never read (TrainingData does not expose them).
 
     Correlations are computed ``block`` genes at a time (default: all genes at once up
@@ -284,16 +291,21 @@ def coexpr_graph(train: TrainingData, *, k: int, min_abs_r: float, source: str,
                           field="coexpr_max_cells", fix="pass e.g. coexpr_max_cells=20000 (or null: all cells)")
     budget: dict[str, Any] = {}
     if source == "groups":
-        rows = np.asarray(train.deltas(), dtype=np.float64)
+        rows = np.array(train.deltas(), dtype=np.float64, copy=True)  # centred in place below
         what = f"pseudobulk deltas of {len(train.groups)} training groups"
     else:
-        rows, _, total = train.sample_cells(max_cells, seed=seed)
+        n_genes = max(len(train.genes), 1)
+        work_cap = max(COEXPR_MIN_CELLS, int(COEXPR_MAX_WORK // (n_genes * n_genes)))
+        effective = work_cap if max_cells is None else min(int(max_cells), work_cap)
+        rows, _, total = train.sample_cells(effective, seed=seed)
         sampled = rows.shape[0] < total
         what = (f"{rows.shape[0]} of {total} control + training-group cells (seeded uniform sample, seed {seed})"
                 if sampled else f"{rows.shape[0]} control + training-group cells")
         what += ", centred by their context's control mean"
         budget = {"max_cells": max_cells, "cells_available": total, "cells_used": int(rows.shape[0]),
                   "subsampled": sampled, "seed": seed if sampled else None}
+        if max_cells is None or effective < int(max_cells):
+            budget["work_cap_cells"] = effective  # cells x genes**2 <= COEXPR_MAX_WORK
     n = len(train.genes)
     blk = int(block) if block else (n if n <= DENSE_MAX_GENES else 512)
     src, dst, w = _corr_topk(rows, k, min_abs_r, blk)
@@ -306,12 +318,13 @@ def coexpr_graph(train: TrainingData, *, k: int, min_abs_r: float, source: str,
 
 def _corr_topk(rows: np.ndarray, k: int, min_abs_r: float, block: int) -> tuple[np.ndarray, ...]:
     """Each column's top-``k`` |Pearson r| partners over the rows of ``rows`` (no self edges),
-    ``block`` columns at a time."""
+    ``block`` columns at a time. ``rows`` is centred in place."""
     n = rows.shape[1]
     if rows.shape[0] < 3 or n == 0:  # no correlation can be estimated: no edges
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    x = rows - rows.mean(axis=0)
-    sd = np.sqrt((x * x).sum(axis=0))
+    x = rows
+    x -= rows.mean(axis=0)  # in place: ``rows`` is this function's own copy (a sample or the deltas)
+    sd = np.sqrt(np.einsum("ij,ij->j", x, x))
     srcs, dsts, ws = [], [], []
     for start in range(0, n, block):
         stop = min(start + block, n)
