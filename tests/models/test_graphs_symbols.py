@@ -114,3 +114,26 @@ def test_symbol_map_lists_only_genes_whose_symbol_differs(with_symbols: bool) ->
     train = _train(with_symbols)
     m = G.symbol_map(train)
     assert (m == dict(zip(train.genes, SYMS))) if with_symbols else m == {}
+
+
+def test_cgio_reports_coverage_drops_empty_graphs_and_gives_drugs_no_gene_notes(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from perturbfm.dataset import KIND_COL
+    from perturbfm.testing.data import training_and_queries
+    from perturbfm_models.cgio import CGIOModel
+
+    adata = make_canonical_adata(n_genes=12, singles=("G0", "G1", "DRUGX", "DRUGY"), doubles=())
+    pert = adata.obs["pfm_perturbation"].astype(str)
+    adata.obs[KIND_COL] = np.where(adata.obs["pfm_is_control"], "control",
+                                   np.where(pert.str.startswith("DRUG"), "chemical", "genetic"))
+    train, queries = training_and_queries(adata, ["DRUGX@ctxA", "DRUGY@ctxB"])
+    assert {q.kind for q in queries} == {"chemical"}
+    model = CGIOModel()
+    cfg = {"graphs": ["go", "coexpr"], "go_table": str(_go_table(tmp_path)), "epochs": 5, "hidden": 8, "rank": 4,
+           "patience": 3, "cv_folds": 0}
+    model.fit(train, None, {**model.default_config(), **cfg})
+    diag = model.diagnostics()
+    assert [g["name"] for g in diag["graphs"]] == ["coexpr"] and "coverage" in diag["graphs"][0]
+    assert [d["name"] for d in diag["graphs_dropped"]] == ["go"]  # G0.. are not GO symbols: no edges
+    pred = model.predict(queries)
+    assert not any("perturbed gene DRUG" in n for n in pred.notes.values())
