@@ -126,3 +126,18 @@ def test_sample_cells_respects_the_budget_is_seeded_and_centres_by_context() -> 
         sel = ctx == context
         np.testing.assert_allclose(full[sel], raw[sel] - stats.mean(context), atol=1e-12)
         np.testing.assert_allclose(full[sel & is_ctrl].mean(axis=0), 0.0, atol=1e-9)
+
+
+def test_linear_baseline_notes_call_a_drug_a_drug() -> None:
+    pytest.importorskip("perturbfm_models")
+    from perturbfm.testing.data import training_and_queries
+    from perturbfm_models.baselines.linear import LinearModel
+
+    adata = _with_kinds(make_canonical_adata(n_genes=12, singles=("G0", "G1", "G2", "DRUGX"), doubles=()),
+                        {"DRUGX"})
+    train, queries = training_and_queries(adata, ["DRUGX@ctxA", "G2@ctxB"])
+    model = LinearModel()
+    model.fit(train, None, model.default_config())
+    notes = model.predict(queries).notes
+    assert "chemical perturbation(s) DRUGX (not genes" in notes["DRUGX@ctxA"]
+    assert "perturbed gene" not in notes["DRUGX@ctxA"]
