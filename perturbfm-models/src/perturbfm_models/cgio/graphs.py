@@ -17,7 +17,8 @@ Scale: the co-expression graph is computed from pseudobulk deltas (``source="gro
 or from a seeded uniform subsample of at most ``max_cells`` cells (``"cells"``), never
 from all cells; gene-gene correlations are computed ``block`` rows at a time and only
 each gene's top ``k`` neighbours are kept, so no dense genes x genes matrix exists when
-there are more than :data:`DENSE_MAX_GENES` genes.
+there are more than :data:`DENSE_MAX_GENES` genes (computed in float32 there: |r| moves by
+about 1e-6, which can only reorder near-exact ties among neighbours).
 """
 
 from __future__ import annotations
@@ -308,6 +309,8 @@ def coexpr_graph(train: TrainingData, *, k: int, min_abs_r: float, source: str,
             budget["work_cap_cells"] = effective  # cells x genes**2 <= COEXPR_MAX_WORK
     n = len(train.genes)
     blk = int(block) if block else (n if n <= DENSE_MAX_GENES else 512)
+    if n > DENSE_MAX_GENES:  # float32 halves the GEMM; top-k selection does not notice the rounding
+        rows = rows.astype(np.float32, copy=False)
     src, dst, w = _corr_topk(rows, k, min_abs_r, blk)
     return GeneGraph("coexpr", list(train.genes), src, dst, w, {
         "source": what, "sha256": None, "k": k, "min_abs_r": min_abs_r,
