@@ -19,6 +19,10 @@ from all cells; gene-gene correlations are computed ``block`` rows at a time and
 each gene's top ``k`` neighbours are kept, so no dense genes x genes matrix exists when
 there are more than :data:`DENSE_MAX_GENES` genes (computed in float32 there: |r| moves by
 about 1e-6, which can only reorder near-exact ties among neighbours).
+
+Length (about 480 lines, on purpose): the three graph builders share the symbol lookup,
+the top-k selection and the coverage report; split apart, a builder could bypass the
+lookup that keeps Ensembl-keyed datasets from getting empty graphs.
 """
 
 from __future__ import annotations
