@@ -27,6 +27,8 @@ from perturbfm.canonical.expression import (
     prepare_expression,
     prepare_expression_chunked,
 )
+from perturbfm.canonical.genes import ensembl_hint, symbols_from
+from perturbfm.canonical.kinds import genetic_targets, kind_counts, perturbation_kinds, unmeasured_message
 from perturbfm.canonical.obs import (
     canonical_labels,
     check_controls,
@@ -40,8 +42,11 @@ from perturbfm.dataset import (
     CONTROL,
     CONTROL_COL,
     COVARIATES_COL,
+    GENETIC,
     GROUP_COL,
+    KIND_COL,
     PERT_COL,
+    SYMBOL_COL,
     pert_genes,
 )
 from perturbfm.errors import DatasetValidationError
@@ -67,11 +72,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def gene_universe(var_names: Any, perturbations: Any) -> tuple[list[str], list[str]]:
+def gene_universe(var_names: Any, perturbations: Any, symbols: Any = None) -> tuple[list[str], list[str]]:
     """The measured genes (in order) followed by the perturbed genes that are not
-    measured (sorted); and that second list on its own."""
+    measured (sorted); and that second list on its own. Pass only genetic
+    perturbations: a drug is not a gene. A perturbed gene counts as measured when
+    it is a var name or the symbol of one (``symbols``)."""
     measured = [str(g) for g in var_names]
-    known = set(measured)
+    known = set(measured) | {str(s) for s in (symbols if symbols is not None else ()) if str(s)}
     perturbed = sorted({g for p in set(map(str, perturbations)) for g in pert_genes(p)})
     missing = [g for g in perturbed if g not in known]
     return measured + missing, missing
@@ -83,6 +90,8 @@ class AnnDataAdapter(DatasetAdapter):
     name: ClassVar[str] = "anndata"
     #: ``load`` takes an in-memory AnnData as well as a path (see :func:`perturbfm.api.import_adata`).
     accepts_anndata: ClassVar[bool] = True
+    #: the kind of every perturbation unless ``perturbation_kind`` / ``perturbation_kind_key`` say otherwise.
+    default_kind: ClassVar[str] = GENETIC
     description: ClassVar[str] = (
         "any .h5ad perturbation screen: name the perturbation, context and covariate obs columns"
     )
@@ -105,6 +114,12 @@ class AnnDataAdapter(DatasetAdapter):
         "layer": "name of the layer holding the expression values (e.g. 'counts'); default: X",
         "gene_name_key": "optional var column holding the gene symbols to use as gene names "
         "(e.g. GEARS' 'gene_name' when var_names are Ensembl ids)",
+        "gene_symbol_key": "optional var column holding each gene's symbol, recorded beside the var names "
+        "(which stay the dataset's gene ids); gene graphs and the GO table are looked up by symbol",
+        "perturbation_kind": "kind of every perturbation: genetic (default: gene sets), chemical (drugs, "
+        "compounds) or other (stimuli); hashed into the dataset id",
+        "perturbation_kind_key": "optional obs column holding each cell's perturbation kind (genetic / chemical / "
+        "other; empty: perturbation_kind)",
         "licence": "licence of the source data, recorded in the manifest",
         "citation": "citation of the source data, recorded in the manifest",
     }
@@ -126,6 +141,9 @@ class AnnDataAdapter(DatasetAdapter):
         layer: str | None = None,
         licence: str | None = None,
         citation: str | None = None,
+        gene_symbol_key: str | None = None,
+        perturbation_kind: str | None = None,
+        perturbation_kind_key: str | None = None,
         **unknown: Any,
     ) -> AdapterResult:
         """Read ``path`` (an ``.h5ad`` file or an in-memory :class:`anndata.AnnData`,
@@ -135,6 +153,8 @@ class AnnDataAdapter(DatasetAdapter):
             combo_delimiter=combo_delimiter, context_keys=context_keys, covariate_keys=covariate_keys,
             expression=expression, obs_filter=obs_filter, backed=backed, chunk_size=chunk_size,
             gene_name_key=gene_name_key, layer=layer, licence=licence, citation=citation,
+            gene_symbol_key=gene_symbol_key, perturbation_kind=perturbation_kind,
+            perturbation_kind_key=perturbation_kind_key,
         )
 
     # ------------------------------------------------------------------ shared core
@@ -158,6 +178,9 @@ class AnnDataAdapter(DatasetAdapter):
         layer: str | None = None,
         prepare: Prepare | None = None,
         extra: dict[str, Any] | None = None,
+        gene_symbol_key: str | None = None,
+        perturbation_kind: str | None = None,
+        perturbation_kind_key: str | None = None,
     ) -> AdapterResult:
         """The parsing every AnnData-based adapter shares (validated options in,
         canonical dataset out); ``prepare`` may derive the perturbation column."""
@@ -230,6 +253,8 @@ class AnnDataAdapter(DatasetAdapter):
                               else "no context key given: one context 'all'")
             covs, numeric = covariates(obs, cov_keys, file, processing)
             check_controls(pert, is_ctrl, context, control, perturbation_key, ctx_keys, file)
+            kinds = perturbation_kinds(obs, pert, is_ctrl, kind=perturbation_kind, kind_key=perturbation_kind_key,
+                                       default=self.default_kind, file=file, processing=processing)
 
             X_src, label = _expression_source(src, layer, file, processing)
             names = obs.index.astype(str)
@@ -245,13 +270,17 @@ class AnnDataAdapter(DatasetAdapter):
             obsm = {k: _take_rows(v, rows) for k, v in src.obsm.items()}
             varm = {k: copy.deepcopy(v) for k, v in src.varm.items()}
             var, uns = _gene_names(src.var, gene_name_key, file, processing), copy.deepcopy(dict(src.uns))
+            if gene_symbol_key is not None and str(gene_symbol_key).strip():
+                var[SYMBOL_COL] = symbols_from(var, str(gene_symbol_key), file=file, processing=processing)
+            elif (hint := ensembl_hint(var.index, var)) is not None:
+                processing.append("warning: " + hint)
             dropped = [k for k in ("layers", "obsp", "varp") if len(getattr(src, k))]
         finally:
             if is_backed and not in_memory and getattr(src, "file", None) is not None:
                 src.file.close()
 
         overwritten = [c for c in (PERT_COL, CONTROL_COL, CONTEXT_COL, COVARIATES_COL, GROUP_COL,
-                                   "pfm_dose", "pfm_time") if c in obs.columns]
+                                   "pfm_dose", "pfm_time", KIND_COL) if c in obs.columns]
         if overwritten:
             obs = obs.drop(columns=overwritten)
             processing.append(f"replaced input obs columns {overwritten}")
@@ -259,14 +288,19 @@ class AnnDataAdapter(DatasetAdapter):
         obs[CONTROL_COL] = is_ctrl
         obs[CONTEXT_COL] = context
         obs[COVARIATES_COL] = covs
+        obs[KIND_COL] = pd.Categorical(kinds)
         for col, values in numeric.items():
             obs[col] = values
         if dropped:
             processing.append(f"not carried over: {', '.join(dropped)}")
         adata = ad.AnnData(X=X, obs=obs, var=var, obsm=obsm, varm=varm, uns=uns)
-        universe, missing = gene_universe(adata.var_names, np.unique(pert))
+        targets = sorted({str(p) for p, k in zip(pert, kinds) if k == GENETIC})
+        universe, missing = gene_universe(adata.var_names, targets,
+                                          var[SYMBOL_COL] if SYMBOL_COL in var.columns else None)
+        counts = kind_counts(pert, kinds)
         processing.append(f"gene universe: {adata.n_vars} measured genes + {len(missing)} perturbed "
-                          "genes that are not measured")
+                          "genes that are not measured (genetic perturbations only)")
+        processing.append(unmeasured_message(missing, len(genetic_targets(pert, kinds)), counts))
         source = ({"path": None, "kind": "in-memory AnnData", "format": "AnnData"} if in_memory
                   else {"path": file, "file_sha256": sha256_file(file), "format": "h5ad"})
         if layer:
@@ -277,7 +311,12 @@ class AnnDataAdapter(DatasetAdapter):
             synthetic=False, expression_space=space, processing=processing,
             licence=licence, citation=citation,
             extra={"obs_filter": obs_filter, "n_obs": int(adata.n_obs), "backed": is_backed,
-                   "gene_universe": universe, "perturbed_genes_not_measured": missing, **(extra or {})},
+                   "gene_universe": universe, "perturbed_genes_not_measured": missing,
+                   "perturbation_kinds": counts, "perturbation_kind_source": (
+                       {"obs_column": str(perturbation_kind_key)} if perturbation_kind_key
+                       else {"option": str(perturbation_kind)} if perturbation_kind
+                       else {"adapter_default": self.default_kind}),
+                   "gene_symbol_key": str(gene_symbol_key) if gene_symbol_key else None, **(extra or {})},
         )
 
     # ------------------------------------------------------------------ steps

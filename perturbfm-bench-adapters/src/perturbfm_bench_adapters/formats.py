@@ -33,7 +33,7 @@ GENERIC_DEFAULTS: dict[str, Any] = {
     "perturbation_key": "perturbation", "control": CONTROL, "combo_delimiter": COMBO_DELIMITER,
     "context_keys": (), "covariate_keys": (), "expression": "auto", "obs_filter": None,
     "backed": False, "chunk_size": DEFAULT_CHUNK, "gene_name_key": None, "layer": None, "licence": None,
-    "citation": None,
+    "citation": None, "gene_symbol_key": None, "perturbation_kind": None, "perturbation_kind_key": None,
 }
 #: Joins the genes of a derived perturbation column; cannot occur in gene names.
 _JOIN = "\x1f"

@@ -131,7 +131,7 @@ _ENTRIES = [
         citation="Srivatsan et al., Massively multiplex chemical transcriptomics at single-cell resolution, "
                  "Science 367:45-51 (2020); scPerturb: Peidli et al., Nat. Methods 21:531-540 (2024)",
         doi="10.1126/science.aax6234", adapter="scperturb",
-        options={"context_keys": ["cell_line"], "covariate_keys": ["dose_value"]},
+        options={"context_keys": ["cell_line"], "covariate_keys": ["dose_value"], "perturbation_kind": "chemical"},
         notes="the raw scPerturb file PerturBench curates (its processed Hugging Face copy's URL was not "
               "found); PerturBench keeps dose_value 10000 only and maps Ensembl ids to symbols; dose_value "
               "fills pfm_dose. Compound names containing '+' (e.g. '(+)-JQ1') split in the core's canonical "
@@ -147,8 +147,9 @@ _ENTRIES = [
         citation="Kang et al., Multiplexed droplet single-cell RNA-sequencing using natural genetic variation, "
                  "Nat. Biotechnol. 36:89-94 (2018)",
         doi="10.1038/nbt.4042", adapter="anndata",
-        options={"perturbation_key": "label", "control": "ctrl", "context_keys": ["cell_type"]},
-        notes="obs 'label' is ctrl/stim: the 'perturbation' is the stimulus 'stim', not a gene",
+        options={"perturbation_key": "label", "control": "ctrl", "context_keys": ["cell_type"],
+                 "perturbation_kind": "other"},
+        notes="obs 'label' is ctrl/stim: the 'perturbation' is the stimulus 'stim', not a gene (kind 'other')",
     ),
 ]
 

@@ -288,6 +288,13 @@ def data() -> None:
 @click.option("--layer", default=None, help="Layer holding the expression values (default: X).")
 @click.option("--expression", type=click.Choice(["auto", "counts", "log1p"]), default=None,
               help="X holds raw counts (normalised + log1p at import) or log1p values.")
+@click.option("--perturbation-kind", type=click.Choice(["genetic", "chemical", "other"], case_sensitive=False),
+              default=None, help="Kind of every perturbation: genetic (gene sets; the default of most adapters), "
+              "chemical (drugs, compounds) or other (stimuli). Hashed into the dataset id.")
+@click.option("--perturbation-kind-key", default=None,
+              help="obs column holding each cell's perturbation kind (genetic / chemical / other).")
+@click.option("--gene-symbol-key", default=None,
+              help="var column of gene symbols (var names stay the gene ids); graphs and GO are keyed by symbol.")
 @click.option("--opt", "opts", multiple=True, help="Extra adapter option key=value.")
 @click.option("--json", "as_json", is_flag=True, help="Print the dataset (id and manifest) as JSON.")
 @click.pass_context
@@ -305,9 +312,19 @@ def data_import(ctx: click.Context, path: str | None, adapter: str | None, opts:
                f"{m['n_groups']} groups, contexts {', '.join(m['contexts'])}")
         + (" [bold red](SYNTHETIC)[/bold red]" if m.get("synthetic") else "")
     )
-    if m.get("perturbed_genes_not_measured"):
+    if m.get("perturbed_genes_not_measured"):  # genetic perturbations only: a drug is not a gene
         nm = m["perturbed_genes_not_measured"]
-        err_console.print(f"{len(nm)} of {len(m['perturbed_genes'])} perturbed genes are not measured")
+        err_console.print(f"{len(nm)} of {len(m['perturbed_genes'])} perturbed genes (genetic perturbations) are "
+                          "not measured" + (" (if these perturbations are drugs or stimuli, not genes, import with "
+                                            "--perturbation-kind chemical or other)"
+                                            if len(nm) == len(m["perturbed_genes"]) else ""))
+    other = {k: v for k, v in (m.get("groups_by_perturbation_kind") or {}).items() if k != "genetic" and v}
+    if other:
+        err_console.print(escape("perturbation kinds: " + ", ".join(f"{v} {k} group(s)" for k, v in other.items())
+                                 + " (not genes: no gene graph or 'unmeasured gene' applies to them)"))
+    hint = next((p for p in m.get("processing") or [] if "Ensembl gene ids" in str(p)), None)
+    if hint:
+        err_console.print(escape(str(hint)))
     if as_json:
         _echo_json({"id": ds.id, "created": ds.created, "manifest": m})
     else:

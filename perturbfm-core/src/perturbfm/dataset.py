@@ -14,6 +14,17 @@ Canonical ``.obs`` columns (written by every dataset adapter):
     (dose, time ...), ``""`` where there are none.
 ``pfm_dose`` / ``pfm_time``
     optional float covariates (chemical dose, time point).
+``pfm_perturbation_kind``
+    the kind of each cell's perturbation: ``"genetic"`` (a gene set: knock-out,
+    knock-down, activation), ``"chemical"`` (a drug or compound) or ``"other"``
+    (a stimulus, cytokine ...); ``"control"`` for control cells. Set at import
+    (``--perturbation-kind`` / ``--perturbation-kind-key``) and hashed into the
+    dataset's id; a dataset stored before it existed has no such column and reads
+    as genetic (:func:`kind_note` says so).
+
+Canonical ``.var`` column (optional): ``pfm_gene_symbol``, each gene's symbol when
+the ``var_names`` are other ids (``--gene-symbol-key``; hashed into the id). Gene
+graphs and the GO table are keyed by symbol; see :func:`gene_symbols`.
 
 A *group* is one (perturbation, context, covariates) triple; its id is
 ``"<perturbation>@<context>"`` plus ``"@<covariates>"`` when covariates are set.
@@ -41,6 +52,14 @@ COVARIATES_COL = "pfm_covariates"
 GROUP_COL = "pfm_group"
 OPTIONAL_NUMERIC_COLS = ("pfm_dose", "pfm_time")
 REQUIRED_COLS = (PERT_COL, CONTROL_COL, CONTEXT_COL, COVARIATES_COL)
+KIND_COL = "pfm_perturbation_kind"
+#: The kinds of perturbation a dataset records (control cells carry :data:`CONTROL`).
+PERTURBATION_KINDS = ("genetic", "chemical", "other")
+GENETIC = "genetic"
+#: Optional obs columns hashed into a dataset's id when present.
+OPTIONAL_COLS = (KIND_COL,)
+#: Optional var column: the gene symbol of each var name.
+SYMBOL_COL = "pfm_gene_symbol"
 
 
 def canonical_perturbation(genes: Iterable[str]) -> str:
@@ -97,11 +116,25 @@ class GroupInfo:
     n_cells: int
     dose: float | None = None
     time: float | None = None
+    kind: str = GENETIC
 
     @property
     def genes(self) -> tuple[str, ...]:
-        """The perturbed gene set."""
+        """The names of the perturbation's components (for a genetic perturbation its
+        gene set; for a drug or stimulus the compound / stimulus names). Use
+        :attr:`target_genes` where only genes may be meant."""
         return pert_genes(self.perturbation)
+
+    @property
+    def is_genetic(self) -> bool:
+        """True when the perturbation is a gene set (its kind is ``"genetic"``)."""
+        return self.kind == GENETIC
+
+    @property
+    def target_genes(self) -> tuple[str, ...]:
+        """The genes this perturbation targets: its gene set when genetic, ``()`` for a
+        chemical or other perturbation (a drug is never a gene, whatever its name)."""
+        return self.genes if self.is_genetic else ()
 
     @property
     def is_control(self) -> bool:
@@ -117,6 +150,7 @@ class GroupInfo:
             "n_cells": self.n_cells,
             "dose": self.dose,
             "time": self.time,
+            "kind": self.kind,
         }
 
 
@@ -145,6 +179,7 @@ def group_table(adata: ad.AnnData) -> dict[str, GroupInfo]:
         gid = str(row[GROUP_COL])
         dose = float(row["pfm_dose"]) if "pfm_dose" in obs else None
         time = float(row["pfm_time"]) if "pfm_time" in obs else None
+        kind = str(row[KIND_COL]) if KIND_COL in obs else (CONTROL if row[CONTROL_COL] else GENETIC)
         out[gid] = GroupInfo(
             group_id=gid,
             perturbation=str(row[PERT_COL]),
@@ -153,8 +188,29 @@ def group_table(adata: ad.AnnData) -> dict[str, GroupInfo]:
             n_cells=int(counts[gid]),
             dose=dose,
             time=time,
+            kind=kind,
         )
     return dict(sorted(out.items()))
+
+
+def kind_note(adata: ad.AnnData) -> str | None:
+    """A note when ``adata`` records no perturbation kinds (stored before they existed):
+    its perturbations read as genetic. None when the kinds are recorded."""
+    if KIND_COL in adata.obs:
+        return None
+    return (f"the dataset records no perturbation kinds (no obs column {KIND_COL!r}; stored before kinds "
+            "existed): every perturbation is read as genetic; import it again with --perturbation-kind "
+            "chemical|other if its perturbations are drugs or stimuli")
+
+
+def gene_symbols(adata: ad.AnnData) -> list[str]:
+    """The gene symbol of every var name: ``var['pfm_gene_symbol']`` where it was
+    recorded at import (an empty entry keeps the var name), else the var names."""
+    names = [str(g) for g in adata.var_names]
+    if SYMBOL_COL not in adata.var:
+        return names
+    syms = adata.var[SYMBOL_COL].astype(str).tolist()
+    return [s if s and s.strip() and s != "nan" else n for s, n in zip(syms, names)]
 
 
 def _row_chunks(n: int, chunk: int) -> Iterable[slice]:

@@ -101,14 +101,18 @@ def _stringify_object_columns(adata: Any) -> None:
 
 def canonical_columns(adata: Any) -> list[str]:
     """The obs columns hashed into a dataset's id."""
-    from perturbfm.dataset import OPTIONAL_NUMERIC_COLS, REQUIRED_COLS
+    from perturbfm.dataset import OPTIONAL_COLS, OPTIONAL_NUMERIC_COLS, REQUIRED_COLS
 
-    return list(REQUIRED_COLS) + [c for c in OPTIONAL_NUMERIC_COLS if c in adata.obs]
+    return list(REQUIRED_COLS) + [c for c in (*OPTIONAL_NUMERIC_COLS, *OPTIONAL_COLS) if c in adata.obs]
 
 
 def content_hash(adata: Any, *, expression_space: str, synthetic: bool) -> str:
     """A dataset's id: the hash of its canonical content and its meta."""
-    meta = {"expression_space": expression_space, "synthetic": bool(synthetic)}
+    from perturbfm.dataset import SYMBOL_COL
+
+    meta: dict[str, Any] = {"expression_space": expression_space, "synthetic": bool(synthetic)}
+    if SYMBOL_COL in adata.var:  # recorded gene symbols are content (absent: the id is as before they existed)
+        meta["gene_symbols"] = [str(x) for x in adata.var[SYMBOL_COL].tolist()]
     return dataset_content_hash(adata, canonical_columns(adata), meta)
 
 
@@ -304,7 +308,7 @@ class DatasetStore:
 
         Importing content already stored records the new source; if the stored
         ``data.h5ad`` is missing or damaged it is restored from this import."""
-        from perturbfm.dataset import REQUIRED_COLS, group_table
+        from perturbfm.dataset import KIND_COL, REQUIRED_COLS, gene_symbols, group_table
 
         adata = result.adata
         for col in REQUIRED_COLS:
@@ -324,8 +328,9 @@ class DatasetStore:
                 return self._record_reimport(h, result, adapter), False
         groups = group_table(adata)
         n_ctrl = int(adata.obs["pfm_is_control"].sum())
-        measured = set(map(str, adata.var_names))
-        perturbed = sorted({g for gi in groups.values() for g in gi.genes})
+        measured = set(map(str, adata.var_names)) | set(gene_symbols(adata))
+        perturbed = sorted({g for gi in groups.values() for g in gi.target_genes})  # genetic perturbations only
+        kinds = sorted({gi.kind for gi in groups.values() if not gi.is_control})
         manifest = {
             "schema": 1,
             "hash": h,
@@ -346,6 +351,8 @@ class DatasetStore:
             "n_groups": sum(1 for g in groups.values() if not g.is_control),
             "perturbed_genes": perturbed,
             "perturbed_genes_not_measured": [g for g in perturbed if g not in measured],
+            "groups_by_perturbation_kind": {k: sum(1 for gi in groups.values() if not gi.is_control and gi.kind == k)
+                                   for k in kinds} if KIND_COL in adata.obs else None,
             "extra": result.extra,
             "created_at": utc_now(),
             "perturbfm_version": __version__,

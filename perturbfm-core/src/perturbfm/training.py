@@ -22,7 +22,9 @@ from perturbfm.dataset import (
     GroupInfo,
     dense_rows,
     ensure_group_column,
+    gene_symbols,
     grouped_moments,
+    kind_note,
     pert_mask,
     read_rows,
     unmapped_genes,
@@ -33,7 +35,11 @@ class TrainingData:
     """The groups of one role of a split, with access to their cells.
 
     Attributes:
-        genes: measured genes (the dataset's var names), in order.
+        genes: measured genes (the dataset's var names, its gene ids), in order.
+        gene_symbols: the symbol of each of ``genes`` (``var['pfm_gene_symbol']`` recorded
+            at import with ``--gene-symbol-key``; the var name where none was recorded).
+            Gene graphs and the GO table are keyed by symbol.
+        kind_note: a note when the dataset records no perturbation kinds (read as genetic).
         groups: the perturbed groups of this role, sorted by id.
         control: control mean expression per context (all contexts).
         synthetic: True when the dataset is simulated.
@@ -50,6 +56,8 @@ class TrainingData:
     ) -> None:
         self._adata = adata
         self.genes: list[str] = [str(g) for g in adata.var_names]
+        self.gene_symbols: list[str] = gene_symbols(adata)
+        self.kind_note: str | None = kind_note(adata)
         self.groups: list[GroupInfo] = sorted(groups, key=lambda g: g.group_id)
         self.control = control
         self.synthetic = synthetic
@@ -166,14 +174,67 @@ class TrainingData:
         X = read_rows(self._adata, rows)
         return np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
 
+    def perturbation_kind(self, group: GroupInfo | str) -> str:
+        """The kind of a group's perturbation (``genetic``, ``chemical`` or ``other``), by
+        :class:`GroupInfo` or id (KeyError for a group outside this role)."""
+        if isinstance(group, GroupInfo):
+            return group.kind
+        for g in self.groups:
+            if g.group_id == group:
+                return g.kind
+        raise KeyError(f"group {group!r} is not in the {self.role} set")
+
+    def sample_cells(self, max_cells: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+        """A seeded uniform sample of at most ``max_cells`` of the cells a model may read (the
+        control cells of every context and the cells of this role's groups), each centred by
+        its context's control mean; every cell when ``max_cells`` is None or not exceeded.
+
+        Only the chosen rows are read (in order, a chunk at a time), so the memory is
+        ``max_cells x n_genes`` whatever the dataset's size. Float64 while that is under
+        2**26 values (512 MiB), float32 beyond.
+
+        Returns ``(rows [n, n_genes], context of each row, number of cells sampled from)``.
+        """
+        obs = self._adata.obs
+        is_ctrl = obs["pfm_is_control"].to_numpy(dtype=bool)
+        gcol = ensure_group_column(self._adata).astype(str).to_numpy()
+        ctx = obs["pfm_context"].astype(str).to_numpy()
+        known = set(self.control.contexts)
+        eligible = np.flatnonzero((is_ctrl & np.isin(ctx, list(known))) | np.isin(gcol, list(self._allowed)))
+        total = int(eligible.size)
+        if max_cells is not None and total > max_cells:
+            rng = np.random.default_rng(seed)
+            eligible = np.sort(rng.choice(eligible, size=int(max_cells), replace=False))
+        n_genes = len(self.genes)
+        dtype = np.float64 if eligible.size * n_genes <= 1 << 26 else np.float32
+        out = np.empty((eligible.size, n_genes), dtype=dtype)
+        step = max(1, min(10_000, 20_000_000 // max(n_genes, 1)))
+        for start in range(0, eligible.size, step):
+            idx = eligible[start:start + step]
+            block = read_rows(self._adata, idx)
+            block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+            out[start:start + idx.size] = block
+        row_ctx = ctx[eligible]
+        for c in sorted(set(row_ctx)):
+            sel = row_ctx == c
+            out[sel] -= self.control.mean(c).astype(dtype)
+        return out, row_ctx, total
+
     def pert_mask(self, gene_index: Sequence[str] | None = None) -> np.ndarray:
-        """``[n_groups, N]`` mask of the perturbed genes over ``gene_index``
-        (default: the measured genes)."""
-        return pert_mask([g.genes for g in self.groups], gene_index or self.genes)
+        """``[n_groups, N]`` mask of the perturbed genes over ``gene_index`` (default: the
+        measured genes, matched by var name or recorded symbol). Only genetic perturbations
+        set bits: a drug or stimulus row is all zero."""
+        targets = [g.target_genes for g in self.groups]
+        if gene_index is not None:
+            return pert_mask(targets, gene_index)
+        return np.maximum(pert_mask(targets, self.genes), pert_mask(targets, self.gene_symbols))
 
     def unmapped_genes(self, gene_index: Sequence[str] | None = None) -> list[str]:
-        """Perturbed genes of these groups that are not in ``gene_index``."""
-        return unmapped_genes([g.genes for g in self.groups], gene_index or self.genes)
+        """Perturbed genes of these groups' genetic perturbations that are not in ``gene_index``
+        (default: the measured genes by var name or symbol). A drug is never an unmapped gene."""
+        targets = [g.target_genes for g in self.groups]
+        return unmapped_genes(targets, list(gene_index) if gene_index is not None
+                              else [*self.genes, *self.gene_symbols])
 
     def training_mean(self, queries: Sequence[GroupInfo]) -> tuple[np.ndarray, dict[str, str]]:
         """The *training mean* reference: for each query, the mean delta of this role's

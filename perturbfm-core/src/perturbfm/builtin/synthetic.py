@@ -99,6 +99,8 @@ from perturbfm.dataset import (
     CONTROL,
     CONTROL_COL,
     COVARIATES_COL,
+    GENETIC,
+    KIND_COL,
     PERT_COL,
     canonical_perturbation,
 )
@@ -408,6 +410,8 @@ def simulate(p: Mapping[str, Any]) -> tuple[ad.AnnData, dict[str, Any]]:
             COVARIATES_COL: np.full(n_obs, "", dtype=object),
             "pfm_dose": np.concatenate(obs_dose).astype(np.float64),
             "pfm_time": np.concatenate(obs_time).astype(np.float64),
+            # the simulated perturbations are gene sets (the simulator's targets): kind genetic
+            KIND_COL: pd.Categorical([CONTROL if x == CONTROL else GENETIC for x in obs_pert]),
             "synthetic": np.ones(n_obs, dtype=bool),
         },
         index=pd.Index([f"syncell{i:06d}" for i in range(n_obs)]),

@@ -147,8 +147,11 @@ def load(ctx: RunContext) -> None:
     ctx.test_groups = [groups[g] for g in ctx.split.groups("test")]
     conformal = bool(ctx.run_cfg["conformal"] or ctx.run_cfg["conformal_mondrian"])
     ctx.cal_groups = [groups[g] for g in ctx.split.groups("calibration")] if conformal else []
+    if ctx.train.kind_note:  # a dataset stored before perturbation kinds: read as genetic
+        ctx.say("note: " + ctx.train.kind_note)
     ctx.writer.stage("load", "done", n_train=len(ctx.train.groups), n_test=len(ctx.test_groups),
-                     n_calibration=len(ctx.cal_groups), backed=backed)
+                     n_calibration=len(ctx.cal_groups), backed=backed,
+                     **({"perturbation_kind_note": ctx.train.kind_note} if ctx.train.kind_note else {}))
 
 
 def fit(ctx: RunContext, deadline: Deadline) -> None:

@@ -182,16 +182,21 @@ class LinearModel(Model):
                 parts.append(f"linear model not fitted ({self._unfit_reason}): predicted b (the train-mean)")
             else:
                 p, missing = self._embed(q.genes)
+                # a drug or stimulus is not a gene: say what it is (GroupInfo.kind)
+                genetic = getattr(q, "kind", "genetic") == "genetic"
+                noun = "perturbed gene(s)" if genetic else f"{q.kind} perturbation(s)"
+                why = what if genetic or self._emb_source.startswith("file") else (
+                    "not genes: the embeddings are rows of measured genes; pass pert_embedding_file to embed them")
                 if p is None:
                     parts.append(
-                        f"no embedding for perturbed gene(s) {', '.join(missing) or '(none)'} ({what}): "
+                        f"no embedding for {noun} {', '.join(missing) or '(none)'} ({why}): "
                         "predicted b (the train-mean)"
                     )
                 else:
                     out[i] = b + self._G @ (self._W @ p)
                     if missing:
                         parts.append(
-                            f"no embedding for perturbed gene(s) {', '.join(missing)} ({what}): "
+                            f"no embedding for {noun} {', '.join(missing)} ({why}): "
                             "used only the embedded gene(s) "
                             + ", ".join(g for g in q.genes if g not in missing)
                         )

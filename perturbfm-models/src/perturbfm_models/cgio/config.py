@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from perturbfm.options import Bool, ConfigModel, FilePath, Float, Int, Names, defaults_of, file_field, validate
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 MODEL = "cgio"
 GRAPH_KINDS = ("go", "coexpr", "edges")
@@ -17,6 +17,15 @@ def _graph_kinds(value: list[str]) -> list[str]:
     if bad:
         raise ValueError(f"graph kind(s) {bad} unknown; use a list drawn from {list(GRAPH_KINDS)}")
     return list(dict.fromkeys(value))
+
+
+def _int_or_none(value: Any) -> Any:
+    """None for null / none / an empty string (from the CLI), else the value as an integer where it is one."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return value
 
 
 def _probability(description: str, default: float) -> Any:
@@ -48,6 +57,9 @@ class CGIOConfig(ConfigModel):
     coexpr_min_abs_r: Float = Field(0.1, ge=0.0, description="co-expression graph: minimum |r| of an edge")
     coexpr_source: Literal["cells", "groups"] = Field(
         "cells", description="co-expression computed over control cells or over group means")
+    coexpr_max_cells: Annotated[int | None, BeforeValidator(_int_or_none)] = Field(
+        20000, ge=3, description="co-expression from cells: at most this many cells, a seeded uniform sample "
+        "(null: all cells; recorded in the graph's provenance)")
     edge_list: FilePath = file_field(None, description="TSV of gene pairs for the edges graph (null: none)")
     steps: Int = Field(2, ge=0, description="message-passing steps")
     hidden: Int = Field(32, ge=1, description="hidden width")

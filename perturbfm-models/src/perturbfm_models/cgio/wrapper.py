@@ -87,6 +87,8 @@ class CGIOModel(Model):
     _universe: list[str]
     _graphs: list[G.GeneGraph]
     _extended: list[str]
+    _symbols: dict[str, str]
+    _dropped_graphs: list[dict[str, Any]]
     _silent: set[str]
     _adjs: list[sp.csr_matrix]
     _hops: np.ndarray
@@ -124,30 +126,20 @@ class CGIOModel(Model):
         """The node universe and the configured graphs (none when ``use_graphs`` is off)."""
         cfg = self._cfg
         assert cfg is not None
+        self._symbols = G.symbol_map(train)
+        self._dropped_graphs = []
         if not cfg.use_graphs:
             return seeds, []
-        self._go = G.load_go_table(cfg.go_table) if "go" in cfg.graphs else None
-        universe = G.expand_universe(self._go, seeds, hops=cfg.go_hops, k=cfg.go_k,
-                                     min_sim=cfg.go_min_jaccard, max_nodes=cfg.max_nodes)
-        out: list[G.GeneGraph] = []
-        for kind in cfg.graphs:
-            if kind == "go":
-                assert self._go is not None
-                out.append(G.go_graph(self._go, universe, k=cfg.go_k, min_sim=cfg.go_min_jaccard))
-            elif kind == "coexpr":
-                out.append(G.coexpr_graph(train, k=cfg.coexpr_k, min_abs_r=cfg.coexpr_min_abs_r,
-                                          source=cfg.coexpr_source))
-            else:
-                g = G.edge_list_graph(cfg.edge_list)
-                have = set(universe)
-                near = {g.genes[j] for i, j in zip(g.src, g.dst) if g.genes[i] in have}
-                near |= {g.genes[i] for i, j in zip(g.src, g.dst) if g.genes[j] in have}
-                universe += sorted(near - have)[: max(0, cfg.max_nodes - len(universe))]
-                out.append(g)
+        # keyed by gene symbol, coverage per graph, a graph without edges among the universe dropped (graphs.py)
+        universe, out, self._go, self._dropped_graphs = G.build_graphs(
+            train, seeds, graphs=cfg.graphs, go_table=cfg.go_table, go_k=cfg.go_k, go_min_jaccard=cfg.go_min_jaccard,
+            go_hops=cfg.go_hops, max_nodes=cfg.max_nodes, coexpr_k=cfg.coexpr_k,
+            coexpr_min_abs_r=cfg.coexpr_min_abs_r, coexpr_source=cfg.coexpr_source, edge_list=cfg.edge_list,
+            coexpr_max_cells=cfg.coexpr_max_cells, seed=cfg.seed)
         return universe, out
 
     def _adjacency(self, universe: Sequence[str]) -> list[sp.csr_matrix]:
-        return [G.normalised_adjacency(g.reindex(universe)) for g in self._graphs]
+        return [G.normalised_adjacency(g.reindex(universe, self._symbols)) for g in self._graphs]
 
     def _extend(self, new: list[str]) -> None:
         """Attach query genes outside the universe: GO top-k neighbours (and edge-list
@@ -160,7 +152,7 @@ class CGIOModel(Model):
         universe = old + new
         for g in self._graphs:
             if g.name == "go" and self._go is not None:
-                G.attach_go(g, self._go, new, old, k=cfg.go_k, min_sim=cfg.go_min_jaccard)
+                G.attach_go(g, self._go, new, old, k=cfg.go_k, min_sim=cfg.go_min_jaccard, symbols=self._symbols)
         states = []
         for member in self._nets:
             state = member.state_dict()
@@ -245,6 +237,8 @@ class CGIOModel(Model):
                                        n_trained_genes=len(self._trained_genes), graphs=self._graphs,
                                        kinds_fit=kinds_fit, index=self._index, members=members)
         self._diag["gates"] = self._gate_summary(full)
+        if self._dropped_graphs:
+            self._diag["graphs_dropped"] = self._dropped_graphs
         self._diag["device"] = str(self._device)
         self._diag["fit_seconds"] = round(time.perf_counter() - t0, 3)
 
@@ -287,8 +281,8 @@ class CGIOModel(Model):
         """Notes on the query's genes: outside the universe, unreachable, beyond K steps."""
         pos = {g: i for i, g in enumerate(self._universe)}
         steps = self._spec.steps if self._spec.use_graphs else 0
-        notes = []
-        for gene in q.genes:
+        notes: list[str] = []
+        for gene in getattr(q, "target_genes", q.genes):  # genes only: a drug or stimulus is not a graph node
             i = pos[gene]
             hop = self._hops[i]
             if gene in self._extended:
