@@ -101,6 +101,13 @@ def diagonal_rank(M: np.ndarray, *, higher_is_better: bool, rng: np.random.Gener
     return rank / (n - 1)
 
 
+def _context_position(data: EvalData, ctx: str, c_i: int) -> int:
+    """The context's position among all evaluated contexts: ``c_i`` here, the global one on
+    a shard of the evaluation (``data.context_positions``, see perturbfm.shard)."""
+    positions = getattr(data, "context_positions", None)
+    return int(positions[ctx]) if positions and ctx in positions else c_i
+
+
 class PerturBenchPanel(MetricPanel):
     """PerturBench's metrics: RMSE, cosine of log fold changes, their rank versions, variance ratio."""
 
@@ -197,7 +204,7 @@ class PerturBenchPanel(MetricPanel):
                     "cosine_logfc": (cosine_matrix(lfc_p[idx], lfc_t[idx]), True)}
             for s_i, (name, (M, hib)) in enumerate(mats.items()):
                 for t_i, (suffix, mat) in enumerate((("", M), ("_transpose", M.T))):
-                    rng = np.random.default_rng([data.seed, c_i, s_i, t_i])
+                    rng = np.random.default_rng([data.seed, _context_position(data, ctx, c_i), s_i, t_i])
                     r = diagonal_rank(mat, higher_is_better=hib, rng=rng)
                     ranks[f"rank_{name}{suffix}"].update({ids[j]: float(v) for j, v in zip(idx, r)})
             vp = np.var(pred_mean[idx], axis=0)
