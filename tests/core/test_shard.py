@@ -19,7 +19,8 @@ from perturbfm.testing import make_canonical_adata
 
 
 def _files(tmp_path):
-    src = make_canonical_adata(n_genes=40, contexts=("ctxA", "ctxB", "ctxC"), cells_per_group=14, n_control=30,
+    src = make_canonical_adata(n_genes=24, contexts=("ctxA", "ctxB", "ctxC"), singles=("G0", "G1", "G2", "G3"),
+                               doubles=(("G0", "G1"),), cells_per_group=12, n_control=24,
                                seed=5, sparse=False)
     obs = pd.DataFrame({"perturbation": src.obs["pfm_perturbation"].astype(str).to_numpy(),
                         "cell_line": src.obs["pfm_context"].astype(str).to_numpy()}, index=src.obs_names)
@@ -41,8 +42,13 @@ def _files(tmp_path):
     return str(tmp_path / "pred.h5ad"), str(tmp_path / "truth.h5ad")
 
 
+#: a group-local panel (chunked with shard_by="group"), context-level panels listing groups in
+#: evaluation order (vcc) and context by context (perturbench, vcc2026: context-position tie-break seeds)
+PANELS = "basic,perturbench,vcc,vcc2026"
+
+
 def _metrics(pred, truth, **kw):
-    frame = evaluate(pred, truth, context_key="cell_line", max_cells=9, seed=3, **kw)
+    frame = evaluate(pred, truth, context_key="cell_line", max_cells=9, seed=3, panels=PANELS, **kw)
     return frame.attrs["metrics"]
 
 
@@ -59,13 +65,13 @@ def _same(a, b):
     assert a["groups"] == b["groups"]
 
 
-@pytest.mark.parametrize("shard_by, chunk", [("context", None), ("group", 2)])
-def test_serial_shards_equal_single_process(pair, shard_by, chunk):
+def test_serial_context_shards_equal_single_process(pair):
     pred, truth, single = pair
-    assert len(single["panels"]) >= 5  # every installed standard panel
+    assert len(single["panels"]) == 4
     assert single["references"]["n_unsplittable_groups"] == 1
-    sharded = _metrics(pred, truth, executor="serial", shard_by=shard_by, group_chunk=chunk)
+    sharded = _metrics(pred, truth, executor="serial", shard_by="context")
     _same(sharded, single)
+    assert sharded["sharding"]["n_shards"] == 3 and "sharding" not in single
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -76,10 +82,11 @@ def test_ray_two_workers_equal_single_process(pair):
     pred, truth, single = pair
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sharded = _metrics(pred, truth, executor="ray", workers=2, shard_by="group", group_chunk=4)
+        sharded = _metrics(pred, truth, executor="ray", workers=2, shard_by="group", group_chunk=2)
     finally:
         ray.shutdown()
     _same(sharded, single)
+    assert sharded["sharding"]["executor"] == "ray" and sharded["sharding"]["n_shards"] == 3 + 9
 
 
 def test_plan_keeps_context_panels_whole():

@@ -425,7 +425,8 @@ def _score(tin: EvalInput, pin: EvalInput, mode: str, panel_objs: list[Any], nam
         from perturbfm.shard import ShardSource, evaluate_sharded
 
         source = ShardSource(truth_path=tin.file, pred_path=pin.file, truth_obs=None, pred_rows=rows_of, pred_cols=cols)
-        panels_out, references = evaluate_sharded(panel_objs, data, source, say=say, **shard)
+        shard_stats: dict[str, Any] = {}
+        panels_out, references = evaluate_sharded(panel_objs, data, source, say=say, stats=shard_stats, **shard)
     else:
         panels_out, references = evaluate_with_references(panel_objs, data, say=say)
     synthetic = tin.synthetic or pin.synthetic
@@ -462,6 +463,8 @@ def _score(tin: EvalInput, pin: EvalInput, mode: str, panel_objs: list[Any], nam
         "references": references,
         "panels": panels_out,
     }
+    if shard is not None:
+        out["sharding"] = shard_stats
     if synthetic:
         side = "truth" if tin.synthetic else "prediction"
         out["synthetic_note"] = f"SYNTHETIC DATA: the {side} comes from simulated data, not from a real screen"

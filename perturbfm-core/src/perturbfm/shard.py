@@ -18,7 +18,8 @@ single-process path scores (log1p, no layer); anything else is refused with the 
 Exactness. Every seed the single-process path derives from a group's or context's
 *position* (cell subsamples, replicate halves, control halves) is derived here from the
 global position, so shards draw the same cells. Values are merged per key (``per_group``
-and ``per_context`` are unions, ``extra`` is merged field by field: dicts joined, group
+and ``per_context`` are unions, in evaluation order or, for :data:`CONTEXT_ORDER_PANELS`, context by
+context, as the panel lists them; ``extra`` is merged field by field: dicts joined, group
 lists put back in the global order, counts summed) and then checked and aggregated by
 :func:`perturbfm.evaluation.evaluate_panels` and
 :func:`perturbfm.references.calibrate_metric` over all groups, so the result equals the
@@ -30,6 +31,7 @@ A panel can take over its merge with ``merge_shards(list_of_value_dicts) -> valu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,12 +43,16 @@ from perturbfm.errors import ConfigError, PerturbFMError
 from perturbfm.evaldata import CONTROL_SAMPLE_SALT, EvalData
 from perturbfm.interfaces import MetricPanel, MetricValue, NotApplicable
 
-__all__ = ["GROUP_LOCAL_PANELS", "SHARD_BY", "ShardSource", "evaluate_sharded", "plan_shards", "run_shard"]
+__all__ = ["CONTEXT_ORDER_PANELS", "GROUP_LOCAL_PANELS", "SHARD_BY", "ShardSource", "evaluate_sharded", "plan_shards",
+           "run_shard"]
 
 SHARD_BY = ("context", "group")
 #: panels whose every value depends on one group (and its context's controls) only
 GROUP_LOCAL_PANELS = frozenset({"basic", "deg_weighted", "scperturbench", "uncertainty"})
 DEFAULT_GROUP_CHUNK = 256
+#: panels that list their groups context by context (``shard_order = "context"`` on a panel class says
+#: the same); every other panel lists them in evaluation order, and the merge restores that order
+CONTEXT_ORDER_PANELS = frozenset({"perturbench", "vcc2026"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ class ShardResult:
     base: dict[str, Any] = field(default_factory=dict)
     reps: list[dict[str, Any]] = field(default_factory=list)  # per replicate seed: panel -> values (absent: none)
     indep: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0  # time of this shard in its worker
+    peak_rss_mb: float = 0.0  # the worker's peak RSS so far (a pooled worker's includes earlier shards)
+    n_groups: int = 0
 
 
 # ----------------------------------------------------------------------------- position-keyed inputs
@@ -158,7 +167,7 @@ def _shard_replicates(data: ShardEvalData, n_reps: int, rep_positions: np.ndarra
         rd.context_positions = dict(rep_context_positions)
         rd.parent = data
         rd.halves = halves[rep]
-        rd.pred_cells_given = _LazyCells(rd.half_b_cells, [g.group_id for g in groups])  # type: ignore[assignment]
+        rd.pred_cells_given = _LazyCells(rd.half_b_cells, [g.group_id for g in groups])
         _share_caches(rd, data)
         rd.__dict__.pop("_group_rows", None)
         out.append(rd)
@@ -227,9 +236,14 @@ class _PredCells(Mapping[str, np.ndarray]):
 # ----------------------------------------------------------------------------- the worker
 def run_shard(job: ShardJob) -> ShardResult:
     """Compute one shard (module-level: it travels to worker processes and Ray tasks)."""
+    import resource
+    import time
+
     import anndata as ad
 
     from perturbfm.plugins import get_registry
+
+    t0 = time.perf_counter()
     from perturbfm.references import _safe_compute, baseline_data
 
     truth = ad.read_h5ad(job.source.truth_path, backed="r")
@@ -242,8 +256,8 @@ def run_shard(job: ShardJob) -> ShardResult:
                              true_var=job.true_var, ctrl_mean=job.ctrl_mean, pred_delta=job.pred_delta, pred_var=None,
                              control_var=job.control_var, control_n=job.control_n, seed=job.seed,
                              max_cells=job.max_cells, ood=None, adata=truth,
-                             pred_cells_given=cells, positions=job.positions,
-                             context_positions=job.context_positions)  # type: ignore[arg-type]
+                             pred_cells_given=cells,  # type: ignore[arg-type]
+                             positions=job.positions, context_positions=job.context_positions)
         registry = get_registry()
         panels = [registry.create("metric_panel", n) for n in job.panels]
         res = ShardResult(label=job.label)
@@ -264,6 +278,9 @@ def run_shard(job: ShardJob) -> ShardResult:
             for panel in panels:
                 if any(getattr(s, "delta_based", False) for s in panel.metrics.values()):
                     res.indep[panel.name] = _safe_compute(panel, ind, "")
+        res.wall_s = time.perf_counter() - t0
+        res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res.n_groups = len(job.groups)
         return res
     finally:
         for a in (truth, pred):
@@ -379,7 +396,8 @@ def _merge_panel(panel: MetricPanel, parts: list[Any], order: Mapping[str, int])
     keys: dict[str, None] = {}
     for p in parts:
         keys.update(dict.fromkeys(p))
-    sort = _group_local(panel)
+    declared = getattr(type(panel), "shard_order", None)
+    sort = declared != "context" if declared is not None else panel.name not in CONTEXT_ORDER_PANELS
     return {k: _merge_values([p[k] for p in parts if k in p], f"{panel.name}.{k}", order, sort) for k in keys}
 
 
@@ -387,8 +405,8 @@ class _Merged(MetricPanel):
     """A panel whose compute returns already merged values (for the completeness checks)."""
 
     def __init__(self, panel: MetricPanel, values: Any) -> None:
-        self.name, self.version, self.description = panel.name, panel.version, panel.description
-        self.metrics = panel.metrics
+        self.__dict__.update(name=panel.name, version=panel.version, description=panel.description,
+                             metrics=panel.metrics)
         self._values = values
 
     def compute(self, data: EvalData) -> Any:
@@ -413,12 +431,13 @@ def _executor(executor: Any, workers: int | None) -> Any:
 def evaluate_sharded(panels: Sequence[MetricPanel], data: EvalData, source: ShardSource, *,
                      executor: Any = "serial", workers: int | None = None, shard_by: str = "context",
                      group_chunk: int = DEFAULT_GROUP_CHUNK, replicate_seeds: int | None = None,
-                     say: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                     say: Any = None, stats: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What :func:`perturbfm.references.evaluate_with_references` returns, computed in shards.
 
     ``data`` is the full evaluation input (its per-group summaries); the cells are read by
     the workers from ``source``'s files. ``executor`` is a registered executor name or an
-    :class:`perturbfm.interfaces.Executor`."""
+    :class:`perturbfm.interfaces.Executor`. ``stats``, when given, receives the executor, the plan
+    and each shard's wall time and its worker's peak RSS."""
     from perturbfm.evaluation import evaluate_panels
     from perturbfm.references import (
         DEFINITIONS,
@@ -476,7 +495,14 @@ def evaluate_sharded(panels: Sequence[MetricPanel], data: EvalData, source: Shar
             label=f"shard {s + 1}/{len(plan)}: {', '.join(ctxs)} ({len(groups)} groups; {', '.join(names)})"))
     if say:
         say(f"evaluating {len(jobs)} shards on the {getattr(ex, 'name', 'given')} executor")
+    t0 = time.perf_counter()
     results: list[ShardResult] = ex.map(run_shard, jobs)
+    if stats is not None:
+        stats.update({"executor": getattr(ex, "name", type(ex).__name__), "workers": getattr(ex, "workers", None),
+                      "shard_by": shard_by, "group_chunk": group_chunk if shard_by == "group" else None,
+                      "n_shards": len(jobs), "map_wall_s": round(time.perf_counter() - t0, 3),
+                      "shards": [{"label": r.label, "n_groups": r.n_groups, "wall_s": round(r.wall_s, 3),
+                                  "worker_peak_rss_mb": round(r.peak_rss_mb, 1)} for r in results]})
 
     def parts(pick: Any, name: str) -> list[Any]:
         return [v for r in results if (v := pick(r).get(name)) is not None]
