@@ -32,7 +32,9 @@ Parts (``--parts``, default all):
 Peers run in ``--peer-python`` interpreters (``celleval=PATH``, ``celleval2=PATH``); by default
 the interpreter running this script when it imports them, else a venv is made for each under
 ``--cache-dir/peers`` (``pip install -c constraints.txt``: torch comes from the local wheel,
-never from PyPI). Every figure is the median of ``--repeats`` runs with its [min, max].
+never from PyPI). Every figure is the median of ``--repeats`` runs with its [min, max]; CPU
+seconds (user + sys of the process and its children) are printed beside wall seconds, the
+steadier figure on a loaded machine.
 Nothing is asserted: this is a report. ``--quick`` runs every part on tiny sizes (a smoke run).
 
 Usage::
@@ -88,7 +90,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, label: str = "") 
     wall = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     rss = int(m.group(1)) / 1024**2 if m else float("nan")
-    out = {"label": label, "wall_s": wall, "rss_gb": rss, "rc": proc.returncode, "stdout": proc.stdout}
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", proc.stderr))
+    out = {"label": label, "wall_s": wall, "cpu_s": cpu, "rss_gb": rss, "rc": proc.returncode, "stdout": proc.stdout}
     if proc.returncode != 0:
         tail = "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith("\t"))[-1500:]
         out["error"] = tail
@@ -112,7 +115,8 @@ def repeat(cmd: list[str], repeats: int, label: str, env: dict[str, str] | None 
             prepare()
         runs.append(measure(cmd, env, label))
     ok = [r for r in runs if r["rc"] == 0]
-    print(f"  {label:<44} wall s {_spread([r['wall_s'] for r in ok])}   peak GB "
+    print(f"  {label:<44} wall s {_spread([r['wall_s'] for r in ok])}   CPU s {_spread([r['cpu_s'] for r in ok])}"
+          f"   peak GB "
           f"{_spread([r['rss_gb'] for r in runs])}" + ("" if len(ok) == len(runs) else
                                                       f"   ({len(runs) - len(ok)} of {len(runs)} FAILED)"),
           flush=True)
@@ -193,20 +197,21 @@ def part_pipeline(args: argparse.Namespace, cache: Path) -> None:
 
 def part_curve(args: argparse.Namespace, cache: Path) -> None:
     pfm = _bin("pfm-bench")
-    print("\n== eval scaling curve: groups x 100 cells x 2,000 genes, every panel (+1,000 controls) ==", flush=True)
+    print(f"\n== eval scaling curve: groups x 100 cells x {args.curve_genes:,} genes, every panel (+1,000 controls) ==",
+          flush=True)
     pts = []
     for n in args.curve:
         truth, pred = pair_files(cache, n, 1_000, n_genes=args.curve_genes)
         runs = repeat([pfm, "eval", "--pred", str(pred), "--truth", str(truth), "--out",
                        str(truth.parent / "metrics.json")] + (["--backed"] if args.curve_backed else []),
                       args.repeats, f"eval {n:>6} groups")
-        pts.append((n, _median(runs, "wall_s"), _median(runs, "rss_gb")))
+        pts.append((n, _median(runs, "cpu_s"), _median(runs, "rss_gb")))
     for (n0, t0, m0), (n1, t1, m1) in zip(pts, pts[1:]):
-        print(f"  {n0:>6} -> {n1:>6} groups: {1000 * (t1 - t0) / (n1 - n0):7.1f} s and "
+        print(f"  {n0:>6} -> {n1:>6} groups: {1000 * (t1 - t0) / (n1 - n0):7.1f} CPU s and "
               f"{1000 * (m1 - m0) / (n1 - n0):6.2f} GB per 1,000 more groups", flush=True)
     if len(pts) >= 2:
         per = [t / n for n, t, _ in pts]
-        print("  seconds per group: " + ", ".join(f"{n}: {p:.3f}" for (n, _, _), p in zip(pts, per)), flush=True)
+        print("  CPU seconds per group: " + ", ".join(f"{n}: {p:.3f}" for (n, _, _), p in zip(pts, per)), flush=True)
 
 
 def _peer_python(args: argparse.Namespace, cache: Path, side: str) -> str | None:
@@ -251,8 +256,10 @@ def part_peers(args: argparse.Namespace, cache: Path) -> None:
         for side in ("celleval", "celleval2"):
             if side in res:
                 t = _median(res["ours"], "wall_s") / _median(res[side], "wall_s")
+                c = _median(res["ours"], "cpu_s") / _median(res[side], "cpu_s")
                 m = _median(res["ours"], "rss_gb") / _median(res[side], "rss_gb")
-                print(f"  ours / {side:<9}: time {t:5.2f}x (goal <= 0.2)   peak memory {m:5.2f}x (goal <= 1)"
+                print(f"  ours / {side:<9}: wall {t:5.2f}x, CPU {c:5.2f}x (goal <= 0.2)   peak memory {m:5.2f}x "
+                      "(goal <= 1)"
                       + ("" if t <= 0.2 and m <= 1 else "   MISSED"), flush=True)
 
 
@@ -273,12 +280,12 @@ def part_shard(args: argparse.Namespace, cache: Path) -> None:
         if sharded and any(r["rc"] == 0 for r in runs):
             st = json.loads(out.read_text()).get("sharding", {})
             for s in st.get("shards", []):
-                print(f"    {s['label'][:70]:<70} {s['wall_s']:7.1f} s  worker peak {s['worker_peak_rss_mb']:7.0f} MB",
-                      flush=True)
-            walls = [s["wall_s"] for s in st.get("shards", [])]
+                print(f"    {s['label'][:64]:<64} {s['wall_s']:7.1f} s wall {s.get('cpu_s', float('nan')):7.1f} s CPU"
+                      f"  worker peak {s['worker_peak_rss_mb']:6.0f} MB", flush=True)
+            walls = [s.get("cpu_s", s["wall_s"]) for s in st.get("shards", [])]
             groups = [s["n_groups"] for s in st.get("shards", [])]
             if walls:
-                print(f"    per-shard cost: {sum(walls) / sum(groups):.3f} s per group (sum over shards), "
+                print(f"    per-shard cost: {sum(walls) / sum(groups):.3f} CPU s per group (sum over shards), "
                       f"map wall {st.get('map_wall_s')} s", flush=True)
 
 

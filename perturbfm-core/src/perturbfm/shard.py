@@ -100,6 +100,7 @@ class ShardResult:
     reps: list[dict[str, Any]] = field(default_factory=list)  # per replicate seed: panel -> values (absent: none)
     indep: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0  # time of this shard in its worker
+    cpu_s: float = 0.0  # CPU time (all threads of the worker) of this shard
     peak_rss_mb: float = 0.0  # the worker's peak RSS so far (a pooled worker's includes earlier shards)
     n_groups: int = 0
 
@@ -242,9 +243,9 @@ def run_shard(job: ShardJob) -> ShardResult:
     import anndata as ad
 
     from perturbfm.plugins import get_registry
-
-    t0 = time.perf_counter()
     from perturbfm.references import _safe_compute, baseline_data
+
+    t0, c0 = time.perf_counter(), time.process_time()
 
     truth = ad.read_h5ad(job.source.truth_path, backed="r")
     pred = ad.read_h5ad(job.source.pred_path, backed="r")
@@ -279,6 +280,7 @@ def run_shard(job: ShardJob) -> ShardResult:
                 if any(getattr(s, "delta_based", False) for s in panel.metrics.values()):
                     res.indep[panel.name] = _safe_compute(panel, ind, "")
         res.wall_s = time.perf_counter() - t0
+        res.cpu_s = time.process_time() - c0
         res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         res.n_groups = len(job.groups)
         return res
@@ -485,8 +487,9 @@ def evaluate_sharded(panels: Sequence[MetricPanel], data: EvalData, source: Shar
     for s, (names, idx) in enumerate(plan):
         groups = [data.groups[int(i)] for i in idx]
         ctxs = sorted({g.context for g in groups})
+        own = replace(source, pred_rows={g.group_id: source.pred_rows[g.group_id] for g in groups})
         jobs.append(ShardJob(
-            source=source, panels=names, positions=idx, rep_positions=rep_pos[idx], context_positions=ctx_pos,
+            source=own, panels=names, positions=idx, rep_positions=rep_pos[idx], context_positions=ctx_pos,
             rep_context_positions=rep_ctx_pos,
             groups=groups, genes=data.genes, true_mean=data.true_mean[idx], true_var=data.true_var[idx],
             ctrl_mean=data.ctrl_mean[idx], pred_delta=data.pred_delta[idx], base_delta=base_delta[idx],
@@ -502,6 +505,7 @@ def evaluate_sharded(panels: Sequence[MetricPanel], data: EvalData, source: Shar
                       "shard_by": shard_by, "group_chunk": group_chunk if shard_by == "group" else None,
                       "n_shards": len(jobs), "map_wall_s": round(time.perf_counter() - t0, 3),
                       "shards": [{"label": r.label, "n_groups": r.n_groups, "wall_s": round(r.wall_s, 3),
+                                  "cpu_s": round(r.cpu_s, 3),
                                   "worker_peak_rss_mb": round(r.peak_rss_mb, 1)} for r in results]})
 
     def parts(pick: Any, name: str) -> list[Any]:
