@@ -84,7 +84,17 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python="3.11", default=False)
 def bench(session: nox.Session) -> None:
-    """Slow benchmarks: speed ratios against peers, CGIO vs baselines."""
-    _install(session, ALL, ("scperturb",))
-    for script in sorted((REPO / "benchmarks").glob("*.py")):
-        session.run("python", str(script), *session.posargs)
+    """Slow benchmarks (never part of the test suite): speed ratios against peers, CGIO vs
+    baselines, the scale benchmark. ``nox -s bench -- scale --quick`` runs one script (by name,
+    without .py) with the arguments after it; without a name every script runs with the
+    arguments given (helper modules, named ``_*.py``, are not scripts)."""
+    _install(session, ALL, ("scperturb", "ray") + PEERS)
+    scripts = sorted(p for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+    args = list(session.posargs)
+    if args and not args[0].startswith("-"):
+        chosen = [p for p in scripts if p.stem == args[0]]
+        if not chosen:
+            session.error(f"no benchmark named {args[0]!r}; choose from {', '.join(p.stem for p in scripts)}")
+        scripts, args = chosen, args[1:]
+    for script in scripts:
+        session.run("python", str(script), *args)

@@ -466,6 +466,10 @@ def evaluate(
     out: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     context_keys: Sequence[str] | None = None,
+    executor: str | None = None,
+    workers: int | None = None,
+    shard_by: str = "context",
+    group_chunk: int | None = None,
 ) -> pd.DataFrame:
     """Score predicted cells against true cells (AnnData objects or ``.h5ad`` paths).
 
@@ -480,6 +484,11 @@ def evaluate(
         seed, max_cells: cell subsampling of the cell-based metrics.
         backed: read the files with ``backed='r'`` (large files; log1p values).
         out: also write ``metrics.json`` there (atomically; never over an input file).
+        executor, workers, shard_by, group_chunk: evaluate the panels in shards on this executor
+            (``"serial"``, ``"process"``, ``"ray"``) with ``workers`` workers: one shard per context
+            (``shard_by="context"``) or, for the panels scored group by group, chunks of
+            ``group_chunk`` groups (``shard_by="group"``); the workers read both files backed (paths,
+            log1p X). The result equals the unsharded one (see :mod:`perturbfm.shard`).
 
     Returns:
         The tidy metrics (see :func:`metrics_frame`); ``frame.attrs["metrics"]`` holds the
@@ -494,7 +503,10 @@ def evaluate(
     metrics = evaluate_metrics(pred, truth, perturbation_key=perturbation_key, control=control, context_keys=keys,
                                panels=panels, seed=seed, expression=expression,
                                max_cells=DEFAULT_MAX_CELLS if max_cells is None else max_cells, backed=backed,
-                               layer=layer, pred_layer=pred_layer, say=progress)
+                               layer=layer, pred_layer=pred_layer, say=progress,
+                               shard=None if executor is None else {
+                                   "executor": executor, "workers": workers, "shard_by": shard_by,
+                                   **({} if group_chunk is None else {"group_chunk": group_chunk})})
     if target is not None:
         try:
             atomic_write_json(target, metrics)

@@ -293,7 +293,7 @@ def evaluate_metrics(pred: Any, truth: Any, *, perturbation_key: str = "perturba
                      context_keys: Sequence[str] = (), panels: str | Sequence[str] | None = "standard",
                      seed: int = 0, expression: str = "log1p", max_cells: int = DEFAULT_MAX_CELLS,
                      backed: bool = False, layer: str | None = None, pred_layer: str | None = None,
-                     say: Say | None = None) -> dict[str, Any]:
+                     say: Say | None = None, shard: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Score ``pred`` against ``truth`` (AnnData objects or ``.h5ad`` paths) and return the
     content of ``metrics.json``.
 
@@ -302,6 +302,10 @@ def evaluate_metrics(pred: Any, truth: Any, *, perturbation_key: str = "perturba
     ``"auto"`` (the truth's space). With ``backed=True`` both files are opened with
     ``backed="r"`` and never read whole (moments in row chunks, cells per group);
     the same checks apply, and the values must be log1p.
+
+    ``shard``: evaluate the panels in shards on an executor (see :mod:`perturbfm.shard`):
+    ``{"executor": "ray", "workers": 2, "shard_by": "context", "group_chunk": 256}``; the
+    workers read both files backed, so both must be ``.h5ad`` paths with log1p X.
 
     Raises:
         PerturbFMError subclasses for bad input; PanelIncompleteError when a panel is incomplete.
@@ -330,7 +334,9 @@ def evaluate_metrics(pred: Any, truth: Any, *, perturbation_key: str = "perturba
                                   "counts", field="--backed", fix="drop --backed to normalise the counts in memory, "
                                   "or store log1p-normalised X")
             check_controls(tin.pert, tin.is_ctrl, tin.context, control, perturbation_key, keys, tin.file)
-            out = _score(tin, pin, mode, panel_objs, names, seed, max_cells, say, perturbation_key)
+            if shard is not None:
+                _check_shardable(tin, pin, mode, layer, pred_layer)
+            out = _score(tin, pin, mode, panel_objs, names, seed, max_cells, say, perturbation_key, shard)
         finally:
             pin.close()
     finally:
@@ -346,8 +352,25 @@ def _canonical_obs(inp: EvalInput) -> Any:
     return obs
 
 
+def _check_shardable(tin: EvalInput, pin: EvalInput, mode: str, layer: str | None, pred_layer: str | None) -> None:
+    """Sharded workers reopen both files backed and read X as stored: refuse what they could not."""
+    for side in (tin, pin):
+        if not side._owned:
+            raise ConfigError(f"sharded evaluation passes file paths to its workers; the {side.role} is an "
+                              "in-memory AnnData", field="--executor",
+                              fix="write it to an .h5ad file and pass the path, or evaluate without --executor")
+    if layer or pred_layer:
+        raise ConfigError("sharded evaluation reads X; layers are not supported", field="--executor",
+                          fix="store the values in X, or evaluate without --executor")
+    if mode != "log1p":
+        raise ConfigError("sharded evaluation reads X as stored and needs log1p-normalised values; these are raw "
+                          "counts", field="--executor",
+                          fix="store log1p-normalised X, or evaluate without --executor")
+
+
 def _score(tin: EvalInput, pin: EvalInput, mode: str, panel_objs: list[Any], names: list[str] | str, seed: int,
-           max_cells: int, say: Say, perturbation_key: str) -> dict[str, Any]:
+           max_cells: int, say: Say, perturbation_key: str,
+           shard: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import anndata as ad
 
     truth_genes = [str(g) for g in tin.adata.var_names]
@@ -398,7 +421,14 @@ def _score(tin: EvalInput, pin: EvalInput, mode: str, panel_objs: list[Any], nam
     prediction = Prediction(group_ids=ids, mean_delta=pmean - np.stack([ctrl.mean(g.context) for g in groups]),
                             cells=cells)  # type: ignore[arg-type]
     data = build_eval_data(tad, groups, ctrl, prediction, seed=seed, max_cells=max_cells)
-    panels_out, references = evaluate_with_references(panel_objs, data, say=say)
+    if shard is not None:
+        from perturbfm.shard import ShardSource, evaluate_sharded
+
+        source = ShardSource(truth_path=tin.file, pred_path=pin.file, truth_obs=None, pred_rows=rows_of, pred_cols=cols)
+        shard_stats: dict[str, Any] = {}
+        panels_out, references = evaluate_sharded(panel_objs, data, source, say=say, stats=shard_stats, **shard)
+    else:
+        panels_out, references = evaluate_with_references(panel_objs, data, say=say)
     synthetic = tin.synthetic or pin.synthetic
     conventions: dict[str, Any] = {
         **CONVENTIONS,
@@ -433,6 +463,8 @@ def _score(tin: EvalInput, pin: EvalInput, mode: str, panel_objs: list[Any], nam
         "references": references,
         "panels": panels_out,
     }
+    if shard is not None:
+        out["sharding"] = shard_stats
     if synthetic:
         side = "truth" if tin.synthetic else "prediction"
         out["synthetic_note"] = f"SYNTHETIC DATA: the {side} comes from simulated data, not from a real screen"

@@ -60,11 +60,20 @@ def _print_incomplete(err: PanelIncompleteError) -> None:
 @click.option("--backed", is_flag=True,
               help="Read both files backed (anndata backed='r'): chunked moments, cells read per group "
               "(bounded memory for large files; X must be log1p).")
+@click.option("--executor", default=None,
+              help="Evaluate the panels in shards on this executor (serial, process, ray; default: unsharded). "
+              "Workers read both files backed (log1p X); the result equals the unsharded one.")
+@click.option("--workers", type=int, default=None, help="Workers of --executor (default: CPUs, at most 8).")
+@click.option("--shard-by", type=click.Choice(["context", "group"]), default="context", show_default=True,
+              help="With --executor: one shard per context, or chunks of --group-chunk groups for the panels "
+              "scored group by group (context-level panels still get whole contexts).")
+@click.option("--group-chunk", type=int, default=None, help="Groups per shard with --shard-by group (default 256).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON rows on stdout.")
 @click.pass_context
 def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, control: str,
              context_keys: tuple[str, ...], panels: str, out: str, seed: int, max_cells: int, counts: bool,
-             layer: str | None, pred_layer: str | None, backed: bool, as_json: bool) -> None:
+             layer: str | None, pred_layer: str | None, backed: bool, executor: str | None, workers: int | None,
+             shard_by: str, group_chunk: int | None, as_json: bool) -> None:
     """Score a prediction .h5ad against a truth .h5ad and write metrics.json."""
     from perturbfm.api import evaluate, frame_records
     from perturbfm.console import EXIT_RUN_FAILED, err_console, escape, progress_reporter
@@ -75,7 +84,8 @@ def eval_cmd(ctx: click.Context, pred: str, truth: str, perturbation_key: str, c
             frame = evaluate(pred, truth, perturbation_key=perturbation_key, control=control,
                              context_keys=context_keys, panels=panels, seed=seed,
                              expression="counts" if counts else "log1p", max_cells=max_cells, backed=backed,
-                             layer=layer, pred_layer=pred_layer, out=out, progress=say)
+                             layer=layer, pred_layer=pred_layer, out=out, progress=say, executor=executor,
+                             workers=workers, shard_by=shard_by, group_chunk=group_chunk)
     except PanelIncompleteError as err:
         _print_incomplete(err)
         ctx.exit(EXIT_RUN_FAILED)

@@ -131,6 +131,13 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
     return np.where(na[:, None] > 1e-12, a / np.where(na > 0, na, 1.0)[:, None], 0.0)
 
 
+def _context_position(data: EvalData, ctx: str, c_i: int) -> int:
+    """The context's position among all evaluated contexts: ``c_i`` here, the global one on
+    a shard of the evaluation (``data.context_positions``, see perturbfm.shard)."""
+    positions = getattr(data, "context_positions", None)
+    return int(positions[ctx]) if positions and ctx in positions else c_i
+
+
 class PerturBenchPanel(MetricPanel):
     """PerturBench's metrics: RMSE, cosine of log fold changes, their rank versions, variance ratio."""
 
@@ -228,7 +235,7 @@ class PerturBenchPanel(MetricPanel):
             for s_i, (name, hib) in enumerate((("rmse_average", False), ("cosine_logfc", True))):
                 cols_fn, rows_fn = _matrix_blocks(name, data, idx, lfc_p, lfc_t)
                 for t_i, (suffix, fn) in enumerate((("", cols_fn), ("_transpose", rows_fn))):
-                    rng = np.random.default_rng([data.seed, c_i, s_i, t_i])
+                    rng = np.random.default_rng([data.seed, _context_position(data, ctx, c_i), s_i, t_i])
                     r = blocked_diagonal_rank(fn, n_ctx, higher_is_better=hib, rng=rng, tie_rtol=TIE_RTOL)
                     ranks[f"rank_{name}{suffix}"].update({ids[j]: float(v) for j, v in zip(idx, r)})
             vp = np.var(pred_mean[idx], axis=0)
