@@ -288,6 +288,29 @@ def test_run_timeout_kills_the_subprocess_outside_the_main_thread(tmp_path: Path
         os.kill(int(pidfile.read_text()), 0)
 
 
+def test_direct_use_variance_flag_and_released_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     fake_env: Any) -> None:
+    from perturbfm.testing.data import make_canonical_adata, training_and_queries
+
+    monkeypatch.setenv("PFM_ENV_WORK_DIR", str(tmp_path))
+    train, queries = training_and_queries(make_canonical_adata(), HELD_OUT)
+
+    class ClaimsVariance(FakeIsolatedModel):
+        gives_variance = True
+
+    model = ClaimsVariance()
+    model.fit(train, None, {"mode": "ok"})
+    with pytest.raises(PluginError, match="did not return var_delta"):
+        model.predict(queries)
+    assert list(tmp_path.iterdir()) == []  # the refused call released the state folder
+    plain = FakeIsolatedModel()
+    plain.fit(train, None, {"mode": "ok"})
+    assert plain.predict(queries).mean_delta.shape == (2, 40)
+    plain.close()
+    with pytest.raises(PluginError, match="fit\\(\\) again"):
+        plain.predict(queries)
+
+
 def test_direct_use_honours_the_class_timeout(monkeypatch: pytest.MonkeyPatch, fake_env: Any) -> None:
     from perturbfm.envs import EnvTimeoutError
     from perturbfm.testing.data import make_canonical_adata, training_and_queries

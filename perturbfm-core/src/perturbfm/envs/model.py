@@ -168,10 +168,14 @@ class IsolatedModel(Model):
         if self._fit_out is None:
             raise PluginError(f"{self._where()}: predict() called before fit()", field="predict",
                               fix="call fit() first")
+        if self._state_dir is None:
+            raise PluginError(f"{self._where()}: the fitted state was released (close(), or a failed call)",
+                              field="predict", fix="call fit() again before predicting")
         ids = [q.group_id for q in queries]
         out = self._call("predict", {"queries": [_group_dict(q) for q in queries]}, None,
                          lambda d: read_predict_response(d, self._where(), ids, len(self._genes)))
         if (out["var_delta"] is not None) != bool(type(self).gives_variance):
+            self.close()
             raise PluginError(
                 f"{self._where()}: predict() {'returned' if out['var_delta'] is not None else 'did not return'} "
                 f"var_delta but the model declares gives_variance = {type(self).gives_variance}",
