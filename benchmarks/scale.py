@@ -12,8 +12,8 @@ Parts (``--parts``, default all):
     ``benchmarks/_synthetic_screen.py`` (the ``stream`` engineer's writer), then: ``data import``
     (in memory and ``--opt backed=true``), ``splits create`` (random-groups), ``run`` of
     ``linear``, ``additive`` and ``cgio`` with every default panel, and ``eval`` with every
-    panel of a second seeded screen (the "prediction") against the first, in memory and
-    ``--backed``.
+    panel of a seeded noisy copy of the screen (the "prediction": same cells, values times a
+    log-normal factor) against the screen, in memory and ``--backed``.
 ``curve``
     ``pfm-bench eval`` (every panel) at ``--curve`` groups (default 100, 1,000, 3,000, 10,000)
     x 100 cells x 2,000 genes (+1,000 controls), files from ``metrics_vs_celleval.make_files``;
@@ -66,8 +66,8 @@ SIZES = {
     "norman": {"n_cells": 91_000, "n_genes": 5_000, "n_groups": 280, "n_controls": 11_000},
     "replogle": {"n_cells": 300_000, "n_genes": 8_000, "n_groups": 2_000, "n_controls": 10_000},
     "quick": {"n_cells": 3_000, "n_genes": 300, "n_groups": 30, "n_controls": 400},
-    # the per-shard cost measurement: 4 contexts x ~50 groups x ~100 cells x 2,000 genes
-    "mid": {"n_cells": 24_000, "n_genes": 2_000, "n_groups": 200, "n_controls": 4_000},
+    # the per-shard cost measurement: 4 contexts x ~15 groups x ~115 cells x 1,000 genes
+    "mid": {"n_cells": 8_000, "n_genes": 1_000, "n_groups": 60, "n_controls": 1_000},
 }
 CURVE = (100, 1_000, 3_000, 10_000)
 MODELS = ("linear", "additive", "cgio")
@@ -147,6 +147,27 @@ def screen(cache: Path, name: str, seed: int, n_contexts: int = 1) -> Path:
     return path
 
 
+def prediction_of(truth: Path, seed: int = 1, chunk: int = 1 << 22) -> Path:
+    """A SYNTHETIC "prediction" of ``truth``: the same cells and labels, every stored value
+    multiplied by a seeded log-normal factor (sd 0.2), written once beside it in chunks."""
+    import h5py
+    import numpy as np
+
+    out = truth.with_name(truth.stem + f"-pred{seed}.h5ad")
+    if out.exists():
+        return out
+    tmp = out.with_suffix(".tmp.h5ad")
+    shutil.copyfile(truth, tmp)
+    rng = np.random.default_rng(seed)
+    with h5py.File(tmp, "r+") as f:
+        d = f["X"]["data"]
+        for s in range(0, d.shape[0], chunk):
+            v = d[s:s + chunk]
+            d[s:s + chunk] = (v * rng.lognormal(0.0, 0.2, v.size)).astype(v.dtype)
+    tmp.rename(out)
+    return out
+
+
 def pair_files(cache: Path, n_pert: int, n_ctrl: int, n_cells: int = 100, n_genes: int = 2_000) -> tuple[Path, Path]:
     """truth/pred files (and counts twins) of ``metrics_vs_celleval.make_files``, written once."""
     from metrics_vs_celleval import make_files
@@ -164,7 +185,7 @@ def part_pipeline(args: argparse.Namespace, cache: Path) -> None:
     for size in args.sizes:
         print(f"\n== pipeline, {size}-size SYNTHETIC screen {SIZES[size]} ==", flush=True)
         truth = screen(cache, size, 0)
-        pred = screen(cache, size, 1)
+        pred = prediction_of(truth)
         store = cache / f"store-{size}"
         imp = [pfm, "--store", str(store), "data", "import", str(truth), "--perturbation-key", "perturbation",
                "--control", "control", "--context-key", "cell_type", "--expression", "log1p", "--json"]
@@ -269,7 +290,7 @@ def part_shard(args: argparse.Namespace, cache: Path) -> None:
     print(f"\n== sharded eval: {size}-size screen over {args.shard_contexts} contexts, "
           f"--executor {args.shard_executor} --workers {args.workers} --shard-by context ==", flush=True)
     truth = screen(cache, size, 0, n_contexts=args.shard_contexts)
-    pred = screen(cache, size, 1, n_contexts=args.shard_contexts)
+    pred = prediction_of(truth)
     for sharded in (False, True):
         out = cache / f"metrics-shard-{size}-{int(sharded)}.json"
         cmd = [pfm, "eval", "--pred", str(pred), "--truth", str(truth), "--context-key", "cell_type", "--backed",

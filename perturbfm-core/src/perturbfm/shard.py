@@ -27,6 +27,10 @@ single-process one. Known exception: a panel that seeds by the position of a con
 among the evaluated contexts (perturbench's rank tie-breaks) draws other tie-breaks on a
 context shard; this changes a value only where two candidates tie within 1e-9.
 A panel can take over its merge with ``merge_shards(list_of_value_dicts) -> value dict``.
+
+(Over 400 lines on purpose: the shard plan, the position-keyed inputs a worker builds, and the
+merge that must reproduce the single-process result are one contract; split apart, a worker's
+seeding would drift from the merge that assumes it.)
 """
 
 from __future__ import annotations
