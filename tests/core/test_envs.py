@@ -123,6 +123,30 @@ def test_fit_may_not_return_arrays(tmp_path: Path) -> None:
         read_fit_response(call_dir, "model 'x'")
 
 
+def test_training_payload_matches_the_public_training_api() -> None:
+    """The payload's indexed fast path sends exactly what TrainingData.cells / control_cells give."""
+    from perturbfm.envs.protocol import training_payload
+    from perturbfm.testing.data import make_canonical_adata, training_and_queries
+
+    train, _ = training_and_queries(make_canonical_adata(seed=2), HELD_OUT)
+
+    class PublicOnly:  # the same object seen through its public API only
+        genes, groups, control, synthetic = train.genes, train.groups, train.control, train.synthetic
+        cells = staticmethod(train.cells)
+        control_cells = staticmethod(train.control_cells)
+
+    for cap in (5, 10_000):
+        fast = training_payload(train, None, max_cells_per_group=cap, seed=3)
+        slow = training_payload(PublicOnly(), None, max_cells_per_group=cap, seed=3)
+        assert fast[0] == slow[0]
+        np.testing.assert_array_equal(fast[1], slow[1])
+        np.testing.assert_array_equal(fast[2], slow[2])
+        assert fast[1].dtype == np.float32
+    meta = fast[0]
+    assert {g["split"] for g in meta["groups"]} == {"train", "control"} and meta["control_contexts"] == ["ctxA", "ctxB"]
+    assert sum(g["n_cells"] for g in meta["groups"]) == fast[1].shape[0]
+
+
 # ------------------------------------------------------------------ a real environment
 @pytest.mark.usefixtures("fake_env")
 class TestFakeIsolatedConformance(ModelConformance):
@@ -183,9 +207,9 @@ def test_first_run_builds_the_environment_second_reuses_it(tmp_path: Path, monke
     assert [r["status"] for r in list_envs(store.root / "envs")] == ["built"]
 
 
-def test_cells_per_group_cap_is_applied_and_recorded(tmp_path: Path, fake_env: Any) -> None:
+def test_cells_cap_and_an_ensemble_through_one_environment(tmp_path: Path, fake_env: Any) -> None:
     store, sid, registry = _store_and_split(tmp_path)
-    res = _run(store, sid, registry, "run.env_max_cells_per_group=5")
+    res = _run(store, sid, registry, "run.env_max_cells_per_group=5", "run.ensemble=2")  # two members, one env
     assert res.status == "succeeded", res.error
     diag = json.loads((res.run_dir / "metrics.json").read_text())["model_diagnostics"]
     sent = diag["isolation"]["sent"]
@@ -241,6 +265,50 @@ def test_run_timeout_kills_the_subprocess(tmp_path: Path, monkeypatch: pytest.Mo
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_run_timeout_kills_the_subprocess_outside_the_main_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  fake_env: Any) -> None:
+    """No SIGALRM in a worker thread (an executor's): the call's own limit is the time the run has left."""
+    import threading
+
+    pidfile = tmp_path / "worker.pid"
+    monkeypatch.setenv("FAKE_WORKER_PIDFILE", str(pidfile))
+    store, sid, registry = _store_and_split(tmp_path)
+    out: list[Any] = []
+    t0 = time.monotonic()
+    thread = threading.Thread(target=lambda: out.append(_run(store, sid, registry, "model.mode=hang_fit",
+                                                             "run.timeout_s=4")))
+    thread.start()
+    thread.join(120)
+    assert out and out[0].status == "failed" and time.monotonic() - t0 < 60
+    status = json.loads((out[0].run_dir / "run_status.json").read_text())
+    assert status["timed_out"] is True and "left under run.timeout_s" in status["error"], status["error"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
+
+
+def test_direct_use_variance_flag_and_released_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     fake_env: Any) -> None:
+    from perturbfm.testing.data import make_canonical_adata, training_and_queries
+
+    monkeypatch.setenv("PFM_ENV_WORK_DIR", str(tmp_path))
+    train, queries = training_and_queries(make_canonical_adata(), HELD_OUT)
+
+    class ClaimsVariance(FakeIsolatedModel):
+        gives_variance = True
+
+    model = ClaimsVariance()
+    model.fit(train, None, {"mode": "ok"})
+    with pytest.raises(PluginError, match="did not return var_delta"):
+        model.predict(queries)
+    assert list(tmp_path.iterdir()) == []  # the refused call released the state folder
+    plain = FakeIsolatedModel()
+    plain.fit(train, None, {"mode": "ok"})
+    assert plain.predict(queries).mean_delta.shape == (2, 40)
+    plain.close()
+    with pytest.raises(PluginError, match="fit\\(\\) again"):
+        plain.predict(queries)
 
 
 def test_direct_use_honours_the_class_timeout(monkeypatch: pytest.MonkeyPatch, fake_env: Any) -> None:
@@ -300,6 +368,33 @@ def test_a_damaged_environment_is_rebuilt(tmp_path: Path, fake_env: Any) -> None
     assert not built.reused and find_env(spec, root) is not None
 
 
+def test_a_second_builder_waits_for_the_lock_then_reuses(tmp_path: Path, fake_env: Any) -> None:
+    """Two runs needing one environment: the second waits on the hash's lock, then finds it built."""
+    import shutil
+    import threading
+
+    from filelock import FileLock
+    from perturbfm.envs import build_env
+
+    root = tmp_path / "envs"
+    spec = FakeIsolatedModel.environment
+    (root / ".locks").mkdir(parents=True)
+    lock = FileLock(str(root / ".locks" / f"{spec.spec_hash()}.lock"))
+    lock.acquire()  # "another process" is building
+    said: list[str] = []
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(build_env(spec, root, say=said.append)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert said and said[0].startswith("waiting for another process building environment 'fake-isolated'")
+    shutil.copytree(fake_env.path, root / spec.spec_hash(), symlinks=True)  # what the other builder made
+    lock.release()
+    thread.join(60)
+    assert out and out[0].reused and out[0].path == root / spec.spec_hash() and len(said) == 1
+
+
 def test_an_uninstallable_requirement_fails_the_run_naming_it(tmp_path: Path, fake_env: Any) -> None:
     class Unbuildable(FakeIsolatedModel):
         name = "fake-isolated"
@@ -320,6 +415,18 @@ def test_an_uninstallable_requirement_fails_the_run_naming_it(tmp_path: Path, fa
     root = envs_root()
     assert find_env(Unbuildable.environment, root) is None
     assert not list(root.glob(".build-*")) and not (root / Unbuildable.environment.spec_hash()).exists()
+
+
+def test_no_network_is_told_apart_from_a_bad_requirement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from perturbfm.envs import EnvBuildError, build_env
+
+    monkeypatch.setenv("UV_OFFLINE", "1")  # what uv sees on a machine without a package index
+    spec = _spec(requirements=["pfm-test-never-cached==1.0.0"], python=FAKE.PYTHON)
+    with pytest.raises(EnvBuildError) as err:
+        build_env(spec, tmp_path / "envs")
+    assert err.value.unreachable and "pfm-test-never-cached==1.0.0" in err.value.message
+    assert "PFM_ENV_FIND_LINKS" in (err.value.fix or "")
+    assert [p.name for p in (tmp_path / "envs").iterdir()] == [".locks"]  # nothing half-built left
 
 
 def test_declaring_an_environment_needs_isolated_model(tmp_path: Path) -> None:

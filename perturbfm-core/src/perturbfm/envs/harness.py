@@ -5,6 +5,7 @@ options to every member, and record the environment in the provenance."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from perturbfm.envs.model import EnvBinding, IsolatedModel
@@ -29,8 +30,9 @@ def check_declaration(model_cls: type) -> None:
     spec.worker_path()
 
 
-def prepare_environment(ctx: Any) -> EnvBinding | None:
-    """Build or reuse the model's environment and record it; None for an in-process model."""
+def prepare_environment(ctx: Any, deadline: Any = None) -> EnvBinding | None:
+    """Build or reuse the model's environment and record it; None for an in-process model.
+    ``deadline`` (the run's ``run.timeout_s``) also bounds each call's subprocess."""
     model_cls = ctx.model_reg.cls
     spec: EnvSpec | None = getattr(model_cls, "environment", None)
     if spec is None:
@@ -38,11 +40,14 @@ def prepare_environment(ctx: Any) -> EnvBinding | None:
     check_declaration(model_cls)
     root = envs_root(ctx.store.root)
     ctx.say(f"model {ctx.model_name!r} runs in its own environment {spec.name!r} ({spec.spec_hash()[:12]})")
+    t0 = time.monotonic()
     built = ensure_env(spec, root, say=ctx.say)
+    if deadline is not None and getattr(deadline, "end", None) is not None:
+        deadline.end += time.monotonic() - t0  # building is not part of the time fit + predict are allowed
     run = ctx.run_cfg
     binding = EnvBinding(env=built, call_timeout_s=run.get("env_call_timeout_s"),
                          max_cells_per_group=int(run.get("env_max_cells_per_group") or 500),
-                         seed=int(run.get("seed", 0)), say=ctx.say)
+                         seed=int(run.get("seed", 0)), say=ctx.say, deadline=deadline)
     host = ctx.provenance.get("environment")
     ctx.provenance["environment"] = {
         **built.record(),

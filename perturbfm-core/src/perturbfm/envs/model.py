@@ -51,6 +51,17 @@ class EnvBinding:
     #: subsampling seed (run.seed); None: the model config's ``seed`` (else 0)
     seed: int | None
     say: Callable[[str], None] | None = None
+    #: the run's :class:`~perturbfm.run.guards.Deadline` (``run.timeout_s``): a call never gets
+    #: more than the time it leaves, so the subprocess is killed even where no signal can be used
+    deadline: Any = None
+
+    def limit(self) -> tuple[float | None, str]:
+        """(seconds allowed for the next call, the option that sets it)."""
+        limit, name = self.call_timeout_s, "run.env_call_timeout_s"
+        left = self.deadline.left() if self.deadline is not None else None
+        if left is not None and (limit is None or left < limit):
+            limit, name = max(float(left), 0.001), "run.timeout_s"
+        return limit, name
 
 
 class IsolatedModel(Model):
@@ -124,8 +135,9 @@ class IsolatedModel(Model):
         try:
             write_request(call_dir, {"call": call, "worker": str(worker),
                                      "state_dir": str(self._state_dir / "state"), **request}, arrays)
-            seconds = run_call(env.python, call_dir, call=call, where=self._where(),
-                               timeout_s=self._binding.call_timeout_s)
+            limit, option = self._binding.limit()
+            seconds = run_call(env.python, call_dir, call=call, where=self._where(), timeout_s=limit,
+                               option=option)
             out = read(call_dir)
         except BaseException:
             self.close()  # a failed call leaves nothing behind
@@ -156,10 +168,14 @@ class IsolatedModel(Model):
         if self._fit_out is None:
             raise PluginError(f"{self._where()}: predict() called before fit()", field="predict",
                               fix="call fit() first")
+        if self._state_dir is None:
+            raise PluginError(f"{self._where()}: the fitted state was released (close(), or a failed call)",
+                              field="predict", fix="call fit() again before predicting")
         ids = [q.group_id for q in queries]
         out = self._call("predict", {"queries": [_group_dict(q) for q in queries]}, None,
                          lambda d: read_predict_response(d, self._where(), ids, len(self._genes)))
         if (out["var_delta"] is not None) != bool(type(self).gives_variance):
+            self.close()
             raise PluginError(
                 f"{self._where()}: predict() {'returned' if out['var_delta'] is not None else 'did not return'} "
                 f"var_delta but the model declares gives_variance = {type(self).gives_variance}",

@@ -72,10 +72,36 @@ def group_dict(g: Any, split: str | None = None, n_sent: int | None = None) -> d
     return out
 
 
-def _cap(cells: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
-    if cells.shape[0] <= cap:
-        return cells
-    return cells[np.sort(rng.choice(cells.shape[0], size=cap, replace=False))]
+def _pick(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of the rows kept: all, or ``cap`` of them uniformly without replacement (sorted)."""
+    return np.arange(n) if n <= cap else np.sort(rng.choice(n, size=cap, replace=False))
+
+
+class _Rows:
+    """Row indices of every group and of each context's controls, computed once (reading the
+    group column per group is quadratic in the number of groups)."""
+
+    def __init__(self, adata: Any) -> None:
+        import pandas as pd
+
+        from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, ensure_group_column
+
+        self.adata = adata
+        col = pd.Categorical(ensure_group_column(adata))
+        codes = np.asarray(col.codes)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.cumsum(np.bincount(codes[codes >= 0], minlength=len(col.categories)))[:-1]
+        self.groups = {str(c): idx for c, idx in zip(col.categories, np.split(order[codes[order] >= 0], bounds))}
+        obs = adata.obs
+        is_ctrl = obs[CONTROL_COL].to_numpy(dtype=bool)
+        ctx = obs[CONTEXT_COL].astype(str).to_numpy()
+        self.controls = {c: np.flatnonzero(is_ctrl & (ctx == c)) for c in sorted(set(ctx[is_ctrl]))}
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        import scipy.sparse as sp
+
+        X = self.adata.X[idx] if idx.size else self.adata.X[:0]
+        return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
 
 
 def training_payload(train: Any, val: Any | None, *, max_cells_per_group: int,
@@ -86,25 +112,40 @@ def training_payload(train: Any, val: Any | None, *, max_cells_per_group: int,
     from perturbfm.dataset import CONTROL, GroupInfo, group_id
 
     rng = np.random.default_rng(seed)
+    rows = _Rows(train._adata) if hasattr(train, "_adata") else None
     blocks: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     groups: list[dict[str, Any]] = []
+
+    def add(gid: str, cells: np.ndarray) -> None:
+        blocks.append(cells)
+        labels.append(np.full(cells.shape[0], gid))
+
     for split, data in (("train", train), ("val", val)):
         if data is None:
             continue
         for g in data.groups:
-            cells = _cap(np.asarray(data.cells(g.group_id), dtype=np.float32), max_cells_per_group, rng)
-            blocks.append(cells)
-            labels.append(np.full(cells.shape[0], g.group_id))
+            if rows is not None and data._adata is train._adata:
+                idx = rows.groups.get(g.group_id, np.zeros(0, dtype=np.intp))
+                cells = rows.read(idx[_pick(idx.size, max_cells_per_group, rng)])
+            else:
+                all_cells = np.asarray(data.cells(g.group_id), dtype=np.float32)
+                cells = all_cells[_pick(all_cells.shape[0], max_cells_per_group, rng)]
+            add(g.group_id, cells)
             groups.append(group_dict(g, split, cells.shape[0]))
     control_contexts = [c for c in train.control.contexts if train.control.has(c)]
     for ctx in control_contexts:
-        cells = np.asarray(train.control_cells(ctx), dtype=np.float32)
         gid = group_id(CONTROL, ctx)
-        info = GroupInfo(group_id=gid, perturbation=CONTROL, context=ctx, covariates="", n_cells=cells.shape[0])
-        cells = _cap(cells, max_cells_per_group, rng)
-        blocks.append(cells)
-        labels.append(np.full(cells.shape[0], gid))
+        if rows is not None:
+            idx = rows.controls.get(ctx, np.zeros(0, dtype=np.intp))
+            n_total = idx.size
+            cells = rows.read(idx[_pick(idx.size, max_cells_per_group, rng)])
+        else:
+            all_cells = np.asarray(train.control_cells(ctx), dtype=np.float32)
+            n_total = all_cells.shape[0]
+            cells = all_cells[_pick(n_total, max_cells_per_group, rng)]
+        info = GroupInfo(group_id=gid, perturbation=CONTROL, context=ctx, covariates="", n_cells=int(n_total))
+        add(gid, cells)
         groups.append(group_dict(info, "control", cells.shape[0]))
     n_genes = len(train.genes)
     X = np.concatenate(blocks, axis=0) if blocks else np.zeros((0, n_genes), dtype=np.float32)
@@ -145,7 +186,8 @@ def _tail(path: Path) -> str:
     return text
 
 
-def run_call(python: Path, call_dir: Path, *, call: str, where: str, timeout_s: float | None) -> float:
+def run_call(python: Path, call_dir: Path, *, call: str, where: str, timeout_s: float | None,
+             option: str = "run.env_call_timeout_s") -> float:
     """Run one call in the environment's Python; returns the seconds it took.
 
     Raises :class:`EnvTimeoutError` past ``timeout_s`` (the process group is killed),
@@ -162,11 +204,12 @@ def run_call(python: Path, call_dir: Path, *, call: str, where: str, timeout_s: 
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill(proc)
+            what = (f"run.env_call_timeout_s = {timeout_s:g} s" if option == "run.env_call_timeout_s" else
+                    f"the {timeout_s:.3g} s left under {option}")
             raise EnvTimeoutError(
-                f"{where}: {call}() did not finish within run.env_call_timeout_s = {timeout_s:g} s (timed out; "
-                "the process was killed)", field="run.env_call_timeout_s",
-                fix="raise it (--set run.env_call_timeout_s=SECONDS, or null for no per-call limit) or make the "
-                "model faster") from None
+                f"{where}: {call}() did not finish within {what} (timed out; the process was killed)",
+                field=option, fix=f"raise it (--set {option}=SECONDS, or null for no limit) or make the model "
+                "faster") from None
         finally:
             _kill(proc)
     seconds = time.perf_counter() - t0

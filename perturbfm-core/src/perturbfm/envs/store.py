@@ -41,7 +41,8 @@ ENVS_DIR_ENV = "PFM_ENVS_DIR"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _STDERR_TAIL = 25
 _UNREACHABLE = ("failed to fetch", "dns error", "connection refused", "could not connect", "network is unreachable",
-                "client error (connect)", "tcp connect error", "error sending request", "timed out")
+                "client error (connect)", "tcp connect error", "error sending request", "timed out",
+                "network connectivity is disabled", "the network was disabled")
 
 
 class EnvBuildError(PerturbFMError):
@@ -197,7 +198,7 @@ def _uv(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 
 def _tail(text: str, n: int = _STDERR_TAIL) -> str:
-    lines = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("Using Python ")]
     return "\n".join(lines[-n:])
 
 

@@ -137,7 +137,7 @@ def fit(ctx: RunContext, deadline: Deadline) -> None:
     from perturbfm.envs.harness import prepare_environment
 
     model_cls: type[Model] = ctx.model_reg.cls
-    binding = prepare_environment(ctx)  # a model in its own environment: built or reused here, not timed
+    binding = prepare_environment(ctx, deadline)  # a model in its own environment: built or reused, not timed
     k_members = int(ctx.run_cfg["ensemble"])
     for k in range(k_members):
         member = model_cls()
