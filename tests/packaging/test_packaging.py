@@ -36,6 +36,9 @@ DISTS = {  # project directory -> import package
     "perturbfm-models": "perturbfm_models",
     "plugins/perturbfm-gears": "perturbfm_gears",
     "plugins/perturbfm-mlflow": "perturbfm_mlflow",
+    "plugins/perturbfm-scgen": "perturbfm_scgen",
+    "plugins/perturbfm-cpa": "perturbfm_cpa",
+    "plugins/perturbfm-biolord": "perturbfm_biolord",
 }
 #: the only exact pins allowed in library metadata, with the reason
 EXACT_PINS_ALLOWED = {"cell-gears": "perturbfm-gears drives cell-gears 0.1.2's internals"}
