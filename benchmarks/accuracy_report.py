@@ -77,7 +77,9 @@ def summarise(res: dict[str, dict[str, dict[str, Any]]], extra: list[str]) -> di
     out: dict[str, Any] = {}
     for task, models in res.items():
         ok = [m for m in models.values() if m["status"] == "ok"]
-        ids = sorted(next(iter(ok))["rows"]) if ok else []
+        # the groups every model that ran has a figure for (all of them in a complete run)
+        ids = sorted(set.intersection(*(set(m["rows"]) for m in ok))) if ok else []
+        n_union = len(set().union(*(set(m["rows"]) for m in ok))) if ok else 0
         summ: dict[str, Any] = {}
         for name, m in models.items():
             s: dict[str, Any] = {"status": m["status"], "message": m.get("message", "")}
@@ -87,7 +89,8 @@ def summarise(res: dict[str, dict[str, dict[str, Any]]], extra: list[str]) -> di
                          l2=float(np.nanmean(_vals(m["rows"], ids, L2))),
                          fit_s_per_split=[round(x, 2) for x in m["fit_s"]])
                 for metric in ("pcc_delta", "mse"):
-                    c, nu = calibrated(m.get("cal", {}).get(metric))
+                    cal = {g: v for g, v in (m.get("cal", {}).get(metric) or {}).items() if g in set(ids)}
+                    c, nu = calibrated(cal)
                     s[f"cal_{metric}"], s[f"n_unresolvable_{metric}"] = c, nu
             summ[name] = s
         comps: list[dict[str, Any]] = []
@@ -123,7 +126,7 @@ def summarise(res: dict[str, dict[str, dict[str, Any]]], extra: list[str]) -> di
                     if c is not None:
                         comps.append({"a": name, "b": b, "label": f"{name} − best baseline ({b})", "metric": metric,
                                       **c})
-        out[task] = {"n_groups": len(ids), "best_baseline": {"pearson": best[PEARSON], "l2": best[L2]},
+        out[task] = {"n_groups": len(ids), "n_groups_left_out": n_union - len(ids), "best_baseline": {"pearson": best[PEARSON], "l2": best[L2]},
                      "models": summ, "comparisons": comps,
                      "base_note": None if (cg and cg.get("base_rows")) else
                      "cgio's own base is not in its predictions (no layer 'base_delta'): cgio − base omitted"}
@@ -147,7 +150,9 @@ def markdown(summary: dict[str, Any], labels: dict[str, str]) -> str:
     lines = ["| task (held-out groups) | model | Pearson Δ | L2 | calibrated pcc_delta / mse | fit s per split |",
              "|---|---|---|---|---|---|"]
     for task, t in summary.items():
-        head = f"{labels.get(task, task)} ({t['n_groups']})"
+        left = t.get("n_groups_left_out", 0)
+        head = f"{labels.get(task, task)} ({t['n_groups']}" + (f"; {left} not run by every model, left out)" if left
+                                                               else ")")
         for name, s in t["models"].items():
             if s["status"] != "ok":
                 msg = s["message"].replace("|", "/").replace("\n", " ")[:160]

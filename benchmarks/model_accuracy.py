@@ -235,13 +235,18 @@ def run_one(store: Path, model: str, ref: SplitRef, sets: list[str], panels: str
     except PfmError as e:
         status = "refuses" if REFUSAL.search(e.message) else "failed"
         return {"status": status, "message": e.message, "rows": {}, "fit_s": []}
+    return parse_run(store, run_dir, ref.n_genes, model)
+
+
+def parse_run(store: Path, run_dir: Path, n_genes: int, model: str) -> dict[str, Any]:
+    """The per-group figures of one finished run (see the module docstring)."""
     m = json.loads((run_dir / "metrics.json").read_text())
     basic = m["panels"]["basic"]["metrics"]
     pcc, mse = basic["pcc_delta"]["per_group"], basic["mse"]["per_group"]
     # r is undefined where a delta is constant (e.g. a "no change" prediction): the panel stores
     # 0.0 and lists the group; here it is missing (–), so it never counts as a Pearson of 0
     undefined = basic["pcc_delta"].get("extra", {}).get("undefined_r_groups", {})
-    rows = {g: [None if g in undefined else pcc.get(g), float(np.sqrt(ref.n_genes * mse[g]))] for g in mse}
+    rows = {g: [None if g in undefined else pcc.get(g), float(np.sqrt(n_genes * mse[g]))] for g in mse}
     cal: dict[str, dict[str, Any]] = {}
     for key in ("pcc_delta", "mse"):
         e = basic[key]
