@@ -108,6 +108,7 @@ class BaseIndex:
         stacking weights are fitted against the measured deltas."""
         self.use_additive = use_additive
         self.transfer = transfer
+        self._t_cache: dict[tuple[str, str, tuple[str, ...]], np.ndarray] = {}
         self.shrink_factors: dict[str, float] | None = None
         deltas = np.asarray(deltas, dtype=np.float64)
         shrunk = deltas
@@ -145,7 +146,7 @@ class BaseIndex:
         if drop_context:
             same = [(ctx, d) for _, ctx, d in self.by_pert.get(q.perturbation, []) if ctx != q.context]
             if same:
-                out["T"] = self._transfer(same, q.context)
+                out["T"] = self._transfer(same, q.perturbation, q.context)
             n = self.all_n - self.ctx_n.get(q.context, 0)
             if n <= 0 or self.all_sum is None:
                 out["M"] = np.zeros(n_genes)
@@ -160,7 +161,7 @@ class BaseIndex:
         same = [(ctx, d) for gid, ctx, d in self.by_pert.get(q.perturbation, [])
                 if gid != q.group_id and ctx != q.context]
         if same:
-            out["T"] = self._transfer(same, q.context)
+            out["T"] = self._transfer(same, q.perturbation, q.context)
         own = self.by_key.get((q.perturbation, q.context, q.covariates))
         own_d = own[1] if own is not None and own[0] == q.group_id else None
         n = self.ctx_n.get(q.context, 0) - (own_d is not None)
@@ -177,12 +178,18 @@ class BaseIndex:
             kind = "transfer" if "T" in out else "context_mean"
         return out, kind
 
-    def _transfer(self, same: list[tuple[str, np.ndarray]], context: str) -> np.ndarray:
-        """``T``: the perturbation's deltas in other contexts moved to ``context``."""
+    def _transfer(self, same: list[tuple[str, np.ndarray]], perturbation: str, context: str) -> np.ndarray:
+        """``T``: the perturbation's deltas in other contexts moved to ``context`` (cached: the
+        same perturbation, target and source contexts always give the same deltas here)."""
+        key = (perturbation, context, tuple(c for c, _ in same))
+        hit = self._t_cache.get(key)
+        if hit is not None:
+            return hit
         deltas = np.stack([d for _, d in same])
-        if self.transfer is None:
-            return deltas.mean(axis=0)
-        return self.transfer.transfer([c for c, _ in same], deltas, context)
+        out = deltas.mean(axis=0) if self.transfer is None else self.transfer.transfer(
+            [c for c, _ in same], deltas, context)
+        self._t_cache[key] = out
+        return out
 
     def _fit_weights(self, groups: Sequence[GroupInfo], deltas: np.ndarray, min_n: int) -> None:
         """Per kind, non-negative least squares of the training deltas on their predictors,
@@ -216,7 +223,7 @@ class BaseIndex:
                 self.weights[kind]["reason"] = (f"stacked weights do not beat the rule-based base out of fold "
                                                 f"({err_fit:.4g} vs {err_default:.4g}): rule-based base")
                 continue
-            w = lsq_linear(x, y, bounds=(0.0, MAX_WEIGHT)).x
+            w = _bounded_ls(x.T @ x, x.T @ y)
             self.weights[kind].update({s: 0.0 for s in SLOTS})
             self.weights[kind].update({s: round(float(v), 6) for s, v in zip(slots, w)})
             self.weights[kind]["fitted"] = True
@@ -241,6 +248,14 @@ class BaseIndex:
         return np.stack([o[0] for o in out]), [o[1] for o in out]
 
 
+def _bounded_ls(xtx: np.ndarray, xty: np.ndarray) -> np.ndarray:
+    """``argmin_w ||y − x w||²`` over ``0 <= w <= MAX_WEIGHT`` from the normal equations (the
+    objective equals ``||R w − R⁻ᵀ xᵀy||²`` + const with ``xᵀx = RᵀR``): a k × k problem."""
+    k = len(xty)
+    r = np.linalg.cholesky(xtx + 1e-10 * (np.trace(xtx) / max(k, 1) + 1e-12) * np.eye(k)).T
+    return np.asarray(lsq_linear(r, np.linalg.solve(r.T, xty), bounds=(0.0, MAX_WEIGHT)).x)
+
+
 def _oof_check(x: np.ndarray, y: np.ndarray, keys: np.ndarray, default: np.ndarray, max_folds: int = 10,
                ) -> tuple[bool, float, float]:
     """Whether non-negative least-squares weights fitted without each held-out key (group or
@@ -250,10 +265,13 @@ def _oof_check(x: np.ndarray, y: np.ndarray, keys: np.ndarray, default: np.ndarr
         return False, float("nan"), float("nan")
     fold_of = {k: i % max_folds for i, k in enumerate(uniq)}
     fold = np.array([fold_of[k] for k in keys])
+    folds = np.unique(fold)
+    gram = {f: (x[fold == f].T @ x[fold == f], x[fold == f].T @ y[fold == f]) for f in folds}
+    xtx_all, xty_all = sum(g[0] for g in gram.values()), sum(g[1] for g in gram.values())
     err_fit = err_def = 0.0
-    for f in np.unique(fold):
+    for f in folds:
         te = fold == f
-        w = lsq_linear(x[~te], y[~te], bounds=(0.0, MAX_WEIGHT)).x
+        w = _bounded_ls(xtx_all - gram[f][0], xty_all - gram[f][1])
         err_fit += float(((y[te] - x[te] @ w) ** 2).sum())
         err_def += float(((y[te] - x[te] @ default) ** 2).sum())
     return err_fit < err_def, err_fit, err_def

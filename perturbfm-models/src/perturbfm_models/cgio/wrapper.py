@@ -1,7 +1,8 @@
 """The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes.
 
-About 420 lines, on purpose: it is one class, the model as plugins see it (fit, predict with a note
-for every fallback, predict-time graph extension, diagnostics, report section); the steps of
+About 510 lines, on purpose: it is one class, the model as plugins see it (fit, predict with a note
+for every fallback or switched-off component, predict-time graph extension, diagnostics, report
+section); contexts and their transfer live in :mod:`.contexts`; the steps of
 ``fit`` live in :mod:`.fitting`, graphs in :mod:`.graphs`, the closed-form base in :mod:`.residual`.
 """
 
@@ -90,7 +91,16 @@ class CGIOModel(Model):
     context, shrinking effects no larger than their sampling noise); ``cv_folds`` members are cross-fitted on the training groups and averaged,
     and their out-of-fold predictions fit, per base kind, a gate ``s`` on the
     correction and (``shrinkage``) a factor ``λ`` shrinking the delta toward zero:
-    ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base).
+    ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base). Do no harm: ``s``
+    and ``λ`` start from the base (``s = 0``, ``λ = 1``) and are kept only where they lower
+    the base's out-of-fold error; with fewer than ``2 × cv_folds`` groups the members are
+    leave-one-group-out, with fewer than 3 the correction is never applied (noted per group).
+
+    A context is represented by its control cells (:mod:`.contexts`): the perturbation's
+    deltas in other contexts reach the query's context by a similarity-weighted or
+    baseline-dependent transfer chosen leave-one-context-out (``context_transfer``), and the
+    predicted mean stays >= 0 on non-negative data (``floor``). Non-gene perturbations
+    (dataset kind ``chemical`` / ``other``) enter at isolated identity nodes, never a graph gene.
     """
 
     name = "cgio"
