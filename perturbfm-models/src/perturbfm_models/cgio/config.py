@@ -46,7 +46,13 @@ class CGIOConfig(ConfigModel):
     stacking: Bool = Field(True, description="stack the network over the baselines with cross-validated weights")
     denoise: Bool = Field(True, description="shrink noisy training deltas before fitting")
     self_effect: Bool = Field(True, description="model the perturbed gene's own change separately")
-    cv_folds: Int = Field(3, ge=0, description="folds of the stacking cross-validation (0: no stacking CV)")
+    cv_folds: Int = Field(3, ge=0, description="folds of the cross-fitting (0: none, so no network correction); "
+                                               "with fewer than 2 x cv_folds groups: leave-one-group-out")
+    network: Bool = Field(True, description="train the network correction (off: the closed-form base only)")
+    context_transfer: Bool = Field(True, description="transfer a perturbation to a context from what that "
+                                   "context's control cells show (validated leave-one-context-out)")
+    floor: Bool = Field(True, description="keep the predicted mean >= 0 (delta >= -control mean) where the "
+                        "training data are non-negative")
     shrinkage: Bool = Field(True, description="empirical-Bayes shrinkage of per-group deltas")
     go_table: FilePath = file_field(None, description="GO annotation TSV (null: the packaged table)")
     go_k: Int = Field(20, ge=1, description="GO graph: neighbours kept per gene")

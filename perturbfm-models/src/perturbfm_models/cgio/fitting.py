@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
     from perturbfm.training import TrainingData
 
-Shrink = dict[str, dict[str, float]]
+Shrink = dict[str, dict[str, Any]]
 
 
 # ------------------------------------------------------------------ data
@@ -45,6 +45,7 @@ class FitData:
     groups: list[GroupInfo]
     deltas: np.ndarray  # [len(groups), n_genes]
     n_train: int  # the first ``n_train`` groups are training groups
+    transfer: Any = None  # the fitted :class:`.contexts.ContextTransfer` (None: plain mean over contexts)
 
     @property
     def has_val(self) -> bool:
@@ -124,9 +125,13 @@ def net_factory(spec: NetSpec, adjs: list[Any], basis: np.ndarray, bias: np.ndar
 
 
 # ------------------------------------------------------------------ training
-def default_shrink() -> Shrink:
-    """No gate and no shrinkage (``s = λ = 1``) for every base kind."""
-    return {k: {"s": 1.0, "lambda": 1.0, "n": 0} for k in R.KINDS}
+NOT_VALIDATED = "not validated out of fold"
+
+
+def default_shrink(reason: str = NOT_VALIDATED) -> Shrink:
+    """The base alone for every base kind: correction gate ``s = 0``, no shrinkage (``λ = 1``);
+    a correction that was not validated out of fold is never applied."""
+    return {k: {"s": 0.0, "lambda": 1.0, "n": 0, "applied": False, "reason": reason} for k in R.KINDS}
 
 
 @dataclass
@@ -150,15 +155,24 @@ def train_kwargs(cfg: CGIOConfig, n_contexts: int) -> dict[str, Any]:
 
 def train_members(make: Callable[[], CGIONet], full: Batch, data: FitData, cfg: CGIOConfig,
                   se2: np.ndarray | None, gene_pos: dict[str, int], n_contexts: int) -> Members:
-    """Cross-fitting when there are enough groups for ``cv_folds`` folds, else one net with
-    early stopping (and an optional refit on every group)."""
+    """Cross-fitting: ``cv_folds`` folds when there are at least ``2 × cv_folds`` groups, else
+    leave-one-group-out (at least 3 groups); the correction of each base kind is then gated
+    on its out-of-fold predictions (:func:`calibrate`). With fewer groups, or ``cv_folds`` 0,
+    one net is trained (early stopping where possible) but its correction is never applied:
+    nothing validated it (``s = 0`` for every kind, with the reason)."""
     kw = train_kwargs(cfg, n_contexts)
-    if cfg.cv_folds >= 2 and len(data.groups) >= 2 * cfg.cv_folds:
-        members, oof = cross_fit(make, full, data, cfg, se2, kw)
+    n = len(data.groups)
+    if cfg.cv_folds >= 2 and n >= 3:
+        loo = n < 2 * cfg.cv_folds
+        members, oof = cross_fit(make, full, data, cfg, se2, kw, leave_one_out=loo)
         calibrate(members, oof, cfg, gene_pos)
         return members
     tr_idx, va_idx, how = early_stopping_split(data, cfg)
-    return train_single(make, full, tr_idx, va_idx, how, cfg, kw)
+    members = train_single(make, full, tr_idx, va_idx, how, cfg, kw)
+    why = ("cv_folds is 0: no out-of-fold check" if cfg.cv_folds < 2 else
+           f"only {n} training group(s): too few to cross-fit (needs >= 3)")
+    members.shrink = default_shrink(f"network correction off: {why}")
+    return members
 
 
 @dataclass
@@ -180,19 +194,22 @@ def cv_folds(n: int, k: int, seed: int) -> list[np.ndarray]:
 
 
 def cross_fit(make: Callable[[], CGIONet], full: Batch, data: FitData, cfg: CGIOConfig,
-              se2: np.ndarray | None, kw: dict[str, Any]) -> tuple[Members, OutOfFold]:
-    """K-fold cross-fitting: each member early-stops on its held-out fold; its out-of-fold
-    correction is recorded with the base computed from that fold's training groups only."""
+              se2: np.ndarray | None, kw: dict[str, Any], leave_one_out: bool = False,
+              ) -> tuple[Members, OutOfFold]:
+    """K-fold (or leave-one-group-out) cross-fitting: each member early-stops on its held-out
+    fold; its out-of-fold correction is recorded with the base computed from that fold's
+    training groups only."""
     n_fit, n_genes = len(data.groups), data.deltas.shape[1]
     nets, curves, oof = [], [], OutOfFold()
-    for fi, va_idx in enumerate(cv_folds(n_fit, cfg.cv_folds, cfg.seed)):
+    folds = [np.array([i]) for i in range(n_fit)] if leave_one_out else cv_folds(n_fit, cfg.cv_folds, cfg.seed)
+    for fi, va_idx in enumerate(folds):
         tr_idx = np.setdiff1d(np.arange(n_fit), va_idx)
         net_k, curve_k = train_net(make, full.subset(tr_idx), full.subset(va_idx), epochs=cfg.epochs,
                                    **{**kw, "seed": cfg.seed + fi})
         nets.append(net_k)
         curves.append(curve_k)
         sub = R.BaseIndex([data.groups[i] for i in tr_idx], data.deltas[tr_idx], use_additive=cfg.additive_prior,
-                          stack=cfg.stacking, se2=None if se2 is None else se2[tr_idx])
+                          stack=cfg.stacking, se2=None if se2 is None else se2[tr_idx], transfer=data.transfer)
         va_groups = [data.groups[i] for i in va_idx]
         b, kinds = sub.bases(va_groups, n_genes)
         if not cfg.residual:
@@ -206,7 +223,8 @@ def cross_fit(make: Callable[[], CGIONet], full: Batch, data: FitData, cfg: CGIO
         oof.var.append(cv_)
         oof.truth.append(data.deltas[va_idx])
         oof.kinds += kinds
-    how = f"{cfg.cv_folds}-fold cross-fitting over the training groups (members averaged)"
+    how = ("leave-one-group-out cross-fitting (fewer than 2 x cv_folds groups; members averaged)" if leave_one_out
+           else f"{cfg.cv_folds}-fold cross-fitting over the training groups (members averaged)")
     return Members(nets, curves[0], how), oof
 
 
@@ -215,8 +233,7 @@ def calibrate(members: Members, oof: OutOfFold, cfg: CGIOConfig, gene_pos: dict[
     (``shrinkage``), then the self-effect (``self_effect``) and the variance scale, both on
     the out-of-fold error of the final prediction (with ``residual``)."""
     base, corr, truth = np.vstack(oof.base), np.vstack(oof.corr), np.vstack(oof.truth)
-    if cfg.shrinkage:
-        members.shrink = R.fit_shrinkage(base, corr, truth, oof.kinds)
+    members.shrink = R.fit_shrinkage(base, corr, truth, oof.kinds, lam_fit=cfg.shrinkage)
     if not cfg.residual:
         return
     sh = [members.shrink[k] for k in oof.kinds]
@@ -260,7 +277,7 @@ def self_effect_for(self_effect: dict[str, dict[str, float]], gene_pos: dict[str
     """The context's fitted self-effect and the measured perturbed genes it applies to, for
     a group whose base kind carries no measurement of its perturbation (else ``None``)."""
     eff = self_effect.get(g.context)
-    own = [x for x in g.genes if x in gene_pos]
+    own = [x for x in g.genes if x in gene_pos] if getattr(g, "kind", None) in (None, "genetic") else []
     if eff is None or kind not in R.SELF_EFFECT_KINDS or not own:
         return None, []
     return eff, own

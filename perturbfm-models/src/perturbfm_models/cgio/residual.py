@@ -39,6 +39,8 @@ from scipy.optimize import lsq_linear
 if TYPE_CHECKING:
     from perturbfm.dataset import GroupInfo
 
+    from .contexts import ContextTransfer
+
 KINDS = ("additive+transfer", "additive", "transfer", "context_mean", "transfer_new_context", "global_mean")
 SLOTS = ("A", "T", "M")
 MAX_WEIGHT = 1.5  # upper bound of a stacking weight (a combination may act beyond its parts)
@@ -98,11 +100,15 @@ class BaseIndex:
     with per-kind stacking weights fitted on the indexed groups themselves (leave-self-out)."""
 
     def __init__(self, groups: Sequence[GroupInfo], deltas: np.ndarray, use_additive: bool = True,
-                 stack: bool = True, min_n: int = 3, se2: np.ndarray | None = None) -> None:
-        """``se2`` (the deltas' squared standard errors) turns on :func:`eb_shrink` for the
+                 stack: bool = True, min_n: int = 3, se2: np.ndarray | None = None,
+                 transfer: ContextTransfer | None = None) -> None:
+        """``transfer`` (:mod:`.contexts`) moves ``T`` to the query's context from what its control
+        cells show (else ``T`` is the plain mean over the other contexts). ``se2`` (the deltas' squared standard errors) turns on :func:`eb_shrink` for the
         singles summed by ``A``; ``T`` and ``M`` are means over several groups already, and the
         stacking weights are fitted against the measured deltas."""
         self.use_additive = use_additive
+        self.transfer = transfer
+        self._t_cache: dict[tuple[str, str, tuple[str, ...]], np.ndarray] = {}
         self.shrink_factors: dict[str, float] | None = None
         deltas = np.asarray(deltas, dtype=np.float64)
         shrunk = deltas
@@ -138,9 +144,9 @@ class BaseIndex:
         out: dict[str, np.ndarray] = {}
         genes = q.genes
         if drop_context:
-            same = [d for _, ctx, d in self.by_pert.get(q.perturbation, []) if ctx != q.context]
+            same = [(ctx, d) for _, ctx, d in self.by_pert.get(q.perturbation, []) if ctx != q.context]
             if same:
-                out["T"] = np.mean(same, axis=0)
+                out["T"] = self._transfer(same, q.perturbation, q.context)
             n = self.all_n - self.ctx_n.get(q.context, 0)
             if n <= 0 or self.all_sum is None:
                 out["M"] = np.zeros(n_genes)
@@ -152,9 +158,10 @@ class BaseIndex:
             measured = [s for s in singles if s is not None]
             if len(measured) == len(singles):
                 out["A"] = np.sum(measured, axis=0)
-        same = [d for gid, ctx, d in self.by_pert.get(q.perturbation, []) if gid != q.group_id and ctx != q.context]
+        same = [(ctx, d) for gid, ctx, d in self.by_pert.get(q.perturbation, [])
+                if gid != q.group_id and ctx != q.context]
         if same:
-            out["T"] = np.mean(same, axis=0)
+            out["T"] = self._transfer(same, q.perturbation, q.context)
         own = self.by_key.get((q.perturbation, q.context, q.covariates))
         own_d = own[1] if own is not None and own[0] == q.group_id else None
         n = self.ctx_n.get(q.context, 0) - (own_d is not None)
@@ -171,30 +178,57 @@ class BaseIndex:
             kind = "transfer" if "T" in out else "context_mean"
         return out, kind
 
+    def _transfer(self, same: list[tuple[str, np.ndarray]], perturbation: str, context: str) -> np.ndarray:
+        """``T``: the perturbation's deltas in other contexts moved to ``context`` (cached: the
+        same perturbation, target and source contexts always give the same deltas here)."""
+        key = (perturbation, context, tuple(c for c, _ in same))
+        hit = self._t_cache.get(key)
+        if hit is not None:
+            return hit
+        deltas = np.stack([d for _, d in same])
+        out = deltas.mean(axis=0) if self.transfer is None else self.transfer.transfer(
+            [c for c, _ in same], deltas, context)
+        self._t_cache[key] = out
+        return out
+
     def _fit_weights(self, groups: Sequence[GroupInfo], deltas: np.ndarray, min_n: int) -> None:
-        """Per kind, non-negative least squares of the training deltas on their predictors."""
-        rows: dict[str, list[tuple[dict[str, np.ndarray], np.ndarray]]] = {}
+        """Per kind, non-negative least squares of the training deltas on their predictors,
+        kept only where it beats the kind's rule-based weights out of fold (:func:`_oof_check`:
+        held out by group, or by context for the new-context kinds)."""
+        rows: dict[str, list[tuple[dict[str, np.ndarray], np.ndarray, str]]] = {}
         several = len(self.ctx_n) > 1
         for g, d in zip(groups, deltas):
             f, kind = self.features(g, self.n_genes)
             if kind in ("context_mean", "transfer", "additive", "additive+transfer"):
-                rows.setdefault(kind, []).append((f, d))
+                rows.setdefault(kind, []).append((f, d, g.group_id))
             if several:  # the same group as a query from a context without training groups
                 f, kind = self.features(g, self.n_genes, drop_context=True)
-                rows.setdefault(kind, []).append((f, d))
+                rows.setdefault(kind, []).append((f, d, g.context))
         for kind, items in rows.items():
             self.weights[kind]["n"] = len(items)
             if len(items) < min_n:
+                self.weights[kind]["reason"] = (f"{len(items)} training group(s) of this kind (needs >= {min_n}): "
+                                                "rule-based base")
                 continue
             slots = [s for s in SLOTS if s in items[0][0]]
-            x = np.vstack([np.stack([f[s] for s in slots], axis=1) for f, _ in items])
-            y = np.concatenate([d for _, d in items])
+            x = np.vstack([np.stack([f[s] for s in slots], axis=1) for f, _, _ in items])
+            y = np.concatenate([d for _, d, _ in items])
             if not np.isfinite(x).all() or float((x * x).sum()) < 1e-12:
+                self.weights[kind]["reason"] = "predictors all zero or not finite: rule-based base"
                 continue
-            w = lsq_linear(x, y, bounds=(0.0, MAX_WEIGHT)).x
+            keys = np.concatenate([[k] * self.n_genes for _, _, k in items])
+            default = np.array([_default_weights(kind)[s] for s in slots])
+            ok, err_fit, err_default = _oof_check(x, y, keys, default)
+            if not ok:
+                self.weights[kind]["reason"] = (f"stacked weights do not beat the rule-based base out of fold "
+                                                f"({err_fit:.4g} vs {err_default:.4g}): rule-based base")
+                continue
+            w = _bounded_ls(x.T @ x, x.T @ y)
             self.weights[kind].update({s: 0.0 for s in SLOTS})
             self.weights[kind].update({s: round(float(v), 6) for s, v in zip(slots, w)})
             self.weights[kind]["fitted"] = True
+            self.weights[kind]["reason"] = (f"out-of-fold squared error {err_fit:.4g} < rule-based "
+                                            f"{err_default:.4g}")
 
     # ------------------------------------------------------------------ bases
     def base(self, q: GroupInfo, n_genes: int) -> tuple[np.ndarray, str]:
@@ -214,6 +248,35 @@ class BaseIndex:
         return np.stack([o[0] for o in out]), [o[1] for o in out]
 
 
+def _bounded_ls(xtx: np.ndarray, xty: np.ndarray) -> np.ndarray:
+    """``argmin_w ||y − x w||²`` over ``0 <= w <= MAX_WEIGHT`` from the normal equations (the
+    objective equals ``||R w − R⁻ᵀ xᵀy||²`` + const with ``xᵀx = RᵀR``): a k × k problem."""
+    k = len(xty)
+    r = np.linalg.cholesky(xtx + 1e-10 * (np.trace(xtx) / max(k, 1) + 1e-12) * np.eye(k)).T
+    return np.asarray(lsq_linear(r, np.linalg.solve(r.T, xty), bounds=(0.0, MAX_WEIGHT)).x)
+
+
+def _oof_check(x: np.ndarray, y: np.ndarray, keys: np.ndarray, default: np.ndarray, max_folds: int = 10,
+               ) -> tuple[bool, float, float]:
+    """Whether non-negative least-squares weights fitted without each held-out key (group or
+    context; at most ``max_folds`` folds of keys) predict its rows better than ``default``."""
+    uniq = np.unique(keys)
+    if len(uniq) < 2:
+        return False, float("nan"), float("nan")
+    fold_of = {k: i % max_folds for i, k in enumerate(uniq)}
+    fold = np.array([fold_of[k] for k in keys])
+    folds = np.unique(fold)
+    gram = {f: (x[fold == f].T @ x[fold == f], x[fold == f].T @ y[fold == f]) for f in folds}
+    xtx_all, xty_all = sum(g[0] for g in gram.values()), sum(g[1] for g in gram.values())
+    err_fit = err_def = 0.0
+    for f in folds:
+        te = fold == f
+        w = _bounded_ls(xtx_all - gram[f][0], xty_all - gram[f][1])
+        err_fit += float(((y[te] - x[te] @ w) ** 2).sum())
+        err_def += float(((y[te] - x[te] @ default) ** 2).sum())
+    return err_fit < err_def, err_fit, err_def
+
+
 def _ls_scale(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
     """Least-squares ``argmin_s ||y − s x||²`` clipped to ``[lo, hi]``."""
     den = float((x * x).sum())
@@ -221,28 +284,41 @@ def _ls_scale(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
 
 
 def fit_shrinkage(base: np.ndarray, corr: np.ndarray, truth: np.ndarray, kinds: Sequence[str], *,
-                  min_n: int = 3, lam_min: float = 0.05) -> dict[str, dict[str, float]]:
+                  min_n: int = 3, lam_min: float = 0.05, lam_fit: bool = True) -> dict[str, dict[str, Any]]:
     """Per base kind: the correction gate ``s`` (``truth − base ≈ s·corr``, in [0, 1]) and the
     shrinkage ``λ`` of the whole delta toward zero (``truth ≈ λ (base + s·corr)``, in
-    [``lam_min``, 1]), both least squares over out-of-fold predictions.
+    [``lam_min``, 1]; only with ``lam_fit``), both least squares over out-of-fold predictions,
+    starting from the base (``s = 0``, ``λ = 1``).
 
-    A kind with fewer than ``min_n`` out-of-fold groups has no evidence that the network's
-    correction helps it: ``s = 0`` and ``λ = 1`` (the base alone). ``λ`` is always 1 for the
-    kinds with an additive predictor (the sum of measured singles is not shrunk).
+    Do no harm: a kind with fewer than ``min_n`` out-of-fold groups has no evidence that the
+    network's correction helps it, and a kind whose fitted ``(s, λ)`` does not lower the
+    out-of-fold squared error of the base gets the base alone (``s = 0``, ``λ = 1``);
+    ``applied`` and ``reason`` say which. ``λ`` is always 1 for the kinds with an additive
+    predictor (the sum of measured singles is not shrunk).
     """
     kinds_a = np.asarray(kinds)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for k in KINDS:
         sel = kinds_a == k if len(kinds_a) else np.zeros(0, bool)
         n = int(sel.sum())
-        if n >= min_n:
-            s = _ls_scale(corr[sel], truth[sel] - base[sel], 0.0, 1.0)
-            lam = _ls_scale(base[sel] + s * corr[sel], truth[sel], lam_min, 1.0)
+        s, lam, applied = 0.0, 1.0, False
+        if n < min_n:
+            reason = f"network correction off: {n} out-of-fold group(s) of this kind (needs >= {min_n})"
         else:
-            s, lam = 0.0, 1.0
-        if k.startswith("additive"):
-            lam = 1.0  # the sum of measured singles is never shrunk toward zero
-        out[k] = {"s": s, "lambda": lam, "n": n}
+            s = _ls_scale(corr[sel], truth[sel] - base[sel], 0.0, 1.0)
+            lam = _ls_scale(base[sel] + s * corr[sel], truth[sel], lam_min, 1.0) if lam_fit else 1.0
+            if k.startswith("additive"):
+                lam = 1.0  # the sum of measured singles is never shrunk toward zero
+            err_base = float(((truth[sel] - base[sel]) ** 2).sum())
+            err = float(((truth[sel] - lam * (base[sel] + s * corr[sel])) ** 2).sum())
+            applied = err < err_base and (s > 0 or lam < 1)
+            if applied:
+                reason = f"out-of-fold squared error {err:.4g} < base {err_base:.4g}"
+            else:
+                reason = (f"network correction off: out of fold it does not beat the base "
+                          f"({err:.4g} vs {err_base:.4g})")
+                s, lam = 0.0, 1.0
+        out[k] = {"s": s, "lambda": lam, "n": n, "applied": applied, "reason": reason}
     return out
 
 

@@ -1,7 +1,8 @@
 """The plugin-facing CGIO model: builds graphs, trains :class:`CGIONet`, predicts with notes.
 
-About 420 lines, on purpose: it is one class, the model as plugins see it (fit, predict with a note
-for every fallback, predict-time graph extension, diagnostics, report section); the steps of
+About 510 lines, on purpose: it is one class, the model as plugins see it (fit, predict with a note
+for every fallback or switched-off component, predict-time graph extension, diagnostics, report
+section); contexts and their transfer live in :mod:`.contexts`; the steps of
 ``fit`` live in :mod:`.fitting`, graphs in :mod:`.graphs`, the closed-form base in :mod:`.residual`.
 """
 
@@ -19,6 +20,7 @@ from perturbfm.training import TrainingData
 
 from perturbfm_models.baselines.common import join_notes, require_fitted
 
+from . import contexts as C
 from . import graphs as G
 from . import residual as R
 from .config import CGIOConfig
@@ -41,6 +43,23 @@ def _ensure_torch() -> None:
         _TORCH_ERROR = exc
         return
     torch = _torch
+
+
+CHEM_PREFIX = "pert:"  # node name prefix of a non-gene perturbation's identity (never a graph gene)
+
+
+def is_genetic(g: GroupInfo) -> bool:
+    """Whether ``g``'s perturbation is a gene set: its ``kind`` (``genetic`` | ``chemical`` |
+    ``other``, recorded by the dataset) says so, or it records none (read as genetic)."""
+    kind = getattr(g, "kind", None)
+    return kind is None or str(kind) in ("genetic", "control")
+
+
+def tokens(g: GroupInfo) -> tuple[str, ...]:
+    """The nodes a group's perturbation enters at: its genes, or for a drug, stimulus or other
+    non-gene perturbation one identity node per component (isolated: no graph has an edge to
+    it, so it acts as an identity embedding learned from the training groups)."""
+    return g.genes if is_genetic(g) else tuple(CHEM_PREFIX + x for x in g.genes)
 
 
 if TYPE_CHECKING:
@@ -72,7 +91,16 @@ class CGIOModel(Model):
     context, shrinking effects no larger than their sampling noise); ``cv_folds`` members are cross-fitted on the training groups and averaged,
     and their out-of-fold predictions fit, per base kind, a gate ``s`` on the
     correction and (``shrinkage``) a factor ``λ`` shrinking the delta toward zero:
-    ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base).
+    ``delta = λ (base + s · correction)`` (``λ = 1`` for the additive base). Do no harm: ``s``
+    and ``λ`` start from the base (``s = 0``, ``λ = 1``) and are kept only where they lower
+    the base's out-of-fold error; with fewer than ``2 × cv_folds`` groups the members are
+    leave-one-group-out, with fewer than 3 the correction is never applied (noted per group).
+
+    A context is represented by its control cells (:mod:`.contexts`): the perturbation's
+    deltas in other contexts reach the query's context by a similarity-weighted or
+    baseline-dependent transfer chosen leave-one-context-out (``context_transfer``), and the
+    predicted mean stays >= 0 on non-negative data (``floor``). Non-gene perturbations
+    (dataset kind ``chemical`` / ``other``) enter at isolated identity nodes, never a graph gene.
     """
 
     name = "cgio"
@@ -102,7 +130,7 @@ class CGIOModel(Model):
     _spec: NetSpec
     _device: Any
     _nets: list[CGIONet]
-    _shrink: dict[str, dict[str, float]]
+    _shrink: dict[str, dict[str, Any]]
     _var_scale: dict[str, np.ndarray]
     _self_effect: dict[str, dict[str, float]]
     _fit_groups: list[GroupInfo]
@@ -111,6 +139,9 @@ class CGIOModel(Model):
     def __init__(self) -> None:
         self._cfg: CGIOConfig | None = None
         self._net: CGIONet | None = None
+        self._fitted: bool | None = None
+        self._profiles: C.ContextProfiles | None = None
+        self._transfer: C.ContextTransfer | None = None
         self._diag: dict[str, Any] = {}
 
     config_model = CGIOConfig
@@ -152,7 +183,8 @@ class CGIOModel(Model):
         universe = old + new
         for g in self._graphs:
             if g.name == "go" and self._go is not None:
-                G.attach_go(g, self._go, new, old, k=cfg.go_k, min_sim=cfg.go_min_jaccard, symbols=self._symbols)
+                G.attach_go(g, self._go, [x for x in new if not x.startswith(CHEM_PREFIX)], old, k=cfg.go_k,
+                            min_sim=cfg.go_min_jaccard, symbols=self._symbols)
         states = []
         for member in self._nets:
             state = member.state_dict()
@@ -181,7 +213,7 @@ class CGIOModel(Model):
         pos = {g: i for i, g in enumerate(self._universe)}
         x = np.zeros((len(groups), len(self._universe)), dtype=np.float32)
         for b, g in enumerate(groups):
-            for gene in g.genes:
+            for gene in tokens(g):
                 if gene in pos and gene not in self._silent:
                     x[b, pos[gene]] = 1.0
         ctx = [self._ctx.get(g.context, len(self._ctx)) for g in groups]
@@ -204,7 +236,7 @@ class CGIOModel(Model):
             raise ConfigError(f"model 'cgio' needs torch, which is not importable ({_TORCH_ERROR})",
                               field="model", fix="pip install 'perturbfm-models[cgio]' (torch==2.13.0)")
         from . import fitting as F
-        from .train import seed_everything
+        from .train import Curve, seed_everything
 
         t0 = time.perf_counter()
         cfg = self._cfg = CGIOConfig.parse(config)
@@ -214,21 +246,31 @@ class CGIOModel(Model):
         self._genes = list(train.genes)
         self._gene_pos = {g: i for i, g in enumerate(self._genes)}
         measured = self._fit_universe(train, data.groups)
-        self._trained_genes = {x for g in data.groups for x in g.genes}
+        self._trained_genes = {x for g in data.groups for x in tokens(g)}
         self._ctx = {c: i for i, c in enumerate(sorted({g.context for g in data.groups}))}
         self._time_scale = F.time_scale(data.groups)
         # residual design: the network learns a correction to a closed-form base (residual.py)
         se2 = F.stacked_se2(train, val) if cfg.denoise else None
+        self._profiles = C.context_profiles(train, sorted(self._ctx), rank=cfg.rank, seed=cfg.seed)
+        self._transfer = None
+        if cfg.context_transfer and len(self._ctx) >= 2:
+            self._transfer = C.fit_transfer(self._profiles, data.groups, data.deltas)
+            data.transfer = self._transfer
         self._index = R.BaseIndex(data.groups, data.deltas, use_additive=cfg.additive_prior, stack=cfg.stacking,
-                                  se2=se2)
+                                  se2=se2, transfer=self._transfer)
         kinds_fit, target = F.residual_target(self._index, data, cfg.residual)
         self._basis, self._bias, self._logvar = F.output_init(target, cfg.rank)
         self._spec = F.net_spec(cfg, n_nodes=len(self._universe), measured=measured, n_contexts=len(self._ctx),
                                 n_graphs=len(self._graphs))
         make = F.net_factory(self._spec, self._adjs, self._basis, self._bias, self._logvar, self._device)
         full = self._batch(data.groups, target, make())
-        members = F.train_members(make, full, data, cfg, se2, self._gene_pos, len(self._ctx))
-        self._nets, self._net = members.nets, members.nets[0]
+        if cfg.network:
+            members = F.train_members(make, full, data, cfg, se2, self._gene_pos, len(self._ctx))
+        else:
+            members = F.Members([], Curve(), "network off", shrink=F.default_shrink("network off (network=false)"))
+        self._nets = members.nets
+        self._net = members.nets[0] if members.nets else None
+        self._fitted = True
         self._shrink, self._var_scale, self._self_effect = members.shrink, members.var_scale, members.self_effect
         self._fit_groups = data.groups
         self._singles = {(g.genes[0], g.context, g.covariates): d
@@ -236,18 +278,26 @@ class CGIOModel(Model):
         self._diag = F.fit_diagnostics(cfg, n_nodes=len(self._universe), n_measured=len(self._genes),
                                        n_trained_genes=len(self._trained_genes), graphs=self._graphs,
                                        kinds_fit=kinds_fit, index=self._index, members=members)
-        self._diag["gates"] = self._gate_summary(full)
+        self._diag["gates"] = self._gate_summary(full) if self._net is not None else {}
         if self._dropped_graphs:
             self._diag["graphs_dropped"] = self._dropped_graphs
+        self._diag["context_transfer"] = (self._transfer.report if self._transfer is not None else
+                                          {"applied": False, "reason": "off (context_transfer=false)"
+                                           if not cfg.context_transfer else "fewer than 2 training contexts"})
+        self._diag["floor"] = ("predicted mean >= 0 (delta >= -control mean): training data non-negative"
+                               if cfg.floor and self._profiles.nonnegative else "off")
         self._diag["device"] = str(self._device)
         self._diag["fit_seconds"] = round(time.perf_counter() - t0, 3)
 
     def _fit_universe(self, train: TrainingData, groups: Sequence[GroupInfo]) -> np.ndarray:
         """The node universe, graphs, normalised adjacencies and hop distances of the fit;
         returns the node index of each measured gene."""
-        seeds = list(dict.fromkeys(self._genes + sorted({x for g in groups for x in g.genes})))
+        seeds = list(dict.fromkeys(self._genes + sorted({x for g in groups if is_genetic(g) for x in g.genes})))
         self._go = None
         self._universe, self._graphs = self._build_graphs(train, seeds)
+        # non-gene perturbations: isolated identity nodes, never looked up in a graph
+        chem = sorted({x for g in groups if not is_genetic(g) for x in tokens(g)} - set(self._universe))
+        self._universe = self._universe + chem
         self._extended = []
         self._silent = set()
         self._adjs = self._adjacency(self._universe)
@@ -282,7 +332,11 @@ class CGIOModel(Model):
         pos = {g: i for i, g in enumerate(self._universe)}
         steps = self._spec.steps if self._spec.use_graphs else 0
         notes: list[str] = []
-        for gene in getattr(q, "target_genes", q.genes):  # genes only: a drug or stimulus is not a graph node
+        if not is_genetic(q):  # a drug or stimulus enters at its own identity node: no gene path to speak of
+            unseen = [x for x in q.genes if CHEM_PREFIX + x not in self._trained_genes]
+            return [f"{getattr(q, 'kind', 'non-gene')} perturbation {x} was not in the training groups: its identity "
+                    "embedding is zero (no graph lookup)" for x in unseen]
+        for gene in getattr(q, "target_genes", q.genes):
             i = pos[gene]
             hop = self._hops[i]
             if gene in self._extended:
@@ -300,53 +354,87 @@ class CGIOModel(Model):
     def predict(self, queries: list[GroupInfo]) -> Prediction:
         """Mean and variance of each query's delta, with notes for every fallback."""
         _ensure_torch()
-        net: CGIONet = require_fitted(self, "_net", self.name)
+        require_fitted(self, "_fitted", self.name)
         from .fitting import add_self_effect
 
         cfg = self._cfg
         assert cfg is not None
-        new = sorted({x for q in queries for x in q.genes} - set(self._universe))
-        if new:
+        new = sorted({x for q in queries for x in tokens(q)} - set(self._universe))
+        if new and self._nets:
             self._extend(new)
-            net = self._nets[0]  # _extend rebuilt the members (self._net is the first)
+        elif new:  # no network: the new genes only need their (unknown) distance for the notes
+            self._universe = self._universe + new
+            self._extended += new
+            self._hops = np.concatenate([self._hops, np.full(len(new), np.inf)])
+        net = self._net
         unreachable = {self._universe[i] for i in np.flatnonzero(~np.isfinite(self._hops))}
         self._silent = {g for g in unreachable if g not in self._trained_genes}
-        batch = self._batch(queries, None)
-        means, vars_, gams = [], [], []
-        with torch.no_grad():
-            for member in self._nets:
-                m_, v_, g_ = (t.cpu().numpy().astype(np.float64)
-                              for t in member(batch.x, batch.ctx, batch.cov, batch.sig))
-                means.append(m_)
-                vars_.append(v_)
-                gams.append(g_)
-        mean = np.mean(means, axis=0)
-        head_var = np.mean(vars_, axis=0)
-        spread = np.var(means, axis=0) if len(means) > 1 else np.zeros_like(head_var)
+        n_genes = len(self._genes)
+        if self._nets:
+            batch = self._batch(queries, None)
+            means, vars_, gams = [], [], []
+            with torch.no_grad():
+                for member in self._nets:
+                    m_, v_, g_ = (t.cpu().numpy().astype(np.float64)
+                                  for t in member(batch.x, batch.ctx, batch.cov, batch.sig))
+                    means.append(m_)
+                    vars_.append(v_)
+                    gams.append(g_)
+            mean = np.mean(means, axis=0)
+            head_var = np.mean(vars_, axis=0)
+            spread = np.var(means, axis=0) if len(means) > 1 else np.zeros_like(head_var)
+            gam = np.mean(gams, axis=0)
+        else:  # network off: the closed-form base, with the training deltas' spread as variance
+            mean = np.zeros((len(queries), n_genes))
+            head_var = np.tile(np.logaddexp(0.0, self._logvar) + 1e-6, (len(queries), 1))
+            spread = np.zeros_like(head_var)
+            gam = np.zeros((len(queries), max(len(self._graphs), 1)))
         var = head_var + spread
-        gam = np.mean(gams, axis=0)
-        base, kinds = self._index.bases(queries, len(self._genes))
-        if cfg.residual:
+        base, kinds = self._index.bases(queries, n_genes)
+        if cfg.residual or not self._nets:
             for i, k in enumerate(kinds):
                 sh = self._shrink[k]
                 mean[i] = sh["lambda"] * (base[i] + sh["s"] * mean[i])
                 if k in self._var_scale:  # calibrated to the out-of-fold error of this kind
                     var[i] = self._var_scale[k] * head_var[i] + sh["lambda"] ** 2 * sh["s"] ** 2 * spread[i] + 1e-6
-                else:
-                    var[i] = sh["lambda"] ** 2 * sh["s"] ** 2 * var[i] + 1e-6
+                elif self._nets:
+                    var[i] = sh["lambda"] ** 2 * max(sh["s"], 1e-3) ** 2 * var[i] + 1e-6
             if self._self_effect:
                 mean = add_self_effect(mean, queries, kinds, self._self_effect, self._gene_pos)
+        floored = np.zeros(len(queries), dtype=np.int64)
+        if cfg.floor and self._profiles is not None and self._profiles.nonnegative:
+            for i, q in enumerate(queries):
+                if self._profiles.has(q.context):
+                    lo = -self._profiles.control_mean(q.context)
+                    floored[i] = int((mean[i] < lo).sum())
+                    mean[i] = np.maximum(mean[i], lo)
         notes: dict[str, str] = {}
         n_add = 0
         for i, q in enumerate(queries):
             parts: list[str | None] = [*self._gene_notes(q)]
             if q.context not in self._ctx:
-                parts.append(f"context {q.context!r} has no training groups: used the learned 'unknown' context "
-                             "embedding (trained by context dropout)")
+                how = ("its control cells' profile" if self._profiles is not None and self._profiles.has(q.context)
+                       else "no control cells either")
+                parts.append(f"context {q.context!r} has no training groups: represented by {how}"
+                             + (" and the learned 'unknown' context embedding" if self._nets else ""))
+            if kinds[i].startswith("transfer") and self._transfer is not None and self._transfer.active:
+                parts.append(f"transfer to {q.context!r}: {self._transfer.choice} candidate, alpha "
+                             f"{self._transfer.alpha:.3f} (chosen leave-one-context-out)")
+            if cfg.residual or not self._nets:
+                sh = self._shrink[kinds[i]]
+                if not sh.get("applied", sh["s"] > 0):
+                    parts.append(f"base kind {kinds[i]}: {sh.get('reason', 'network correction off')}")
+                w = self._index.weights[kinds[i]]
+                if cfg.stacking and not w.get("fitted"):
+                    parts.append(f"base weights of kind {kinds[i]} not fitted ({w.get('reason', 'n = 0')})")
+            if floored[i]:
+                parts.append(f"{int(floored[i])} gene(s) raised to the floor delta = -control mean (a gene cannot "
+                             "fall below zero expression)")
             singles = [self._singles.get((g, q.context, q.covariates)) for g in q.genes]
             if cfg.residual and cfg.additive_prior and kinds[i].startswith("additive"):
                 n_add += 1
-            elif cfg.additive_prior and len(q.genes) > 1 and all(s is not None for s in singles):
+            elif cfg.additive_prior and net is not None and len(q.genes) > 1 and all(
+                    s is not None for s in singles):
                 sq = [q.__class__(q.group_id, g, q.context, q.covariates, q.n_cells, q.dose, q.time)
                       for g in q.genes]
                 sb = self._batch(sq, None)
@@ -382,7 +470,9 @@ class CGIOModel(Model):
             "shrinkage": self._shrink,
             "self_effect": (self._self_effect or "none fitted (needs >= 3 out-of-fold groups per context whose "
                             "perturbed genes are measured)") if cfg.residual and cfg.self_effect else "off",
-            "unseen_context_policy": "learned 'unknown' context embedding (noted per group)",
+            "unseen_context_policy": "control-cell profile (context transfer) + learned 'unknown' context "
+                                     "embedding (noted per group)",
+            "context_transfer": self._transfer.report if self._transfer is not None else "off",
             "unreachable_policy": "a perturbed gene with no path to any measured gene is noted per group; "
                                   "if it was also never perturbed in training it contributes nothing",
             "genes_attached_at_predict_time": list(self._extended),
