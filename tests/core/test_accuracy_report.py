@@ -17,7 +17,7 @@ IDS = [f"g{i}" for i in range(8)]
 
 
 def _ok(pearson, l2, cal=None):
-    rows = {g: [p, l] for g, p, l in zip(IDS, pearson, l2)}
+    rows = {g: [p, d] for g, p, d in zip(IDS, pearson, l2)}
     return {"status": "ok", "message": "", "rows": rows, "cal": cal or {}, "fit_s": [1.0, 3.0]}
 
 
