@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import anndata as ad
@@ -38,10 +37,8 @@ def test_docs_page_runs_and_each_step_is_short(tmp_path, monkeypatch):
         assert len([ln for ln in block.splitlines() if ln.strip()]) <= 5, block
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    t0 = time.perf_counter()
-    for block in blocks:
+    for block in blocks:  # (speed is a benchmark's business, never a timed assertion here)
         exec(compile(block, str(DOC), "exec"), ns)  # noqa: S102 - the docs' own code
-    assert time.perf_counter() - t0 < 60
     assert ns["linear"].status == "succeeded" and ns["additive"].status == "succeeded"
     assert set(ns["linear"].metrics["panel"]) == {"basic", "vcc"}
     assert set(ns["board"]["raw_verdict"].dropna()) <= {"better", "worse", "tie", "reference", "undefined", "n/a"}
