@@ -188,3 +188,31 @@ def test_a_run_is_the_same_backed_and_in_memory(tmp_path: Path, monkeypatch: pyt
             m.pop(k)
         docs[mode] = json.dumps(m, sort_keys=True)
     assert docs["memory"] == docs["backed"]
+
+
+def test_subset_keeps_context_positions_so_tied_ranks_equal_the_whole(files: dict) -> None:
+    """PerturBench breaks rank ties with a seed from the context's position: a subset must use
+    its position in the full evaluation (a model predicting one delta for every group ties all)."""
+    from perturbfm.plugins import get_registry
+
+    panel = get_registry().create("metric_panel", "perturbench")
+    data = _eval(files["mem"])
+    data.pred_delta[:] = data.pred_delta[0]  # every group tied
+    whole = evaluate_panels([panel], data)
+    shards = [compute_panel_values([panel], data.subset(contexts=[c])) for c in data.contexts]
+    merged = evaluate_panels([panel], data, values_by_panel=merge_panel_values(shards))
+    assert json.dumps(merged, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    sub = data.subset(contexts=[data.contexts[-1]])
+    assert sub.context_positions[data.contexts[-1]] == len(data.contexts) - 1
+
+
+def test_merge_refuses_a_metric_some_shards_cannot_score() -> None:
+    """A key that is not applicable in one shard but scored in another cannot be rebuilt exactly:
+    an error, never the silent loss of the shards that did score it."""
+    from perturbfm.interfaces import MetricValue, NotApplicable
+
+    scored = {"p": {"m": MetricValue(per_group={"g1": 0.5, "g2": 0.25}, per_context={"a": 0.375})}}
+    na = {"p": {"m": NotApplicable("a single group: no variance across groups")}}
+    with pytest.raises(ValueError, match="some shards cannot score it"):
+        merge_panel_values([scored, na])
+    assert isinstance(merge_panel_values([na, na])["p"]["m"], NotApplicable)

@@ -205,6 +205,11 @@ class EvalData:
             sample_index=ia if self.sample_index is None else self.sample_index[ia])
         if "_group_rows" in self.__dict__:
             new.__dict__["_group_rows"] = self.__dict__["_group_rows"]
+        # seeds that panels take from a context's position (e.g. PerturBench's rank tie-breaks)
+        # use its position in the full evaluation, so a subset's values equal the full one's
+        parent = getattr(self, "context_positions", None)
+        new.__dict__["context_positions"] = (dict(parent) if parent else
+                                             {c: k for k, c in enumerate(self.contexts)})
         return new
 
     # -------------------------------------------------------------- cells (lazy)

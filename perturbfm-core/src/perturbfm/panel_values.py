@@ -69,9 +69,14 @@ def merge_panel_values(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         section: dict[str, Any] = {}
         for key in keys:
             items = [v[key] for v in vals if key in v]
-            if len(items) != len(vals) or not all(isinstance(x, MetricValue) for x in items):
-                section[key] = next((x for x in items if not isinstance(x, MetricValue)), None)
+            if not any(isinstance(x, MetricValue) for x in items):
+                section[key] = items[0]
                 continue
+            if len(items) != len(vals) or not all(isinstance(x, MetricValue) for x in items):
+                raise ValueError(  # silently dropping the shards that did score it would mislead
+                    f"panel {name!r}, metric {key!r}: some shards cannot score it and others can, so "
+                    "the single-process value cannot be rebuilt from the shards; evaluate these "
+                    "contexts in one process, or leave the panel out")
             per_group = None if all(x.per_group is None for x in items) else {
                 k: val for x in items for k, val in (x.per_group or {}).items()}
             per_context = None if all(x.per_context is None for x in items) else {

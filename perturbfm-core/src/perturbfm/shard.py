@@ -371,8 +371,12 @@ def _merge_values(parts: list[Any], where: str, order: Mapping[str, int], sort: 
     if nas and not mvs:
         reasons = list(dict.fromkeys(p.reason for p in nas))
         return NotApplicable("; ".join(reasons))
-    if nas:  # some shards cannot score it: the groups of those shards are missing (reported as incomplete)
-        return NotApplicable("; ".join(dict.fromkeys(p.reason for p in nas)))
+    if nas:  # some shards cannot score it, others can: the single-process value cannot be rebuilt
+        raise ShardMergeError(
+            f"{where}: {len(nas)} of {len(parts)} shards cannot score it "
+            f"({'; '.join(dict.fromkeys(p.reason for p in nas))}) while the others can, and the "
+            "single-process value cannot be rebuilt from the shards", field=where,
+            fix="evaluate without --executor, or leave this panel out (--panels)")
     if len(mvs) == 1:
         return mvs[0]
     key = _order_key(order)  # the single-process order: groups (and contexts) in evaluation order
