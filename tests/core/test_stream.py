@@ -216,3 +216,18 @@ def test_merge_refuses_a_metric_some_shards_cannot_score() -> None:
     with pytest.raises(ValueError, match="some shards cannot score it"):
         merge_panel_values([scored, na])
     assert isinstance(merge_panel_values([na, na])["p"]["m"], NotApplicable)
+
+
+def test_target_positions_match_recorded_symbols(files: dict) -> None:
+    """With var names as Ensembl ids and the symbols recorded at import (--gene-symbol-key), the
+    metrics still find each group's perturbed gene (VCC's discrimination leaves it out)."""
+    from perturbfm.dataset import SYMBOL_COL
+
+    plain = _eval(files["mem"])
+    expected = plain.target_positions()
+    assert any(len(t) for t in expected)  # the fixture perturbs measured genes
+    adata = files["mem"].copy()
+    adata.var[SYMBOL_COL] = [str(g) for g in adata.var_names]
+    adata.var_names = [f"ENSG{j:011d}.1" for j in range(adata.n_vars)]
+    renamed = _eval(adata)
+    assert [t.tolist() for t in renamed.target_positions()] == [t.tolist() for t in expected]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, GroupInfo, ensure_group_column, read_rows
+from perturbfm.dataset import CONTEXT_COL, CONTROL_COL, GroupInfo, ensure_group_column, gene_symbols, read_rows
 from perturbfm.errors import ConfigError, PredictionError
 
 DEFAULT_MAX_CELLS = 2000
@@ -134,6 +134,17 @@ class EvalData:
     @property
     def true_delta(self) -> np.ndarray:
         return self.true_mean - self.ctrl_mean
+
+    def target_positions(self) -> list[np.ndarray]:
+        """Per group, the sorted positions of its perturbed genes among the measured genes,
+        matched by var name or by the gene symbol recorded at import (``--gene-symbol-key``);
+        empty for a drug, stimulus or other non-gene perturbation, whose names are never genes."""
+        pos = {g: j for j, g in enumerate(self.genes)}
+        if self.adata is not None:
+            for j, sym in enumerate(gene_symbols(self.adata)):
+                pos.setdefault(sym, j)
+        return [np.array(sorted({pos[x] for x in getattr(g, "target_genes", g.genes) if x in pos}), dtype=np.int64)
+                for g in self.groups]
 
     @property
     def pred_mean(self) -> np.ndarray:

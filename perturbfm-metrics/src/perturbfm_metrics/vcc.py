@@ -396,8 +396,7 @@ class VccPanel(MetricPanel):
         true_delta = np.asarray(data.true_delta, dtype=np.float64)
         mae = np.abs(pred_delta - true_delta).mean(axis=1)
 
-        gene_pos = {g: j for j, g in enumerate(data.genes)}
-        drop = [np.array([gene_pos[x] for x in g.genes if x in gene_pos], dtype=np.int64) for g in data.groups]
+        drop = data.target_positions()  # the perturbed genes (by var name or recorded symbol)
         disc = np.empty(len(ids))
         alone: dict[str, str] = {}
         for ctx, idx in data.context_indices().items():

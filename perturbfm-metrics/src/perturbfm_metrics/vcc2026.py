@@ -584,9 +584,7 @@ class Vcc2026Panel(MetricPanel):
             return {k: NotApplicable(reason) for k in self.metrics}
         ids = data.group_ids
         G = len(data.genes)
-        gene_pos = {g: j for j, g in enumerate(data.genes)}
-        targets = [np.array(sorted({gene_pos[x] for x in g.genes if x in gene_pos}), dtype=np.int64)
-                   for g in data.groups]
+        targets = data.target_positions()  # by var name or recorded symbol; none for a drug
         acc = _Accumulator(ids=ids, targets=targets)
 
         for ctx, idx in data.context_indices().items():

@@ -63,7 +63,11 @@ def group_dict(g: Any, split: str | None = None, n_sent: int | None = None) -> d
     out: dict[str, Any] = {"group_id": g.group_id, "perturbation": g.perturbation, "genes": list(g.genes),
                            "context": g.context, "covariates": g.covariates,
                            "dose": None if g.dose is None else float(g.dose),
-                           "time": None if g.time is None else float(g.time), "is_control": bool(g.is_control)}
+                           "time": None if g.time is None else float(g.time), "is_control": bool(g.is_control),
+                           # 'genetic' | 'chemical' | 'other' | 'control'; target_genes: the genes a genetic
+                           # perturbation hits (empty for a drug or stimulus, whose names are not genes)
+                           "kind": str(getattr(g, "kind", "genetic")),
+                           "target_genes": list(getattr(g, "target_genes", g.genes))}
     if split is not None:
         out["split"] = split
     if n_sent is not None:

@@ -66,10 +66,23 @@ def execute_run(
                           field=culprit, fix="see the traceback in run_status.json; fix or uninstall the plugin at "
                           "fault, then rerun")
         return _fail(ctx, err, traceback=traceback.format_exc())
+    finally:
+        _close_backed(ctx)
     ctx.writer.finish("succeeded")
     _observe(ctx, "pfm_run_finished", status="succeeded")
     say(f"run {ctx.run_id} succeeded")
     return RunResult(ctx.run_id, ctx.run_dir, "succeeded", metrics=ctx.metrics)
+
+
+def _close_backed(ctx: RunContext) -> None:
+    """Close the dataset's HDF5 file when the run read it backed (large datasets), so repeated
+    runs in one process hold no file handles."""
+    adata = getattr(ctx, "adata", None)
+    if adata is not None and getattr(adata, "isbacked", False):
+        try:
+            adata.file.close()
+        except (OSError, ValueError, RuntimeError):  # already closed: nothing to release
+            pass
 
 
 _ORDER = ("setup", "load", "fit", "predict", "calibration", "evaluate", "documents", "report")

@@ -8,6 +8,7 @@ section); contexts and their transfer live in :mod:`.contexts`; the steps of
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -245,6 +246,8 @@ class CGIOModel(Model):
         data = F.collect_fit_data(train, val)
         self._genes = list(train.genes)
         self._gene_pos = {g: i for i, g in enumerate(self._genes)}
+        for i, sym in enumerate(getattr(train, "gene_symbols", None) or []):  # --gene-symbol-key
+            self._gene_pos.setdefault(sym, i)
         measured = self._fit_universe(train, data.groups)
         self._trained_genes = {x for g in data.groups for x in tokens(g)}
         self._ctx = {c: i for i, c in enumerate(sorted({g.context for g in data.groups}))}
@@ -435,8 +438,7 @@ class CGIOModel(Model):
                 n_add += 1
             elif cfg.additive_prior and net is not None and len(q.genes) > 1 and all(
                     s is not None for s in singles):
-                sq = [q.__class__(q.group_id, g, q.context, q.covariates, q.n_cells, q.dose, q.time)
-                      for g in q.genes]
+                sq = [dataclasses.replace(q, perturbation=g) for g in q.genes]  # keeps kind, dose, time
                 sb = self._batch(sq, None)
                 with torch.no_grad():
                     sm = net(sb.x, sb.ctx, sb.cov, sb.sig)[0].cpu().numpy().astype(np.float64)
