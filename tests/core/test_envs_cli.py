@@ -18,6 +18,8 @@ FAKE = load_fake()
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    # installed peer plugins (scgen, cpa, biolord) declare heavy environments: the fake one only here
+    monkeypatch.setenv("PFM_DISABLE_PLUGINS", "perturbfm-scgen,perturbfm-cpa,perturbfm-biolord")
     reg = PluginRegistry(extra_plugins=[("test-doubles", TestDoublesPlugin(FAKE.FakeIsolatedModel))])
     monkeypatch.setattr("perturbfm.cli.get_registry", lambda: reg)
     monkeypatch.setattr("perturbfm.plugins.get_registry", lambda: reg)
